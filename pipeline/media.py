@@ -1,0 +1,140 @@
+"""Media that flows between stages.
+
+Timestamps follow PyAV: an integer ``pts`` in units of a ``Fraction`` ``time_base`` is the truth;
+the wall-clock capture time (``time.time()`` seconds) is kept apart for latency.
+Control items (``StreamStarted``, ``EndOfStream``) travel in-band, in order with the data, so
+every stage sees a stream begin before its first item and end after its last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class VideoCodecParams:
+    """What a decoder needs to open a video stream that a source demuxed."""
+
+    codec: str
+    width: int
+    height: int
+    extradata: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """One stream: a camera, a peer, a file. ``live`` streams are paced by the outside world."""
+
+    stream_id: str
+    uri: str
+    live: bool
+    video: VideoCodecParams | None = None
+    frame_rate: Fraction | None = None
+    duration_s: float | None = None
+    frame_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPacket:
+    """A compressed packet as demuxed; ``payload`` is the demuxer's own packet object."""
+
+    payload: Any
+    pts: int | None
+    time_base: Fraction
+    is_keyframe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFrame:
+    """Decoded pixels: ``data`` is HxWx3 uint8 BGR (numpy on the CPU, a CUDA array on the GPU)."""
+
+    data: Any
+    pts: int
+    time_base: Fraction
+    width: int
+    height: int
+
+    @property
+    def time_s(self) -> float:
+        return float(self.pts * self.time_base)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Decoded audio: ``data`` is channels x samples float32."""
+
+    data: np.ndarray
+    pts: int
+    time_base: Fraction
+    sample_rate: int
+
+    @property
+    def time_s(self) -> float:
+        return float(self.pts * self.time_base)
+
+
+Media = EncodedPacket | VideoFrame | AudioChunk
+
+
+@dataclass(slots=True)
+class Item:
+    """One unit of work for one stream, with what the stages found about it so far.
+
+    Mutable on purpose: each stage adds its tensors, results and timings in place. A stage that
+    hands one item to several branches forks it first (``fork``), so branches never share dicts.
+    """
+
+    stream_id: str
+    media: Media
+    capture_time: float
+    seq: int = -1
+    tensors: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    enqueued_at: float = 0.0
+
+    def add_time(self, key: str, ms: float) -> None:
+        self.timings_ms[key] = self.timings_ms.get(key, 0.0) + ms
+
+    def fork(self) -> Item:
+        return Item(
+            stream_id=self.stream_id,
+            media=self.media,
+            capture_time=self.capture_time,
+            seq=self.seq,
+            tensors=dict(self.tensors),
+            results=dict(self.results),
+            timings_ms=dict(self.timings_ms),
+            enqueued_at=self.enqueued_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """Sent by a source before a stream's first item."""
+
+    info: StreamInfo
+
+    @property
+    def stream_id(self) -> str:
+        return self.info.stream_id
+
+
+EndReason = Literal["eof", "stopped", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """Sent after a stream's last item: ``eof`` (finished), ``stopped`` (asked to), or ``error``."""
+
+    stream_id: str
+    reason: EndReason = "eof"
+    error: str | None = None
+
+
+Control = StreamStarted | EndOfStream
+Message = Item | Control

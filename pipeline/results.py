@@ -1,0 +1,94 @@
+"""The published messages: one result per frame, and stream lifecycle events.
+
+Both are versioned JSON; ``pipeline/schemas/*.schema.json`` describe them and the tests validate
+every message against those files. Subjects: ``<prefix>.<pipeline>.<stream>`` for results and
+``<prefix>.<pipeline>.<stream>.events`` for events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .media import Item, VideoFrame
+from .stats import StreamCounters
+
+SCHEMA_VERSION = 1
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+RESULT_SCHEMA = SCHEMA_DIR / "result.schema.json"
+EVENT_SCHEMA = SCHEMA_DIR / "event.schema.json"
+
+LATENCY_KEYS = ("decode", "queue", "prepare", "infer", "post", "publish")
+
+
+def result_subject(prefix: str, pipeline: str, stream_id: str) -> str:
+    return f"{prefix}.{pipeline}.{subject_token(stream_id)}"
+
+
+def events_subject(prefix: str, pipeline: str, stream_id: str) -> str:
+    return f"{result_subject(prefix, pipeline, stream_id)}.events"
+
+
+def subject_token(stream_id: str) -> str:
+    """A stream id made safe for one NATS subject token (no dots, spaces or wildcards)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stream_id) or "_"
+
+
+def message_id(pipeline: str, stream_id: str, seq: int) -> str:
+    return f"{pipeline}.{stream_id}.{seq}"
+
+
+def build_result(pipeline: str, item: Item, counters: StreamCounters, publish_ms: float) -> dict[str, Any]:
+    media = item.media
+    now = time.time()
+    latency = {key: round(item.timings_ms.get(key, 0.0), 3) for key in LATENCY_KEYS}
+    latency["publish"] = round(latency["publish"] + publish_ms, 3)
+    latency["total"] = round(max(0.0, now - item.capture_time) * 1000.0, 3)
+    message: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "pipeline": pipeline,
+        "stream_id": item.stream_id,
+        "seq": item.seq,
+        "pts": media.pts,
+        "time_base": f"{media.time_base.numerator}/{media.time_base.denominator}",
+        "media_time_s": round(float(media.pts * media.time_base), 6) if media.pts is not None else None,
+        "capture_time": round(item.capture_time, 6),
+        "publish_time": round(now, 6),
+        "results": item.results,
+        "latency_ms": latency,
+        "drops": {"total": counters.dropped, "by_reason": dict(counters.drops)},
+    }
+    if isinstance(media, VideoFrame):
+        message["frame"] = {"width": media.width, "height": media.height}
+    return message
+
+
+def build_event(
+    pipeline: str,
+    stream_id: str,
+    event: str,
+    *,
+    reason: str | None = None,
+    message: str | None = None,
+    counters: StreamCounters | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "pipeline": pipeline,
+        "stream_id": stream_id,
+        "event": event,
+        "time": round(time.time(), 6),
+    }
+    if reason is not None:
+        body["reason"] = reason
+    if message is not None:
+        body["message"] = message
+    if counters is not None:
+        body["frames"] = {"decoded": counters.decoded, "published": counters.published, "dropped": counters.dropped}
+    return body
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,265 @@
+"""Runs a graph: one task per stage, bounded edges between them, a drain on shutdown.
+
+Shutdown (SIGINT/SIGTERM, or ``request_stop``): sources stop and end their streams, every item
+already in flight finishes and is published, then the tasks exit. If draining takes longer than
+``drain_timeout_s`` (or a second stop is asked), the remaining items are dropped and counted, so
+that every decoded frame is either published or counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .edges import Edge, EdgeClosed
+from .errors import StreamError
+from .graph import Graph, Node
+from .media import EndOfStream, Item, Message, StreamStarted
+from .stage import Source, StageContext
+from .stats import StreamStats
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+log = logging.getLogger("streamgraph.runner")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    pipeline: str
+    elapsed_s: float
+    stats: StreamStats
+    interrupted: bool
+
+    @property
+    def failed_streams(self) -> list[tuple[str, str]]:
+        return [(sid, c.error) for sid, c in self.stats.items() if c.error]
+
+
+class Runner:
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        base_dir: Path,
+        bus: Bus | None = None,
+        threads: int = 4,
+        drain_timeout_s: float = 3.0,
+    ) -> None:
+        self.graph = graph
+        self.stats = StreamStats()
+        self._base_dir = base_dir
+        self._bus = bus
+        self._threads = threads
+        self._drain_timeout_s = drain_timeout_s
+        self._edges: dict[str, Edge] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self.started = asyncio.Event()
+
+    @property
+    def edges(self) -> dict[str, Edge]:
+        return dict(self._edges)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """First call: drain. Second call (or the drain timeout): drop what is left and exit."""
+        if self._stopping:
+            log.warning("second stop request: dropping in-flight items")
+            self._abort()
+            return
+        self._stopping = True
+        log.info("stopping: sources end their streams, in-flight items drain (up to %.1f s)", self._drain_timeout_s)
+        for node in self.graph.sources:
+            assert isinstance(node.stage, Source)
+            node.stage.request_stop()
+        loop = asyncio.get_running_loop()
+        self._drain_timer = loop.call_later(self._drain_timeout_s, self._abort)
+
+    async def run(self) -> RunSummary:
+        started_at = time.monotonic()
+        executor = ThreadPoolExecutor(self._threads, thread_name_prefix="streamgraph")
+        try:
+            self._build_edges()
+            await self._start_stages(executor)
+            self.started.set()
+            async with asyncio.TaskGroup() as group:
+                for name in self.graph.order:
+                    node = self.graph.nodes[name]
+                    outputs = [self._edges[c] for c in self.graph.consumers(name)]
+                    coro = self._run_source(node, outputs) if node.is_source else self._run_stage(node, outputs)
+                    self._tasks.append(group.create_task(coro, name=f"stage:{name}"))
+        finally:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            for edge in self._edges.values():
+                edge.discard_all("shutdown")
+            await self._stop_stages()
+            executor.shutdown(wait=False, cancel_futures=True)
+        return RunSummary(self.graph.pipeline, time.monotonic() - started_at, self.stats, self._stopping)
+
+    def _abort(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def _build_edges(self) -> None:
+        for name in self.graph.order:
+            node = self.graph.nodes[name]
+            if node.is_source:
+                continue
+            edge = Edge(name, capacity=node.edge.capacity, policy=node.edge.policy, stats=self.stats)
+            for _ in node.inputs:
+                edge.add_producer()
+            self._edges[name] = edge
+
+    async def _start_stages(self, executor: ThreadPoolExecutor) -> None:
+        # Sinks first: a publisher is connected before the first frame can reach it.
+        for name in reversed(self.graph.order):
+            node = self.graph.nodes[name]
+            ctx = StageContext(
+                pipeline=self.graph.pipeline,
+                stage=name,
+                base_dir=self._base_dir,
+                stats=self.stats,
+                executor=executor,
+                bus=self._bus,
+                input_stages=node.inputs,
+                logger=logging.getLogger(f"streamgraph.stage.{name}"),
+                stop_stream=self._stop_stream,
+            )
+            await node.stage.start(ctx)
+
+    async def _stop_stages(self) -> None:
+        for name in self.graph.order:
+            node = self.graph.nodes[name]
+            try:
+                await node.stage.stop()
+            except Exception:
+                log.exception("stage %s failed to stop cleanly", name)
+
+    def _stop_stream(self, stream_id: str, reason: str) -> None:
+        for node in self.graph.sources:
+            assert isinstance(node.stage, Source)
+            node.stage.stop_stream(stream_id, reason)
+
+    async def _run_source(self, node: Node, outputs: list[Edge]) -> None:
+        assert isinstance(node.stage, Source)
+        try:
+            await node.stage.run(lambda message: self._emit(message, outputs))
+        finally:
+            for edge in outputs:
+                edge.producer_done()
+
+    async def _run_stage(self, node: Node, outputs: list[Edge]) -> None:
+        stage, edge = node.stage, self._edges[node.name]
+        open_producers: dict[str, int] = {}
+        failed: set[str] = set()
+        in_flight: Item | None = None
+        try:
+            while True:
+                try:
+                    message = await edge.get()
+                except EdgeClosed:
+                    break
+                if isinstance(message, StreamStarted):
+                    count = open_producers.get(message.stream_id, 0)
+                    open_producers[message.stream_id] = count + 1
+                    if count == 0:
+                        failed.discard(message.stream_id)
+                        await stage.on_stream_added(message.info)
+                        await self._emit(message, outputs)
+                elif isinstance(message, EndOfStream):
+                    await self._end_stream(node, message, open_producers, failed, outputs)
+                elif message.stream_id in failed:
+                    self.stats.drop_item(message, f"failed:{node.name}")
+                else:
+                    in_flight = message
+                    results = await self._process(node, message, failed, outputs)
+                    in_flight = None
+                    await self._emit_all(results, outputs)
+        except asyncio.CancelledError:
+            if in_flight is not None:
+                self.stats.drop_item(in_flight, "shutdown")
+            raise
+        finally:
+            for output in outputs:
+                output.producer_done()
+
+    async def _process(self, node: Node, item: Item, failed: set[str], outputs: list[Edge]) -> Sequence[Item]:
+        stage = node.stage
+        began = time.perf_counter()
+        try:
+            results = await stage.process(item)
+        except StreamError as exc:
+            log.error("stream %s failed in stage %s: %s", item.stream_id, node.name, exc.message)
+            self._fail_stream(item, exc.message, failed)
+            await self._emit(EndOfStream(item.stream_id, "error", exc.message), outputs)
+            return ()
+        except Exception:
+            # One bad item never sinks the stream or the process: log it, count it, move on.
+            log.exception("stage %s failed on stream %s seq %d", node.name, item.stream_id, item.seq)
+            self.stats.drop_item(item, f"error:{node.name}")
+            return ()
+        elapsed_ms = (time.perf_counter() - began) * 1000.0
+        if stage.latency_key is not None:
+            for result in results:
+                result.add_time(stage.latency_key, elapsed_ms)
+        return results
+
+    def _fail_stream(self, item: Item, message: str, failed: set[str]) -> None:
+        failed.add(item.stream_id)
+        counters = self.stats.stream(item.stream_id)
+        counters.error = counters.error or message
+        self.stats.drop_item(item, "stream_error")
+        self._stop_stream(item.stream_id, message)
+
+    async def _end_stream(
+        self,
+        node: Node,
+        eos: EndOfStream,
+        open_producers: dict[str, int],
+        failed: set[str],
+        outputs: list[Edge],
+    ) -> None:
+        remaining = open_producers.get(eos.stream_id, 1) - 1
+        if remaining > 0:
+            open_producers[eos.stream_id] = remaining
+            return
+        open_producers.pop(eos.stream_id, None)
+        if eos.stream_id in failed:
+            failed.discard(eos.stream_id)  # its EndOfStream already went downstream
+            return
+        tail: Sequence[Item] = ()
+        try:
+            tail = await node.stage.on_stream_ended(eos)
+        except StreamError as exc:
+            eos = EndOfStream(eos.stream_id, "error", exc.message)
+            self.stats.stream(eos.stream_id).error = exc.message
+        except Exception:
+            log.exception("stage %s failed ending stream %s", node.name, eos.stream_id)
+        await self._emit_all(tail, outputs)
+        await self._emit(eos, outputs)
+
+    async def _emit_all(self, items: Sequence[Item], outputs: list[Edge]) -> None:
+        for index, item in enumerate(items):
+            try:
+                await self._emit(item, outputs)
+            except asyncio.CancelledError:
+                for lost in items[index:]:
+                    self.stats.drop_item(lost, "shutdown")
+                raise
+
+    async def _emit(self, message: Message, outputs: list[Edge]) -> None:
+        for index, edge in enumerate(outputs):
+            copy = message.fork() if index and isinstance(message, Item) else message
+            await edge.put(copy)

@@ -1,0 +1,59 @@
+"""Run one pipeline config end to end: connect the bus, build the graph, run it, close down."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Callable
+
+from .bus import Bus
+from .config import PipelineConfig
+from .graph import Graph, build_graph
+from .runner import Runner, RunSummary
+
+log = logging.getLogger("streamgraph")
+
+
+def load_builtin_stages() -> None:
+    """Register the built-in stage types (the runtime itself never imports ``stages``)."""
+    importlib.import_module("stages")
+
+
+def build(config: PipelineConfig, *, source: str | None = None) -> Graph:
+    load_builtin_stages()
+    return build_graph(config, source=source)
+
+
+async def run_pipeline(
+    config: PipelineConfig,
+    *,
+    nats_url: str | None = None,
+    source: str | None = None,
+    on_started: Callable[[Runner], None] | None = None,
+    handle_signals: bool = True,
+) -> RunSummary:
+    """Run until every finite stream ends or SIGINT/SIGTERM asks to stop (then drain)."""
+    graph = build(config, source=source)
+    bus = await Bus.connect(config.nats, pipeline=config.pipeline, url=nats_url)
+    log.info("pipeline %s publishing to %s (prefix %s)", config.pipeline, bus.url, config.nats.prefix)
+    runner = Runner(
+        graph,
+        base_dir=config.base_dir,
+        bus=bus,
+        threads=config.runtime.threads,
+        drain_timeout_s=config.runtime.drain_timeout_s,
+    )
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, runner.request_stop)
+    try:
+        if on_started is not None:
+            on_started(runner)
+        return await runner.run()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await bus.close()

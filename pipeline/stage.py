@@ -1,0 +1,163 @@
+"""The Stage base class, the context stages run in, and the registry of stage types.
+
+A stage declares its parameters as a pydantic model (``Params``), so a config is checked before
+anything starts; its code holds only behaviour. Blocking work goes through
+``ctx.run_blocking`` (a thread pool sized by ``runtime.threads``): the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+
+from .config import StrictModel
+from .errors import ConfigError
+from .media import EndOfStream, Item, Message, StreamInfo
+from .stats import StreamStats
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class NoParams(StrictModel):
+    """For stages that take no parameters."""
+
+
+class StageParams(StrictModel):
+    """Base for stage parameter models; paths are strings resolved by ``ctx.resolve_path``."""
+
+
+@dataclass
+class StageContext:
+    """What the runner gives a stage: where it is, shared services, and the thread pool."""
+
+    pipeline: str
+    stage: str
+    base_dir: Path
+    stats: StreamStats
+    executor: Executor
+    bus: Bus | None = None
+    input_stages: tuple[str, ...] = ()
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamgraph"))
+    stop_stream: Callable[[str, str], None] = lambda stream_id, reason: None
+
+    async def run_blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        if kwargs:
+            return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (self.base_dir / candidate)
+
+
+class Stage:
+    """One step of a pipeline. Subclasses set ``Params`` and override the hooks they need.
+
+    ``process`` takes one item and returns the items to pass on (none to consume it, several to
+    fan it out, e.g. a decoder). Raising ``StreamError`` ends that item's stream; any other
+    exception fails that item only (it is logged and counted as dropped).
+    """
+
+    Params: ClassVar[type[StrictModel]] = NoParams
+    latency_key: ClassVar[str | None] = None
+    """Latency bucket (decode, prepare, infer, post, publish) that ``process`` time counts in."""
+
+    def __init__(self, name: str, params: Any) -> None:
+        self.name = name
+        self.params = params
+        self._ctx: StageContext | None = None
+
+    @property
+    def ctx(self) -> StageContext:
+        if self._ctx is None:
+            raise RuntimeError(f"stage {self.name!r} used before start()")
+        return self._ctx
+
+    async def start(self, ctx: StageContext) -> None:
+        self._ctx = ctx
+
+    async def stop(self) -> None:
+        """Release resources; called once, after the last item."""
+
+    async def on_stream_added(self, info: StreamInfo) -> None:
+        """A stream begins; called before its first item reaches ``process``."""
+
+    async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
+        """A stream ended; return items still held for it (a decoder's last frames)."""
+        return ()
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        return (item,)
+
+
+class Source(Stage):
+    """A stage with no inputs: it produces streams until they end or ``stop`` is asked."""
+
+    def __init__(self, name: str, params: Any) -> None:
+        super().__init__(name, params)
+        self.stopping = asyncio.Event()
+
+    async def run(self, emit: Callable[[Message], Awaitable[None]]) -> None:
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    def stop_stream(self, stream_id: str, reason: str) -> None:
+        """A downstream stage gave up on this stream (corrupt media): stop producing it."""
+
+
+_REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register_stage(type_name: str) -> Callable[[type[Stage]], type[Stage]]:
+    """Class decorator: make a stage available as ``type: <type_name>`` in YAML."""
+
+    def decorate(cls: type[Stage]) -> type[Stage]:
+        existing = _REGISTRY.get(type_name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"stage type {type_name!r} is already registered by {existing.__qualname__}")
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return decorate
+
+
+def registered_types() -> dict[str, type[Stage]]:
+    return dict(_REGISTRY)
+
+
+def stage_class_for(type_name: str | None, class_path: str | None, path: str) -> type[Stage]:
+    """The class a stage config names, by registered type or ``module:Class`` import path."""
+    if (type_name is None) == (class_path is None):
+        raise ConfigError(path, "give exactly one of 'type' or 'class'")
+    if type_name is not None:
+        cls = _REGISTRY.get(type_name)
+        if cls is None:
+            known = ", ".join(sorted(_REGISTRY)) or "none registered"
+            raise ConfigError(f"{path}.type", f"unknown stage type {type_name!r}; known: {known}")
+        return cls
+    assert class_path is not None
+    module_name, _, attr = class_path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{path}.class", f"expected 'package.module:Class', got {class_path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{path}.class", f"cannot import {module_name!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise ConfigError(f"{path}.class", f"{class_path!r} is not a streamgraph Stage subclass")
+    return cls

@@ -1,0 +1,5 @@
+"""Stage implementations. Importing this package registers every built-in stage type."""
+
+from . import decode, infer, publish, sources, textdet, vision
+
+__all__ = ["decode", "infer", "publish", "sources", "textdet", "vision"]

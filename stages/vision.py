@@ -1,0 +1,115 @@
+"""``prepare``: frames to model tensors (resize or letterbox, color order, normalize, layout).
+
+The geometry of the resize travels with the tensor, so post-processing can map model
+coordinates back to source-frame pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from pipeline.errors import ConfigError
+from pipeline.media import Item, VideoFrame
+from pipeline.modelcard import Preprocess, load_card
+from pipeline.stage import Stage, StageContext, StageParams, register_stage
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """How source pixels map onto the tensor: ``tensor = source * scale + pad``."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    source_width: int
+    source_height: int
+
+    def to_source(self, points: np.ndarray) -> np.ndarray:
+        """Tensor (x, y) points -> source pixels, clipped to the frame."""
+        out = np.empty_like(points, dtype=np.float32)
+        out[..., 0] = np.clip((points[..., 0] - self.pad_x) / self.scale_x, 0, self.source_width)
+        out[..., 1] = np.clip((points[..., 1] - self.pad_y) / self.scale_y, 0, self.source_height)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedTensor:
+    data: np.ndarray
+    """One item's tensor, without the batch dimension (CHW or HWC, float32)."""
+    geometry: Geometry
+
+
+class PrepareParams(StageParams):
+    model: str
+    """Model card whose ``preprocess`` section says how to prepare its input."""
+    size: list[int] | None = Field(default=None, min_length=2, max_length=2)
+    """[height, width] of the tensor; defaults to the card's size."""
+    resize: Literal["stretch", "letterbox"] | None = None
+    """Defaults to the card's choice."""
+
+
+@register_stage("prepare")
+class Prepare(Stage):
+    Params = PrepareParams
+    params: PrepareParams
+    latency_key = "prepare"
+
+    async def start(self, ctx: StageContext) -> None:
+        await super().start(ctx)
+        card = load_card(self.params.model, base_dir=ctx.base_dir)
+        if card.preprocess is None:
+            raise ConfigError(f"stage {self.name}.params.model", f"model card {card.name!r} has no preprocess section")
+        self.spec = card.preprocess
+        height, width = self.params.size or card.preprocess.size
+        multiple = card.preprocess.multiple_of
+        if height % multiple or width % multiple:
+            raise ConfigError(
+                f"stage {self.name}.params.size",
+                f"[{height}, {width}]: model {card.name!r} needs multiples of {multiple}",
+            )
+        self.size = (height, width)
+        self.resize = self.params.resize or card.preprocess.resize
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        frame = item.media
+        if not isinstance(frame, VideoFrame):
+            return (item,)
+        item.tensors[self.name] = await self.ctx.run_blocking(
+            prepare_image, frame.data, self.size, self.resize, self.spec
+        )
+        return (item,)
+
+
+def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preprocess) -> PreparedTensor:
+    """BGR uint8 HxWx3 -> normalized float32 tensor of ``size`` (height, width) in the card's layout."""
+    source_height, source_width = image.shape[:2]
+    height, width = size
+    if resize == "letterbox":
+        scale = min(width / source_width, height / source_height)
+        inner_w, inner_h = round(source_width * scale), round(source_height * scale)
+        pad_x, pad_y = (width - inner_w) // 2, (height - inner_h) // 2
+        canvas = np.zeros((height, width, 3), dtype=np.uint8)
+        canvas[pad_y : pad_y + inner_h, pad_x : pad_x + inner_w] = cv2.resize(
+            image, (inner_w, inner_h), interpolation=cv2.INTER_LINEAR
+        )
+        geometry = Geometry(scale, scale, pad_x, pad_y, source_width, source_height)
+        resized = canvas
+    else:
+        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        geometry = Geometry(width / source_width, height / source_height, 0.0, 0.0, source_width, source_height)
+    if spec.color == "rgb":
+        resized = resized[..., ::-1]
+    # (x * scale - mean) / std, folded into one multiply-add per pixel.
+    gain = np.float32(spec.scale) / np.asarray(spec.std, dtype=np.float32)
+    bias = -np.asarray(spec.mean, dtype=np.float32) / np.asarray(spec.std, dtype=np.float32)
+    tensor = resized.astype(np.float32) * gain + bias
+    if spec.layout == "NCHW":
+        tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
+    return PreparedTensor(tensor, geometry)
