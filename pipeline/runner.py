@@ -210,11 +210,16 @@ class Runner:
             log.exception("stage %s failed on stream %s seq %d", node.name, item.stream_id, item.seq)
             self.stats.drop_item(item, f"error:{node.name}")
             return ()
-        elapsed_ms = (time.perf_counter() - began) * 1000.0
-        if stage.latency_key is not None:
-            for result in results:
-                result.add_time(stage.latency_key, elapsed_ms)
+        self._add_latency(node, results, began)
         return results
+
+    @staticmethod
+    def _add_latency(node: Node, items: Sequence[Item], began: float) -> None:
+        key = node.stage.latency_key
+        if key is not None:
+            elapsed_ms = (time.perf_counter() - began) * 1000.0
+            for item in items:
+                item.add_time(key, elapsed_ms)
 
     def _fail_stream(self, item: Item, message: str, failed: set[str]) -> None:
         failed.add(item.stream_id)
@@ -240,8 +245,10 @@ class Runner:
             failed.discard(eos.stream_id)  # its EndOfStream already went downstream
             return
         tail: Sequence[Item] = ()
+        began = time.perf_counter()
         try:
             tail = await node.stage.on_stream_ended(eos)
+            self._add_latency(node, tail, began)
         except StreamError as exc:
             eos = EndOfStream(eos.stream_id, "error", exc.message)
             self.stats.stream(eos.stream_id).error = exc.message

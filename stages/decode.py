@@ -78,8 +78,9 @@ class Decode(Stage):
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         state = self._streams.pop(eos.stream_id, None)
-        if state is None or eos.reason == "error":
+        if state is None:
             return ()
+        # Flush even after a source error (a truncated file): the frames it already read are real.
         try:
             frames = await self.ctx.run_blocking(_decode, state.codec, None, state.time_base)
         except av.FFmpegError as exc:

@@ -1,0 +1,91 @@
+"""Run the real CLI as a subprocess while a real NATS subscriber records what it publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import nats
+
+from pipeline.results import EVENT_SCHEMA, RESULT_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULT_VALIDATOR = jsonschema.Draft202012Validator(json.loads(RESULT_SCHEMA.read_text()))
+EVENT_VALIDATOR = jsonschema.Draft202012Validator(json.loads(EVENT_SCHEMA.read_text()))
+
+
+@dataclass
+class Recording:
+    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    msg_ids: list[str] = field(default_factory=list)
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+    def event_names(self, stream_id: str) -> list[str]:
+        return [e["event"] for e in self.events.get(stream_id, [])]
+
+
+class Recorder:
+    """Subscribes to ``<prefix>.<pipeline>.>`` and sorts results and events by stream."""
+
+    def __init__(self, url: str, pipeline: str, prefix: str = "streamgraph") -> None:
+        self.url = url
+        self.subject = f"{prefix}.{pipeline}.>"
+        self.recording = Recording()
+        self._ended: dict[str, asyncio.Event] = {}
+        self._client: Any = None
+
+    async def __aenter__(self) -> Recorder:
+        self._client = await nats.connect(self.url)
+        await self._client.subscribe(self.subject, cb=self._on_message)
+        await self._client.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.drain()
+
+    def ended(self, stream_id: str) -> asyncio.Event:
+        return self._ended.setdefault(stream_id, asyncio.Event())
+
+    async def _on_message(self, msg: Any) -> None:
+        body = json.loads(msg.data)
+        stream_id = body["stream_id"]
+        if msg.subject.endswith(".events"):
+            EVENT_VALIDATOR.validate(body)
+            self.recording.events.setdefault(stream_id, []).append(body)
+            if body["event"] == "ended":
+                self.ended(stream_id).set()
+        else:
+            RESULT_VALIDATOR.validate(body)
+            self.recording.results.setdefault(stream_id, []).append(body)
+            if msg.headers:
+                self.recording.msg_ids.append(msg.headers.get("Nats-Msg-Id", ""))
+
+
+async def start_cli(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline.cli", *args,
+        cwd=str(ROOT), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(process: asyncio.subprocess.Process, recording: Recording, timeout_s: float = 240) -> None:
+    """Wait for the CLI (a generous hang guard, not a timing assertion) and keep its output."""
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout_s)
+    recording.returncode = process.returncode
+    recording.stdout, recording.stderr = stdout.decode(), stderr.decode()
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
