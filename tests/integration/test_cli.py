@@ -18,14 +18,20 @@ def _validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     config.write_text(text)
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "validate", str(config)],
-        capture_output=True, text=True, cwd=str(ROOT), check=False,
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        check=False,
     )
 
 
 def test_validate_accepts_the_demo_config() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "validate", "configs/text-detect.yaml"],
-        capture_output=True, text=True, cwd=str(ROOT), check=False,
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "video -> decode -> prep -> det -> text -> publish" in done.stdout
@@ -34,13 +40,20 @@ def test_validate_accepts_the_demo_config() -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (("      rate: ${env:STREAMGRAPH_RATE:-max}", "      ratee: max"),
-         "stages[0].params.ratee: unknown key (did you mean 'rate'?)"),
+        (
+            ("      rate: ${env:STREAMGRAPH_RATE:-max}", "      ratee: max"),
+            "stages[0].params.ratee: unknown key (did you mean 'rate'?)",
+        ),
         (("  threads: 4", "  threads: four"), "runtime.threads: expected int, got 'four'"),
         (("    inputs: [det]", "    inputs: [detector]"), "stages[4].inputs[0]: unknown stage 'detector'"),
         (("    type: text_detection", "    type: text_detector"), "stages[4].type: unknown stage type 'text_detector'"),
-        (("      model: pp-ocrv4-det\n  - name: text", "      model: pp-ocrv4-det\n      intra_op_threads: lots\n  - name: text"),
-         "stages[3].params.intra_op_threads: expected int, got 'lots'"),
+        (
+            (
+                "      model: pp-ocrv4-det\n  - name: text",
+                "      model: pp-ocrv4-det\n      intra_op_threads: lots\n  - name: text",
+            ),
+            "stages[3].params.intra_op_threads: expected int, got 'lots'",
+        ),
     ],
 )
 def test_validate_names_the_yaml_path_at_fault(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
@@ -58,7 +71,11 @@ def test_validate_names_the_yaml_path_at_fault(tmp_path: Path, edit: tuple[str, 
 def test_run_with_a_dead_bus_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "run", "configs/text-detect.yaml", "--nats-url", "nats://127.0.0.1:9"],
-        capture_output=True, text=True, cwd=str(ROOT), check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        check=False,
+        timeout=120,
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr

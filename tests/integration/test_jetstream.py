@@ -7,7 +7,7 @@ from typing import Any
 
 import nats
 
-from .support import ROOT, Recording, finish, start_cli
+from .support import Recording, finish, start_cli
 
 
 async def test_results_land_in_a_jetstream_stream_with_message_ids(

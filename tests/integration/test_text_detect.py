@@ -65,7 +65,9 @@ async def test_sigint_during_native_playback_drains_and_accounts_for_every_frame
     recording = recorder.recording
     assert recording.returncode == 0, recording.stderr
     assert "Traceback" not in recording.stderr
-    summary = re.search(r"stopped: 1 stream\(s\), (\d+) frames decoded, (\d+) messages published, (\d+) dropped", recording.stdout)
+    summary = re.search(
+        r"stopped: 1 stream\(s\), (\d+) frames decoded, (\d+) messages published, (\d+) dropped", recording.stdout
+    )
     assert summary, recording.stdout
     decoded, published, dropped = map(int, summary.groups())
     assert decoded < 250, "native pacing should have been interrupted well before the end"
@@ -101,7 +103,11 @@ def broken_files(tmp_path: Path, sample_video: Path) -> dict[str, Path]:
 
 
 async def test_bad_files_end_their_own_stream_with_an_error_and_the_good_one_finishes(
-    nats_server: Any, tmp_path: Path, broken_files: dict[str, Path], ground_truth: dict[str, Any], cli_env: dict[str, str]
+    nats_server: Any,
+    tmp_path: Path,
+    broken_files: dict[str, Path],
+    ground_truth: dict[str, Any],
+    cli_env: dict[str, str],
 ) -> None:
     config = _config_with(tmp_path, broken_files)
     async with Recorder(nats_server.url, "broken-input") as recorder:
