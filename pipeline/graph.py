@@ -54,6 +54,10 @@ def build_graph(config: PipelineConfig, *, source: str | None = None) -> Graph:
             except ValidationError as exc:
                 raise config_error_from(exc, prefix=f"{path}.params", model=cls.Params) from None
             stage = cls(stage_config.name, params)
+            try:
+                stage.check(config.base_dir)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}.{exc.path}" if exc.path else path, exc.message) from None
             is_source = isinstance(stage, Source)
             if is_source and stage_config.inputs:
                 raise ConfigError(f"{path}.inputs", f"source stage {stage_config.name!r} takes no inputs")

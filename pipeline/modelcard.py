@@ -121,3 +121,12 @@ def list_cards() -> list[Path]:
         for path in sorted(directory.glob("*.yaml")):
             seen.setdefault(path.stem, path)
     return list(seen.values())
+
+
+def load_model_card(ref: str, base_dir: Path) -> ModelCard:
+    """``load_card`` for a stage's ``params.model``: a missing or broken card is reported at that path."""
+    try:
+        return load_card(ref, base_dir=base_dir)
+    except ConfigError as exc:
+        where = f" ({exc.source}: {exc.path})" if exc.source else ""
+        raise ConfigError("params.model", f"{exc.message}{where}") from None

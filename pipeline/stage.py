@@ -85,6 +85,10 @@ class Stage:
             raise RuntimeError(f"stage {self.name!r} used before start()")
         return self._ctx
 
+    def check(self, base_dir: Path) -> None:
+        """Checks beyond parameter types, run by ``validate`` before anything starts (a model card
+        exists, say). Raise ``ConfigError`` with a path relative to the stage (``params.model``)."""
+
     async def start(self, ctx: StageContext) -> None:
         self._ctx = ctx
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -12,7 +13,7 @@ from pydantic import Field
 from pipeline.engines import EngineOptions, create_engine
 from pipeline.errors import ConfigError
 from pipeline.media import Item
-from pipeline.modelcard import load_card
+from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 from .vision import Geometry, PreparedTensor
@@ -45,13 +46,18 @@ class Infer(Stage):
     params: InferParams
     latency_key = "infer"
 
+    def check(self, base_dir: Path) -> None:
+        self._load_card(base_dir)
+
+    def _load_card(self, base_dir: Path) -> ModelCard:
+        card = load_model_card(self.params.model, base_dir)
+        if len(card.inputs) != 1:
+            raise ConfigError("params.model", f"model {card.name!r} has {len(card.inputs)} inputs; infer feeds one")
+        return card
+
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
-        card = load_card(self.params.model, base_dir=ctx.base_dir)
-        if len(card.inputs) != 1:
-            raise ConfigError(
-                f"stage {self.name}.params.model", f"model {card.name!r} has {len(card.inputs)} inputs; infer feeds one"
-            )
+        card = self._load_card(ctx.base_dir)
         options = EngineOptions(
             providers=tuple(self.params.providers) if self.params.providers else None,
             intra_op_threads=self.params.intra_op_threads,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import cv2
@@ -16,7 +17,7 @@ from pydantic import Field
 
 from pipeline.errors import ConfigError
 from pipeline.media import Item, VideoFrame
-from pipeline.modelcard import Preprocess, load_card
+from pipeline.modelcard import Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 
@@ -61,19 +62,22 @@ class Prepare(Stage):
     params: PrepareParams
     latency_key = "prepare"
 
+    def check(self, base_dir: Path) -> None:
+        self._configure(base_dir)
+
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
-        card = load_card(self.params.model, base_dir=ctx.base_dir)
+        self._configure(ctx.base_dir)
+
+    def _configure(self, base_dir: Path) -> None:
+        card = load_model_card(self.params.model, base_dir)
         if card.preprocess is None:
-            raise ConfigError(f"stage {self.name}.params.model", f"model card {card.name!r} has no preprocess section")
+            raise ConfigError("params.model", f"model card {card.name!r} has no preprocess section")
         self.spec = card.preprocess
         height, width = self.params.size or card.preprocess.size
         multiple = card.preprocess.multiple_of
         if height % multiple or width % multiple:
-            raise ConfigError(
-                f"stage {self.name}.params.size",
-                f"[{height}, {width}]: model {card.name!r} needs multiples of {multiple}",
-            )
+            raise ConfigError("params.size", f"[{height}, {width}]: model {card.name!r} needs multiples of {multiple}")
         self.size = (height, width)
         self.resize = self.params.resize or card.preprocess.resize
 

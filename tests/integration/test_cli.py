@@ -49,6 +49,13 @@ def test_validate_accepts_the_demo_config() -> None:
         (("    type: text_detection", "    type: text_detector"), "stages[4].type: unknown stage type 'text_detector'"),
         (
             (
+                "    type: prepare\n    inputs: [decode]\n    params:\n      model: pp-ocrv4-det",
+                "    type: prepare\n    inputs: [decode]\n    params:\n      model: pp-ocr-det",
+            ),
+            "stages[2].params.model: unknown model 'pp-ocr-det'",
+        ),
+        (
+            (
                 "      model: pp-ocrv4-det\n  - name: text",
                 "      model: pp-ocrv4-det\n      intra_op_threads: lots\n  - name: text",
             ),
