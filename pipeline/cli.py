@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .config import load_config
@@ -109,31 +110,39 @@ class _Progress:
 
     def __init__(self, *, enabled: bool) -> None:
         self._enabled = enabled and sys.stderr.isatty()
-        self._bar: object | None = None
+        self._bar: Any = None
+        self._runner: Runner | None = None
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, runner: Runner) -> None:
         if self._enabled:
+            self._runner = runner
             self._task = asyncio.get_running_loop().create_task(self._follow(runner))
 
     async def _follow(self, runner: Runner) -> None:
         from tqdm import tqdm
 
         await runner.started.wait()
-        with tqdm(unit="frame", dynamic_ncols=True, file=sys.stderr) as bar:
-            self._bar = bar
-            while True:
-                streams = runner.stats.items()
-                counts = [c.frame_count for _, c in streams]
-                bar.total = sum(c for c in counts if c) if counts and all(counts) else None
-                bar.n = runner.stats.published
-                bar.set_postfix(decoded=runner.stats.decoded, dropped=runner.stats.dropped, refresh=False)
-                bar.refresh()
-                await asyncio.sleep(0.25)
+        self._bar = tqdm(unit="frame", dynamic_ncols=True, file=sys.stderr)
+        while True:
+            self._update()
+            await asyncio.sleep(0.25)
+
+    def _update(self) -> None:
+        assert self._runner is not None
+        stats = self._runner.stats
+        counts = [c.frame_count for _, c in stats.items()]
+        self._bar.total = sum(c for c in counts if c) if counts and all(counts) else None
+        self._bar.n = stats.published
+        self._bar.set_postfix(decoded=stats.decoded, dropped=stats.dropped, refresh=False)
+        self._bar.refresh()
 
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._bar is not None:
+            self._update()  # the final count, not the last periodic one
+            self._bar.close()
 
 
 def _subscribe(args: argparse.Namespace) -> int:
