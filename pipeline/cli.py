@@ -174,6 +174,7 @@ async def _subscribe_async(url: str, subject: str, count: int) -> int:
             done.set()
 
     await client.subscribe(subject, cb=show)
+    await client.flush()  # the server has the subscription: whatever is published from now on arrives
     print(f"subscribed to {subject} on {url}", file=sys.stderr)
     try:
         await done.wait()

@@ -45,7 +45,10 @@ stages:
 async def test_subscribe_prints_each_message_with_its_subject(nats_server: Any, cli_env: dict[str, str]) -> None:
     process = await start_cli("subscribe", "demo.>", "--nats-url", nats_server.url, "--count", "2", env=cli_env)
     assert process.stderr is not None
-    await asyncio.wait_for(process.stderr.readline(), timeout=60)  # "subscribed to ..." once it listens
+    line = b""
+    while b"subscribed to" not in line:  # printed once the server has the subscription
+        line = await asyncio.wait_for(process.stderr.readline(), timeout=60)
+        assert line, "subscribe exited before it listened"
     client = await nats.connect(nats_server.url)
     try:
         await client.publish("demo.one", json.dumps({"seq": 1}).encode())
