@@ -22,6 +22,11 @@ from .errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+_PATTERN_MEANINGS = {
+    _NAME_PATTERN: "a name of letters, digits, '-' and '_'",
+    SHA256_PATTERN: "a sha256: 64 lower-case hex digits",
+}
 
 
 class StrictModel(BaseModel):
@@ -97,8 +102,12 @@ def interpolate_env(value: Any, environ: Mapping[str, str] | None = None, path: 
     whole = _ENV_REF.fullmatch(value)
     replaced = _ENV_REF.sub(substitute, value)
     if whole:
-        # A lone reference takes the type of its value, so numbers and booleans stay typed.
-        typed = yaml.safe_load(replaced) if replaced.strip() else ""
+        # A lone reference takes the type of its value, so numbers and booleans stay typed; a
+        # value YAML cannot read ('@clip.mp4', '[cam') is just a string.
+        try:
+            typed = yaml.safe_load(replaced) if replaced.strip() else ""
+        except yaml.YAMLError:
+            return replaced
         return typed if isinstance(typed, (int, float, bool, str)) or typed is None else replaced
     return replaced
 
@@ -183,7 +192,8 @@ def _describe(error: Any, loc: list[Any], model: type[BaseModel] | None) -> str:
     if kind == "literal_error":
         return f"expected one of {ctx.get('expected')}, got {_show(got)}"
     if kind == "string_pattern_mismatch":
-        return f"expected a name of letters, digits, '-' and '_', got {_show(got)}"
+        pattern = str(ctx.get("pattern", ""))
+        return f"expected {_PATTERN_MEANINGS.get(pattern, f'a string matching {pattern}')}, got {_show(got)}"
     return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {_show(got)}"
 
 

@@ -81,6 +81,8 @@ def build_graph(config: PipelineConfig, *, source: str | None = None) -> Graph:
                     f"unknown stage {name!r}; stages are: {', '.join(close)}",
                     source=source,
                 )
+            if name in stage_config.inputs[:input_index]:
+                raise ConfigError(f"stages[{index}].inputs[{input_index}]", f"{name!r} is listed twice", source=source)
             if name == stage_config.name:
                 raise ConfigError(
                     f"stages[{index}].inputs[{input_index}]", "a stage cannot read its own output", source=source

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from .config import StrictModel, config_error_from
+from .config import SHA256_PATTERN, StrictModel, config_error_from
 from .errors import ConfigError
 
 PROJECT_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -65,7 +65,7 @@ class ModelCard(StrictModel):
     license: str
     task: str
     source: ModelSource
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_PATTERN)
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     preprocess: Preprocess | None = None

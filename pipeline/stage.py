@@ -157,6 +157,8 @@ def stage_class_for(type_name: str | None, class_path: str | None, path: str) ->
     module_name, _, attr = class_path.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{path}.class", f"expected 'package.module:Class', got {class_path!r}")
+    if module_name.startswith("."):
+        raise ConfigError(f"{path}.class", f"expected an absolute module path, got {class_path!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

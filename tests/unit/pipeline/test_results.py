@@ -1,0 +1,168 @@
+"""pipeline.results: published messages match their JSON schemas; subjects are safe NATS tokens."""
+
+from __future__ import annotations
+
+import json
+import time
+from fractions import Fraction
+
+import jsonschema
+import numpy as np
+import pytest
+
+from pipeline.media import EncodedPacket, Item, VideoFrame
+from pipeline.results import (
+    EVENT_SCHEMA,
+    LATENCY_KEYS,
+    RESULT_SCHEMA,
+    SCHEMA_VERSION,
+    build_event,
+    build_result,
+    encode,
+    events_subject,
+    message_id,
+    result_subject,
+    subject_token,
+)
+from pipeline.stats import StreamCounters
+
+
+@pytest.fixture(scope="module")
+def result_validator():
+    schema = json.loads(RESULT_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.fixture(scope="module")
+def event_validator():
+    schema = json.loads(EVENT_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def frame_item(seq: int = 3) -> Item:
+    frame = VideoFrame(np.zeros((4, 6, 3), np.uint8), pts=3003, time_base=Fraction(1, 30000), width=6, height=4)
+    item = Item(stream_id="cam-1", media=frame, capture_time=time.time() - 0.05, seq=seq)
+    item.timings_ms.update({"decode": 1.25, "queue": 0.5, "prepare": 2.0, "infer": 10.0, "post": 0.75})
+    item.results["text"] = {
+        "type": "text_detection",
+        "model": "pp-ocrv4-det",
+        "boxes": [{"box": [1.0, 2.0, 5.0, 3.0], "quad": [[1, 2], [5, 2], [5, 3], [1, 3]], "score": 0.9}],
+    }
+    return item
+
+
+def roundtrip(message: dict) -> dict:
+    return json.loads(encode(message))
+
+
+def test_result_for_a_frame_validates_and_carries_the_item(result_validator):
+    counters = StreamCounters()
+    counters.drops = {"edge:det": 2, "shutdown": 1}
+    message = build_result("text-detect", frame_item(), counters, publish_ms=0.5)
+    result_validator.validate(roundtrip(message))
+    assert message["schema_version"] == SCHEMA_VERSION == 1
+    assert (message["pipeline"], message["stream_id"], message["seq"]) == ("text-detect", "cam-1", 3)
+    assert message["pts"] == 3003
+    assert message["time_base"] == "1/30000"
+    assert message["media_time_s"] == pytest.approx(0.1001)
+    assert message["frame"] == {"width": 6, "height": 4}
+    assert message["results"]["text"]["boxes"][0]["score"] == 0.9
+    assert message["drops"] == {"total": 3, "by_reason": {"edge:det": 2, "shutdown": 1}}
+    latency = message["latency_ms"]
+    assert set(latency) == {*LATENCY_KEYS, "total"}
+    assert (latency["decode"], latency["infer"], latency["publish"]) == (1.25, 10.0, 0.5)
+    assert latency["total"] >= 50.0  # captured 50 ms before the message was built
+    assert message["publish_time"] >= message["capture_time"]
+
+
+def test_result_adds_publish_time_to_earlier_publish_timings():
+    item = frame_item()
+    item.timings_ms["publish"] = 1.0
+    assert build_result("p", item, StreamCounters(), publish_ms=0.25)["latency_ms"]["publish"] == 1.25
+
+
+def test_result_total_latency_is_never_negative(result_validator):
+    item = frame_item()
+    item.capture_time = time.time() + 3600  # a source clock ahead of ours
+    message = build_result("p", item, StreamCounters(), publish_ms=0.0)
+    assert message["latency_ms"]["total"] == 0.0
+    result_validator.validate(roundtrip(message))
+
+
+def test_result_for_a_packet_without_pts_has_no_frame(result_validator):
+    item = Item(stream_id="s", media=EncodedPacket(None, None, Fraction(1, 90000), True), capture_time=time.time())
+    item.seq = 0
+    message = build_result("p", item, StreamCounters(), publish_ms=0.0)
+    assert message["pts"] is None
+    assert message["media_time_s"] is None
+    assert "frame" not in message
+    assert message["time_base"] == "1/90000"
+    result_validator.validate(roundtrip(message))
+
+
+def test_result_schema_catches_a_malformed_text_detection(result_validator):
+    message = build_result("p", frame_item(), StreamCounters(), publish_ms=0.0)
+    message["results"]["text"]["boxes"][0]["box"] = [1.0, 2.0]
+    assert not result_validator.is_valid(roundtrip(message))
+    other = build_result("p", frame_item(), StreamCounters(), publish_ms=0.0)
+    other["results"]["vad"] = {"type": "voice_activity", "speech": True}  # other result types are free-form
+    result_validator.validate(roundtrip(other))
+
+
+@pytest.mark.parametrize(
+    ("event", "kwargs"),
+    [
+        ("started", {}),
+        ("error", {"message": "corrupt video"}),
+        ("ended", {"reason": "eof", "counters": StreamCounters(decoded=10, published=8, drops={"shutdown": 2})}),
+        ("ended", {"reason": "stopped"}),
+        ("ended", {"reason": "error"}),
+    ],
+)
+def test_events_validate(event_validator, event, kwargs):
+    message = build_event("p", "cam-1", event, **kwargs)
+    event_validator.validate(roundtrip(message))
+    assert message["event"] == event
+    assert message["schema_version"] == 1
+    assert (message["pipeline"], message["stream_id"]) == ("p", "cam-1")
+
+
+def test_ended_event_counts_frames():
+    counters = StreamCounters(decoded=10, published=7, drops={"shutdown": 2, "edge:x": 1})
+    message = build_event("p", "s", "ended", reason="eof", counters=counters)
+    assert message["frames"] == {"decoded": 10, "published": 7, "dropped": 3}
+    assert message["reason"] == "eof"
+    assert "message" not in message
+
+
+def test_event_schema_rejects_unknown_events(event_validator):
+    assert not event_validator.is_valid(roundtrip(build_event("p", "s", "paused")))
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "token"),
+    [
+        ("cam-1", "cam-1"),
+        ("front_door", "front_door"),
+        ("cam.1", "cam_1"),
+        ("front door", "front_door"),
+        ("a.b c*d>e", "a_b_c_d_e"),
+        ("", "_"),
+    ],
+)
+def test_subject_token_sanitizes(stream_id, token):
+    assert subject_token(stream_id) == token
+
+
+def test_subjects_and_message_id():
+    assert result_subject("streamgraph", "text-detect", "cam.1") == "streamgraph.text-detect.cam_1"
+    assert events_subject("sg.prod", "p", "front door") == "sg.prod.p.front_door.events"
+    assert message_id("p", "cam-1", 42) == "p.cam-1.42"
+
+
+def test_encode_is_compact_json_and_rejects_nan():
+    assert encode({"a": [1, 2], "b": "x"}) == b'{"a":[1,2],"b":"x"}'
+    with pytest.raises(ValueError):
+        encode({"score": float("nan")})

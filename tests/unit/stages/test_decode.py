@@ -1,0 +1,163 @@
+"""stages.decode: H.264 packets to BGR frames with PyAV, driven directly through the Stage hooks."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.errors import StreamError
+from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoCodecParams, VideoFrame
+from stages.decode import Decode, DecodeParams
+
+FRAMES = 10
+SIZE = 64
+
+
+@pytest.fixture()
+def h264_file(tmp_path: Path) -> Path:
+    """A 64x64, 10-frame H.264 MP4 whose frame i is a flat gray of level 20 * i."""
+    path = tmp_path / "tiny.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        for index in range(FRAMES):
+            image = np.full((SIZE, SIZE, 3), 20 * index, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def demux(path: Path) -> tuple[StreamInfo, list[EncodedPacket]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context
+        info = StreamInfo(
+            stream_id="cam",
+            uri=str(path),
+            live=False,
+            video=VideoCodecParams(codec.name, codec.width, codec.height, codec.extradata),
+        )
+        packets = [
+            EncodedPacket(p, p.pts, stream.time_base, bool(p.is_keyframe)) for p in container.demux(stream) if p.size
+        ]
+    return info, packets
+
+
+def packet_item(packet: EncodedPacket, stream_id: str = "cam") -> Item:
+    return Item(stream_id=stream_id, media=packet, capture_time=1000.0 + (packet.pts or 0))
+
+
+async def started_decoder(make_ctx, **params) -> Decode:
+    stage = Decode("decode", DecodeParams(**params))
+    await stage.start(make_ctx("decode"))
+    return stage
+
+
+async def test_decodes_every_frame_in_order_with_flush(make_ctx, h264_file):
+    info, packets = demux(h264_file)
+    assert len(packets) == FRAMES
+    decoder = await started_decoder(make_ctx)
+    await decoder.on_stream_added(info)
+
+    items: list[Item] = []
+    for packet in packets:
+        items.extend(await decoder.process(packet_item(packet)))
+    held_back = FRAMES - len(items)
+    items.extend(await decoder.on_stream_ended(EndOfStream("cam")))
+
+    assert held_back > 0  # the decoder keeps frames (B-frames, threads) until it is flushed
+    assert [item.seq for item in items] == list(range(FRAMES))
+    assert decoder.ctx.stats.stream("cam").decoded == FRAMES
+    pts = [item.media.pts for item in items]
+    assert pts == sorted(pts)
+    for index, item in enumerate(items):
+        frame = item.media
+        assert isinstance(frame, VideoFrame)
+        assert item.stream_id == "cam"
+        assert (frame.width, frame.height) == (SIZE, SIZE)
+        assert frame.data.shape == (SIZE, SIZE, 3)
+        assert frame.data.dtype == np.uint8
+        assert frame.time_base == packets[0].time_base
+        assert abs(int(frame.data.mean()) - 20 * index) <= 3  # the right picture, in display order
+        # Each frame carries the capture time of the packet it came from (matched by pts).
+        assert item.capture_time == 1000.0 + frame.pts
+
+
+async def test_a_few_packets_then_end_flushes_the_rest(make_ctx, h264_file):
+    info, packets = demux(h264_file)
+    decoder = await started_decoder(make_ctx, threads=1)
+    await decoder.on_stream_added(info)
+    items: list[Item] = []
+    for packet in packets[:4]:
+        items.extend(await decoder.process(packet_item(packet)))
+    items.extend(await decoder.on_stream_ended(EndOfStream("cam", "stopped")))
+    assert [item.seq for item in items] == list(range(len(items)))
+    assert 1 <= len(items) <= 4
+    assert decoder.ctx.stats.stream("cam").decoded == len(items)
+    # The stream's state is gone: ending it again yields nothing.
+    assert list(await decoder.on_stream_ended(EndOfStream("cam"))) == []
+
+
+async def test_streams_are_decoded_independently(make_ctx, h264_file):
+    info, packets = demux(h264_file)
+    other = StreamInfo("other", info.uri, info.live, info.video)
+    decoder = await started_decoder(make_ctx)
+    await decoder.on_stream_added(info)
+    await decoder.on_stream_added(other)
+    seqs: dict[str, list[int]] = {"cam": [], "other": []}
+    for packet in packets:
+        for sid in ("cam", "other"):
+            seqs[sid] += [i.seq for i in await decoder.process(packet_item(packet, sid))]
+    for sid in ("cam", "other"):
+        seqs[sid] += [i.seq for i in await decoder.on_stream_ended(EndOfStream(sid))]
+    assert seqs == {"cam": list(range(FRAMES)), "other": list(range(FRAMES))}
+
+
+async def test_packet_for_a_stream_without_video_is_a_stream_error(make_ctx, h264_file):
+    _, packets = demux(h264_file)
+    decoder = await started_decoder(make_ctx)
+    await decoder.on_stream_added(StreamInfo("audio-only", "x://", live=False))
+    with pytest.raises(StreamError) as info:
+        await decoder.process(packet_item(packets[0], "audio-only"))
+    assert info.value.stream_id == "audio-only"
+
+
+async def test_non_packets_pass_through(make_ctx):
+    decoder = await started_decoder(make_ctx)
+    frame = VideoFrame(np.zeros((2, 2, 3), np.uint8), 0, Fraction(1, 30), 2, 2)
+    item = Item(stream_id="cam", media=frame, capture_time=0.0, seq=3)
+    assert list(await decoder.process(item)) == [item]
+
+
+async def test_corrupt_packets_are_counted_then_end_the_stream(make_ctx, h264_file):
+    info, packets = demux(h264_file)
+    # One decoder thread: errors surface on the packet that caused them (frame threads report late).
+    decoder = await started_decoder(make_ctx, max_consecutive_errors=2, threads=1)
+    await decoder.on_stream_added(info)
+    garbage = EncodedPacket(av.Packet(b"\xff" * 64), 0, packets[0].time_base, False)
+
+    assert list(await decoder.process(packet_item(garbage))) == []
+    assert decoder.ctx.stats.stream("cam").packets_dropped == 1
+    # A good packet resets the run of errors.
+    await decoder.process(packet_item(packets[0]))
+    assert list(await decoder.process(packet_item(garbage))) == []
+    with pytest.raises(StreamError, match="2 packets in a row failed to decode"):
+        await decoder.process(packet_item(garbage))
+    assert decoder.ctx.stats.stream("cam").packets_dropped == 3
+    await decoder.on_stream_ended(EndOfStream("cam", "error"))  # flushes and releases the codec
+
+
+def test_params_validation():
+    with pytest.raises(ValueError):
+        DecodeParams(threads=-1)
+    with pytest.raises(ValueError):
+        DecodeParams(max_consecutive_errors=0)
+    with pytest.raises(ValueError):
+        DecodeParams.model_validate({"device": "cuda"})

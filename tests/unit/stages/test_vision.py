@@ -1,0 +1,170 @@
+"""stages.vision: frames to normalized tensors, and the geometry back to source pixels."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import stages  # noqa: F401  (registers the built-in stage types)
+from pipeline.config import parse_config
+from pipeline.errors import ConfigError
+from pipeline.graph import build_graph
+from pipeline.media import EncodedPacket, Item, VideoFrame
+from pipeline.modelcard import Preprocess
+from stages.vision import Geometry, Prepare, PreparedTensor, PrepareParams, prepare_image
+
+BGR = (10, 20, 30)
+
+
+def solid(height: int, width: int, bgr=BGR) -> np.ndarray:
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = bgr
+    return image
+
+
+def spec(**overrides) -> Preprocess:
+    return Preprocess(**{"size": [64, 64], **overrides})
+
+
+def test_stretch_shape_dtype_and_geometry():
+    prepared = prepare_image(solid(100, 200), (64, 128), "stretch", spec())
+    assert isinstance(prepared, PreparedTensor)
+    assert prepared.data.shape == (3, 64, 128)
+    assert prepared.data.dtype == np.float32
+    assert prepared.data.flags["C_CONTIGUOUS"]
+    geometry = prepared.geometry
+    assert (geometry.scale_x, geometry.scale_y) == (128 / 200, 64 / 100)
+    assert (geometry.pad_x, geometry.pad_y) == (0.0, 0.0)
+    assert (geometry.source_width, geometry.source_height) == (200, 100)
+
+
+def test_rgb_order_and_default_normalization():
+    prepared = prepare_image(solid(32, 32), (16, 16), "stretch", spec(color="rgb"))
+    # Channel 0 is red (the BGR image's last channel), scaled to [0, 1].
+    for channel, value in enumerate((30, 20, 10)):
+        np.testing.assert_allclose(prepared.data[channel], value / 255.0, rtol=1e-6)
+
+
+def test_bgr_order_with_mean_and_std():
+    mean, std = [0.5, 0.4, 0.3], [0.5, 0.25, 0.2]
+    prepared = prepare_image(solid(32, 32), (16, 16), "stretch", spec(color="bgr", mean=mean, std=std))
+    for channel, value in enumerate(BGR):
+        expected = (value / 255.0 - mean[channel]) / std[channel]
+        np.testing.assert_allclose(prepared.data[channel], expected, rtol=1e-5)
+
+
+def test_nhwc_layout():
+    prepared = prepare_image(solid(50, 40), (32, 48), "stretch", spec(layout="NHWC", color="bgr"))
+    assert prepared.data.shape == (32, 48, 3)
+    np.testing.assert_allclose(prepared.data[5, 5], np.array(BGR) / 255.0, rtol=1e-6)
+
+
+def test_letterbox_pads_and_keeps_aspect():
+    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    prepared = prepare_image(solid(100, 200), (128, 128), "letterbox", spec(color="bgr", mean=mean, std=std))
+    assert prepared.data.shape == (3, 128, 128)
+    assert prepared.data.dtype == np.float32
+    geometry = prepared.geometry
+    assert geometry.scale_x == geometry.scale_y == pytest.approx(0.64)
+    assert (geometry.pad_x, geometry.pad_y) == (0, 32)  # 200x100 -> 128x64, centered vertically
+    # Padding is black: (0 - 0.5) / 0.5 = -1.
+    np.testing.assert_allclose(prepared.data[:, :32, :], -1.0)
+    np.testing.assert_allclose(prepared.data[:, 96:, :], -1.0)
+    # The image itself sits in the middle.
+    for channel, value in enumerate(BGR):
+        np.testing.assert_allclose(prepared.data[channel, 32:96, :], (value / 255.0 - 0.5) / 0.5, rtol=1e-5)
+
+
+def test_letterbox_tall_image_pads_horizontally():
+    prepared = prepare_image(solid(200, 100), (64, 64), "letterbox", spec())
+    geometry = prepared.geometry
+    assert (geometry.pad_x, geometry.pad_y) == (16, 0)
+    np.testing.assert_allclose(prepared.data[:, :, :16], 0.0)
+    assert np.all(prepared.data[:, :, 16:48] > 0)
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        Geometry(0.64, 0.64, 0.0, 32.0, 200, 100),
+        Geometry(128 / 200, 64 / 100, 0.0, 0.0, 200, 100),
+        Geometry(0.5, 0.5, 16.0, 0.0, 100, 200),
+    ],
+)
+def test_to_source_round_trips_points(geometry):
+    source = np.array([[0.0, 0.0], [10.5, 20.25], [99.0, 50.0], [geometry.source_width, geometry.source_height]])
+    tensor = np.empty_like(source)
+    tensor[:, 0] = source[:, 0] * geometry.scale_x + geometry.pad_x
+    tensor[:, 1] = source[:, 1] * geometry.scale_y + geometry.pad_y
+    back = geometry.to_source(tensor)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, source, atol=1e-3)
+
+
+def test_to_source_keeps_the_shape_and_clips_to_the_frame():
+    geometry = Geometry(0.5, 0.5, 0.0, 10.0, 100, 50)
+    quad = np.array([[[-5.0, 0.0], [80.0, 5.0], [10.0, 60.0], [20.0, 20.0]]])
+    back = geometry.to_source(quad)
+    assert back.shape == (1, 4, 2)
+    np.testing.assert_allclose(back[0], [[0.0, 0.0], [100.0, 0.0], [20.0, 50.0], [40.0, 20.0]])
+
+
+def test_geometry_from_prepare_maps_tensor_points_back():
+    prepared = prepare_image(solid(90, 160), (64, 64), "letterbox", spec())
+    geometry = prepared.geometry
+    corner = np.array([[geometry.pad_x, geometry.pad_y]], dtype=np.float32)
+    np.testing.assert_allclose(geometry.to_source(corner), [[0.0, 0.0]], atol=1e-4)
+
+
+def graph_for(params: dict):
+    return build_graph(
+        parse_config(
+            {
+                "pipeline": "p",
+                "stages": [
+                    {"name": "video", "type": "file", "params": {"path": "a.mp4"}},
+                    {"name": "prep", "type": "prepare", "inputs": ["video"], "params": params},
+                ],
+            }
+        )
+    )
+
+
+def test_prepare_stage_takes_its_defaults_from_the_card():
+    stage = graph_for({"model": "pp-ocrv4-det"}).nodes["prep"].stage
+    assert isinstance(stage, Prepare)
+    assert stage.size == (352, 640)
+    assert stage.resize == "stretch"
+    assert stage.spec.color == "bgr"
+
+
+def test_prepare_stage_size_must_fit_the_model():
+    with pytest.raises(ConfigError) as info:
+        graph_for({"model": "pp-ocrv4-det", "size": [100, 64]})
+    assert info.value.path == "stages[1].params.size"
+    assert "multiples of 32" in info.value.message
+
+
+def test_prepare_stage_unknown_model():
+    with pytest.raises(ConfigError) as info:
+        graph_for({"model": "sg-unit-missing"})
+    assert info.value.path == "stages[1].params.model"
+
+
+async def test_prepare_stage_adds_its_tensor(make_ctx):
+    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], resize="letterbox"))
+    await stage.start(make_ctx("prep"))
+    frame = VideoFrame(solid(48, 64), 0, Fraction(1, 30), 64, 48)
+    item = Item(stream_id="s", media=frame, capture_time=0.0, seq=0)
+    (out,) = await stage.process(item)
+    assert out is item
+    prepared = item.tensors["prep"]
+    assert isinstance(prepared, PreparedTensor)
+    assert prepared.data.shape == (3, 64, 96)
+    assert prepared.geometry.pad_x > 0  # letterbox from the params, not the card's stretch
+
+    packet = Item(stream_id="s", media=EncodedPacket(None, 0, Fraction(1, 30), True), capture_time=0.0)
+    assert list(await stage.process(packet)) == [packet]
+    assert packet.tensors == {}
