@@ -59,6 +59,9 @@ class Runner:
         self._threads = threads
         self._drain_timeout_s = drain_timeout_s
         self._edges: dict[str, Edge] = {}
+        self._inputs_from = _inputs_from_sources(graph)
+        self._origins: dict[str, str] = {}
+        """stream id -> the source that produces it."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -154,16 +157,21 @@ class Runner:
 
     async def _run_source(self, node: Node, outputs: list[Edge]) -> None:
         assert isinstance(node.stage, Source)
+
+        async def emit(message: Message) -> None:
+            if not isinstance(message, Item):
+                self._origins[message.stream_id] = node.name
+            await self._emit(message, outputs)
+
         try:
-            await node.stage.run(lambda message: self._emit(message, outputs))
+            await node.stage.run(emit)
         finally:
             for edge in outputs:
                 edge.producer_done()
 
     async def _run_stage(self, node: Node, outputs: list[Edge]) -> None:
-        stage, edge = node.stage, self._edges[node.name]
-        open_producers: dict[str, int] = {}
-        failed: set[str] = set()
+        edge = self._edges[node.name]
+        streams: dict[str, _StreamEntry] = {}
         in_flight: Item | None = None
         try:
             while True:
@@ -172,19 +180,14 @@ class Runner:
                 except EdgeClosed:
                     break
                 if isinstance(message, StreamStarted):
-                    count = open_producers.get(message.stream_id, 0)
-                    open_producers[message.stream_id] = count + 1
-                    if count == 0:
-                        failed.discard(message.stream_id)
-                        await stage.on_stream_added(message.info)
-                        await self._emit(message, outputs)
+                    await self._start_stream(node, message, self._entry(node, message.stream_id, streams), outputs)
                 elif isinstance(message, EndOfStream):
-                    await self._end_stream(node, message, open_producers, failed, outputs)
-                elif message.stream_id in failed:
+                    await self._end_stream(node, message, streams, outputs)
+                elif (entry := streams.get(message.stream_id)) is not None and entry.failed:
                     self.stats.drop_item(message, f"failed:{node.name}")
                 else:
                     in_flight = message
-                    results = await self._process(node, message, failed, outputs)
+                    results = await self._process(node, message, streams, outputs)
                     in_flight = None
                     await self._emit_all(results, outputs)
         except asyncio.CancelledError:
@@ -195,15 +198,37 @@ class Runner:
             for output in outputs:
                 output.producer_done()
 
-    async def _process(self, node: Node, item: Item, failed: set[str], outputs: list[Edge]) -> Sequence[Item]:
+    def _entry(self, node: Node, stream_id: str, streams: dict[str, _StreamEntry]) -> _StreamEntry:
+        entry = streams.get(stream_id)
+        if entry is None:
+            origin = self._origins.get(stream_id, "")
+            entry = streams[stream_id] = _StreamEntry(inputs=self._inputs_from.get((node.name, origin), 1))
+        return entry
+
+    async def _start_stream(self, node: Node, started: StreamStarted, entry: _StreamEntry, outputs: list[Edge]) -> None:
+        entry.started += 1
+        if entry.started > 1:
+            return  # announced already, through another of this stage's inputs
+        try:
+            await node.stage.on_stream_added(started.info)
+        except Exception as exc:
+            error = _describe_failure(node, started.stream_id, exc)
+            await self._emit(started, outputs)
+            await self._fail_stream(node, started.stream_id, error, entry, outputs)
+            return
+        await self._emit(started, outputs)
+
+    async def _process(
+        self, node: Node, item: Item, streams: dict[str, _StreamEntry], outputs: list[Edge]
+    ) -> Sequence[Item]:
         stage = node.stage
         began = time.perf_counter()
         try:
             results = await stage.process(item)
         except StreamError as exc:
-            log.error("stream %s failed in stage %s: %s", item.stream_id, node.name, exc.message)
-            self._fail_stream(item, exc.message, failed)
-            await self._emit(EndOfStream(item.stream_id, "error", exc.message), outputs)
+            self.stats.drop_item(item, "stream_error")
+            entry = self._entry(node, item.stream_id, streams)
+            await self._fail_stream(node, item.stream_id, exc.message, entry, outputs)
             return ()
         except Exception:
             # One bad item never sinks the stream or the process: log it, count it, move on.
@@ -221,41 +246,55 @@ class Runner:
             for item in items:
                 item.add_time(key, elapsed_ms)
 
-    def _fail_stream(self, item: Item, message: str, failed: set[str]) -> None:
-        failed.add(item.stream_id)
-        counters = self.stats.stream(item.stream_id)
-        counters.error = counters.error or message
-        self.stats.drop_item(item, "stream_error")
-        self._stop_stream(item.stream_id, message)
+    async def _fail_stream(
+        self, node: Node, stream_id: str, error: str, entry: _StreamEntry, outputs: list[Edge]
+    ) -> None:
+        """End one stream now, in this stage and downstream; the others go on.
+
+        The stage still gets ``on_stream_ended`` (to release what it holds for the stream); items
+        it hands back then are counted as dropped. Its sources are asked to stop the stream; the
+        ends they still send are swallowed here, so downstream sees exactly one end.
+        """
+        log.error("stream %s failed in stage %s: %s", stream_id, node.name, error)
+        entry.failed = True
+        counters = self.stats.stream(stream_id)
+        counters.error = counters.error or error
+        self._stop_stream(stream_id, error)
+        eos = EndOfStream(stream_id, "error", error)
+        for lost in await self._ended_hook(node, eos):
+            self.stats.drop_item(lost, f"failed:{node.name}")
+        await self._emit(eos, outputs)
 
     async def _end_stream(
-        self,
-        node: Node,
-        eos: EndOfStream,
-        open_producers: dict[str, int],
-        failed: set[str],
-        outputs: list[Edge],
+        self, node: Node, eos: EndOfStream, streams: dict[str, _StreamEntry], outputs: list[Edge]
     ) -> None:
-        remaining = open_producers.get(eos.stream_id, 1) - 1
-        if remaining > 0:
-            open_producers[eos.stream_id] = remaining
-            return
-        open_producers.pop(eos.stream_id, None)
-        if eos.stream_id in failed:
-            failed.discard(eos.stream_id)  # its EndOfStream already went downstream
-            return
-        tail: Sequence[Item] = ()
+        entry = self._entry(node, eos.stream_id, streams)
+        entry.ended += 1
+        entry.end = eos if entry.end is None or _SEVERITY[eos.reason] > _SEVERITY[entry.end.reason] else entry.end
+        if entry.ended < entry.inputs:
+            return  # another of this stage's inputs still carries the stream
+        del streams[eos.stream_id]
+        if entry.failed:
+            return  # its end already went downstream when it failed
+        eos = entry.end
         began = time.perf_counter()
         try:
             tail = await node.stage.on_stream_ended(eos)
             self._add_latency(node, tail, began)
-        except StreamError as exc:
-            eos = EndOfStream(eos.stream_id, "error", exc.message)
-            self.stats.stream(eos.stream_id).error = exc.message
-        except Exception:
-            log.exception("stage %s failed ending stream %s", node.name, eos.stream_id)
+        except Exception as exc:
+            error = _describe_failure(node, eos.stream_id, exc)
+            self.stats.stream(eos.stream_id).error = error
+            tail, eos = (), EndOfStream(eos.stream_id, "error", error)
         await self._emit_all(tail, outputs)
         await self._emit(eos, outputs)
+
+    @staticmethod
+    async def _ended_hook(node: Node, eos: EndOfStream) -> Sequence[Item]:
+        try:
+            return await node.stage.on_stream_ended(eos)
+        except Exception:
+            log.exception("stage %s failed ending stream %s", node.name, eos.stream_id)
+            return ()
 
     async def _emit_all(self, items: Sequence[Item], outputs: list[Edge]) -> None:
         for index, item in enumerate(items):
@@ -267,6 +306,46 @@ class Runner:
                 raise
 
     async def _emit(self, message: Message, outputs: list[Edge]) -> None:
+        # Every branch's copy is made before any branch can see (and change) the item.
+        copies = [message, *(message.fork() for _ in outputs[1:])] if isinstance(message, Item) else None
         for index, edge in enumerate(outputs):
-            copy = message.fork() if index and isinstance(message, Item) else message
-            await edge.put(copy)
+            await edge.put(copies[index] if copies is not None else message)
+
+
+@dataclass
+class _StreamEntry:
+    """One stream as one stage sees it: how many of its inputs carry it, and where it stands."""
+
+    inputs: int
+    started: int = 0
+    ended: int = 0
+    failed: bool = False
+    end: EndOfStream | None = None
+    """The most telling end received so far: an error over a stop over a plain end of file."""
+
+
+_SEVERITY = {"eof": 0, "stopped": 1, "error": 2}
+
+
+def _describe_failure(node: Node, stream_id: str, exc: Exception) -> str:
+    if isinstance(exc, StreamError):
+        return exc.message
+    log.error("stage %s failed on stream %s", node.name, stream_id, exc_info=exc)
+    return f"stage {node.name}: {type(exc).__name__}: {exc}"
+
+
+def _inputs_from_sources(graph: Graph) -> dict[tuple[str, str], int]:
+    """(stage, source) -> how many of the stage's inputs carry that source's streams.
+
+    A stage behind a diamond gets each stream's start and end once per such input; it starts
+    the stream on the first and ends it on the last.
+    """
+    upstream: dict[str, set[str]] = {}
+    for name in graph.order:
+        inputs = graph.nodes[name].inputs
+        upstream[name] = {name}.union(*(upstream[i] for i in inputs))
+    return {
+        (name, source.name): sum(1 for i in graph.nodes[name].inputs if source.name in upstream[i])
+        for name in graph.order
+        for source in graph.sources
+    }

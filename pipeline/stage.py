@@ -120,7 +120,8 @@ class Source(Stage):
         self.stopping.set()
 
     def stop_stream(self, stream_id: str, reason: str) -> None:
-        """A downstream stage gave up on this stream (corrupt media): stop producing it."""
+        """A downstream stage gave up on this stream (corrupt media): stop producing it, and
+        still end it with an ``EndOfStream`` as every stream a source started must be ended."""
 
 
 _REGISTRY: dict[str, type[Stage]] = {}

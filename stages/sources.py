@@ -81,6 +81,8 @@ class FileSource(Source):
         try:
             demuxer = await self.ctx.run_blocking(_Demuxer, path)
         except (OSError, av.FFmpegError, ValueError) as exc:
+            # Announce the stream even so: subscribers see it start, fail with the reason, and end.
+            await emit(StreamStarted(StreamInfo(stream_id=stream_id, uri=str(path), live=False)))
             await self._fail(emit, stream_id, f"cannot open {path}: {_reason(exc)}")
             return
         try:
@@ -134,9 +136,9 @@ class FileSource(Source):
             read += 1
             media = EncodedPacket(packet, pts, demuxer.time_base, bool(packet.is_keyframe))
             await emit(Item(stream_id=stream_id, media=media, capture_time=time.time()))
-        if stream_id in self._stopped_streams:
-            return  # a downstream stage already ended this stream with its error
-        if self.stopping.is_set():
+        if stream_id in self._stopped_streams or self.stopping.is_set():
+            # A source ends every stream it started, even one a stage failed (that stage has
+            # sent its error downstream already and swallows this end).
             await emit(EndOfStream(stream_id, "stopped"))
             return
         if not self.params.loop and demuxer.expected_packets and read < demuxer.expected_packets:

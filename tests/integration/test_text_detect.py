@@ -119,10 +119,10 @@ async def test_bad_files_end_their_own_stream_with_an_error_and_the_good_one_fin
     assert recording.returncode == 1
     assert "Traceback" not in recording.stderr
     for stream_id in ("truncated", "garbage", "missing"):
-        assert recording.event_names(stream_id) == ["error", "ended"]
-        error = recording.events[stream_id][0]["message"]
+        assert recording.event_names(stream_id) == ["started", "error", "ended"]
+        error = recording.events[stream_id][1]["message"]
         assert str(broken_files[stream_id]) in error
         assert f"stream {stream_id} failed: " in recording.stderr
         assert recording.events[stream_id][-1]["reason"] == "error"
-    assert "No such file or directory" in recording.events["missing"][0]["message"]
+    assert "No such file or directory" in recording.events["missing"][1]["message"]
     assert [r["seq"] for r in recording.results["good"]] == list(range(ground_truth["frames"]))

@@ -281,13 +281,6 @@ async def test_stream_error_ends_that_stream_only(tmp_path):
     assert stage_of(graph, "src").stop_requests == [("a", "boom")]
 
 
-@pytest.mark.xfail(
-    reason="bug: after a stage fails a stream with StreamError, the runner never calls that stage's "
-    "on_stream_ended for it (even when the stream's EndOfStream arrives), so per-stream state is never "
-    "released: Decode keeps the failed stream's codec context forever",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_stage_that_failed_a_stream_still_gets_its_end(tmp_path):
     graph = make_graph(
         node("src", "ListSource", params={"streams": ["a", "b"], "count": 4}),
@@ -300,12 +293,6 @@ async def test_stage_that_failed_a_stream_still_gets_its_end(tmp_path):
     assert "a" in faulty.ended
 
 
-@pytest.mark.xfail(
-    reason="bug: a StreamError raised by on_stream_added is not caught by the runner; it escapes the "
-    "TaskGroup and ends the whole run (ExceptionGroup) instead of ending only that stream",
-    raises=ExceptionGroup,
-    strict=True,
-)
 async def test_stream_error_when_a_stream_is_added_ends_that_stream_only(tmp_path):
     graph = make_graph(
         node("src", "ListSource", params={"streams": ["a", "b"], "count": 3}),
@@ -341,12 +328,6 @@ async def test_fan_out_gives_each_branch_its_own_item(tmp_path):
     assert all(seen == set() for seen in left.seen_results + right.seen_results)
 
 
-@pytest.mark.xfail(
-    reason="bug: Runner._emit forks lazily, after the previous put returns; when a middle branch's edge "
-    "is full, the first branch mutates the original item before later branches' copies are made",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_fan_out_to_three_branches_under_backpressure_keeps_branches_apart(tmp_path):
     graph = make_graph(
         node("src", "ListSource", params={"count": 6}),
@@ -375,13 +356,6 @@ async def test_fan_in_of_two_sources_carries_both_streams(tmp_path):
     assert runner.edges["sink"].closed
 
 
-@pytest.mark.xfail(
-    reason="bug: a stage fed one stream by two inputs (a diamond) counts StreamStarted arrivals, not "
-    "inputs; when one branch runs ahead, the stream is ended after that branch's EndOfStream and then "
-    "started again by the other branch, so downstream sees start/end twice and items after an end",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_diamond_merge_starts_and_ends_a_stream_once(tmp_path):
     graph = make_graph(
         node("src", "ListSource", params={"count": 3}),
