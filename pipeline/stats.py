@@ -14,7 +14,8 @@ class StreamCounters:
     decoded: int = 0
     published: int = 0
     drops: dict[str, int] = field(default_factory=dict)
-    """Decoded frames dropped, by where (``edge:<stage>``, ``shutdown``, ``error:<stage>``)."""
+    """Decoded frames dropped, by where: ``edge:<stage>``, ``shutdown``, ``error:<stage>``,
+    ``stream_error`` (the frame a stage gave up on the stream at), ``failed:<stage>``."""
     packets_dropped: int = 0
     """Compressed packets discarded before decoding (at shutdown, or by a full edge)."""
     frame_count: int | None = None
