@@ -158,13 +158,27 @@ class Runner:
     async def _run_source(self, node: Node, outputs: list[Edge]) -> None:
         assert isinstance(node.stage, Source)
 
+        open_streams: dict[str, None] = {}  # started and not yet ended, in start order
+
         async def emit(message: Message) -> None:
-            if not isinstance(message, Item):
+            if isinstance(message, StreamStarted):
                 self._origins[message.stream_id] = node.name
+                open_streams[message.stream_id] = None
+            elif isinstance(message, EndOfStream):
+                self._origins[message.stream_id] = node.name
+                open_streams.pop(message.stream_id, None)
             await self._emit(message, outputs)
 
         try:
             await node.stage.run(emit)
+        except Exception as exc:
+            # A broken source ends its own streams with the error; the other sources go on.
+            log.error("source %s failed", node.name, exc_info=exc)
+            error = f"source {node.name}: {type(exc).__name__}: {exc}"
+            for stream_id in list(open_streams):
+                counters = self.stats.stream(stream_id)
+                counters.error = counters.error or error
+                await emit(EndOfStream(stream_id, "error", error))
         finally:
             for edge in outputs:
                 edge.producer_done()

@@ -32,6 +32,8 @@ class ListSourceParams(StageParams):
     count: int = 5
     hold: bool = False
     """After emitting, wait for a stop request and end the streams as ``stopped``."""
+    crash_after: int | None = None
+    """Raise (a bug in the source) after emitting this many items of each stream."""
 
 
 class ListSource(Source):
@@ -52,6 +54,8 @@ class ListSource(Source):
         for sid in self.params.streams:
             await emit(StreamStarted(StreamInfo(stream_id=sid, uri=f"test://{sid}", live=False)))
         for seq in range(self.params.count):
+            if seq == self.params.crash_after:
+                raise RuntimeError("source bug")
             for sid in self.params.streams:
                 media = EncodedPacket(None, seq, Fraction(1, 30), True)
                 await emit(Item(stream_id=sid, media=media, capture_time=1000.0 + seq, seq=seq))
@@ -305,6 +309,22 @@ async def test_stream_error_when_a_stream_is_added_ends_that_stream_only(tmp_pat
     assert sink.seqs("a") == []
     assert [(e.stream_id, e.reason) for e in sink.ends if e.stream_id == "a"] == [("a", "error")]
     assert summary.stats.stream("a").error == "no decoder for this stream"
+
+
+async def test_a_crashing_source_ends_its_own_streams_and_the_other_source_goes_on(tmp_path):
+    graph = make_graph(
+        node("bad", "ListSource", params={"streams": ["a"], "count": 5, "crash_after": 2}),
+        node("good", "ListSource", params={"streams": ["b"], "count": 5}),
+        node("sink", "Recorder", ["bad", "good"]),
+    )
+    summary = await make_runner(graph, tmp_path).run()
+    sink = stage_of(graph, "sink")
+    assert sink.seqs("a") == [0, 1]
+    assert sink.seqs("b") == [0, 1, 2, 3, 4]
+    ends = {e.stream_id: e for e in sink.ends}
+    assert (ends["a"].reason, ends["b"].reason) == ("error", "eof")
+    assert ends["a"].error == "source bad: RuntimeError: source bug"
+    assert summary.failed_streams == [("a", "source bad: RuntimeError: source bug")]
 
 
 async def test_fan_out_gives_each_branch_its_own_item(tmp_path):
