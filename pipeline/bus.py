@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -54,6 +55,9 @@ class NatsServer:
         self._store: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self, timeout_s: float = 10.0) -> NatsServer:
+        # Probing the port below cannot tell our server from another process already there.
+        if _accepts_connections(self.port):
+            raise BusError(f"cannot start nats-server: port {self.port} on 127.0.0.1 is already in use")
         command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
         if self._jetstream:
             self._store = tempfile.TemporaryDirectory(prefix="streamgraph-js-")
@@ -64,11 +68,9 @@ class NatsServer:
             if self._process.poll() is not None:
                 err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
                 raise BusError(f"nats-server exited at start (code {self._process.returncode}): {err.strip()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+            if _accepts_connections(self.port):
+                return self
+            time.sleep(0.05)
         self.stop()
         raise BusError(f"nats-server did not listen on port {self.port} within {timeout_s:.0f} s")
 
@@ -90,6 +92,30 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def subject_covers(pattern: str, subject: str) -> bool:
+    """Whether every subject matching ``subject`` (itself possibly with wildcards) matches ``pattern``."""
+    wanted, given = pattern.split("."), subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(given) > index
+        if index >= len(given):
+            return False
+        if token == "*":
+            if given[index] == ">":
+                return False
+        elif token != given[index]:
+            return False
+    return len(given) == len(wanted)
 
 
 class Bus:
@@ -145,7 +171,14 @@ class Bus:
         js = None
         if config.jetstream is not None:
             js = client.jetstream()
-            await _ensure_stream(js, config.jetstream.stream, f"{config.prefix}.{pipeline}.>")
+            try:
+                await _ensure_stream(js, config.jetstream.stream, f"{config.prefix}.{pipeline}.>", target)
+            except BaseException:
+                events.closing = True
+                await client.close()
+                if server is not None:
+                    await asyncio.to_thread(server.stop)
+                raise
         bus = cls(client, url=target, prefix=config.prefix, server=server, js=js)
         bus._events = events
         return bus
@@ -167,14 +200,19 @@ class Bus:
                 await asyncio.to_thread(self._server.stop)
 
 
-async def _ensure_stream(js: JetStreamContext, name: str, subjects: str) -> None:
+async def _ensure_stream(js: JetStreamContext, name: str, subjects: str, url: str) -> None:
     try:
-        info = await js.stream_info(name)
-    except NotFoundError:
-        await js.add_stream(name=name, subjects=[subjects])
-        log.info("created JetStream stream %s for %s", name, subjects)
-        return
-    if subjects not in (info.config.subjects or []):
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(name=name, subjects=[subjects])
+            log.info("created JetStream stream %s for %s", name, subjects)
+            return
+    except NatsError as exc:  # no JetStream on that server, no permission, timeout...
+        raise BusError(
+            f"JetStream stream {name!r} at {url}: {exc or type(exc).__name__} (is JetStream enabled?)"
+        ) from None
+    if not any(subject_covers(pattern, subjects) for pattern in info.config.subjects or []):
         raise BusError(
             f"JetStream stream {name!r} exists but does not cover {subjects} (it has {info.config.subjects})"
         )

@@ -155,7 +155,7 @@ async def _subscribe_async(url: str, subject: str, count: int) -> int:
     from .errors import BusError
 
     try:
-        client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3)
+        client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3, error_cb=_log_nats_error)
     except Exception as exc:
         raise BusError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
     received = 0
@@ -181,6 +181,11 @@ async def _subscribe_async(url: str, subject: str, count: int) -> int:
     finally:
         await client.drain()
     return EXIT_OK
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    # nats-py's default callback logs a traceback per failed attempt; one line is enough.
+    log.warning("NATS: %s", exc or type(exc).__name__)
 
 
 def _models_pull(args: argparse.Namespace) -> int:

@@ -1,0 +1,155 @@
+"""stages.infer: the real PP-OCRv4 detector run by Prepare then Infer on a frame of the sample."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipeline.errors import ConfigError
+from pipeline.media import Item, VideoFrame
+from stages.infer import Infer, InferParams, ModelOutput
+from stages.vision import Prepare, PreparedTensor, PrepareParams
+
+MODEL = "pp-ocrv4-det"
+OUTPUT = "sigmoid_0.tmp_0"
+CPU = ["CPUExecutionProvider"]
+SIZE = [192, 320]  # height, width: small (fast), not the card's default, and a multiple of 32
+
+
+@pytest.fixture(scope="module")
+def sample_frame(sample_video: Path) -> VideoFrame:
+    """Frame 0 of the sample, BGR as the decode stage gives it."""
+    with av.open(str(sample_video)) as container:
+        stream = container.streams.video[0]
+        frame = next(container.decode(stream))
+        image = frame.to_ndarray(format="bgr24")
+        return VideoFrame(image, frame.pts, stream.time_base, frame.width, frame.height)
+
+
+def frame_item(frame: VideoFrame) -> Item:
+    return Item(stream_id="cam", media=frame, capture_time=0.0, seq=0)
+
+
+async def started_infer(make_ctx, **params) -> Infer:
+    stage = Infer("det", InferParams(model=MODEL, providers=CPU, intra_op_threads=1, **params))
+    await stage.start(make_ctx("det", input_stages=("prep",)))
+    return stage
+
+
+async def test_prepare_then_infer_gives_a_probability_map_of_the_tensor_size(make_ctx, sample_frame):
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep"))
+    infer = await started_infer(make_ctx)
+    assert infer.tensor_key == "prep"  # the stage's first input, by default
+
+    (item,) = await prepare.process(frame_item(sample_frame))
+    prepared = item.tensors["prep"]
+    assert isinstance(prepared, PreparedTensor)
+    assert prepared.data.shape == (3, *SIZE)
+    (out,) = await infer.process(item)
+
+    assert out is item  # same item, passed on with the model's output added
+    assert "prep" not in item.tensors  # the input tensor is consumed, not carried along
+    result = item.tensors["det"]
+    assert isinstance(result, ModelOutput)
+    assert result.model == MODEL
+    assert result.geometry == prepared.geometry  # post-processing maps back to frame pixels with it
+    assert list(result.outputs) == [OUTPUT]
+    probability = result.outputs[OUTPUT]
+    assert probability.shape == (1, *SIZE)  # batch dimension removed; HxW of the input tensor
+    assert probability.dtype == np.float32
+    assert float(probability.min()) >= 0.0 and float(probability.max()) <= 1.0
+    # The sample has text: the model finds it ("STREAMGRAPH DEMO" spans x 40..456, y 34..64 of 640x360)...
+    geometry = prepared.geometry
+    x1, x2 = round(40 * geometry.scale_x), round(456 * geometry.scale_x)
+    y1, y2 = round(34 * geometry.scale_y), round(64 * geometry.scale_y)
+    assert float(probability[0, y1:y2, x1:x2].max()) > 0.5
+    # ...and the frame is mostly background.
+    assert float(np.median(probability)) < 0.1
+
+
+async def test_input_param_picks_the_tensor_to_feed(make_ctx, sample_frame):
+    prepare = Prepare("small", PrepareParams(model=MODEL, size=[64, 96]))
+    await prepare.start(make_ctx("small"))
+    infer = await started_infer(make_ctx, input="small")
+    assert infer.tensor_key == "small"
+    (item,) = await prepare.process(frame_item(sample_frame))
+    (item,) = await infer.process(item)
+    assert item.tensors["det"].outputs[OUTPUT].shape == (1, 64, 96)
+
+
+async def test_item_without_the_tensor_is_a_value_error_naming_the_stage(make_ctx, sample_frame):
+    infer = await started_infer(make_ctx)
+    with pytest.raises(ValueError, match="'prep'"):
+        await infer.process(frame_item(sample_frame))
+    # Something else under that key (not a prepared tensor) is refused the same way.
+    item = frame_item(sample_frame)
+    item.tensors["prep"] = np.zeros((3, 64, 64), np.float32)
+    with pytest.raises(ValueError, match="no tensor from stage 'prep'"):
+        await infer.process(item)
+    assert "det" not in item.tensors
+
+
+def two_input_card(tmp_path: Path) -> Path:
+    card = tmp_path / "two-inputs.yaml"
+    card.write_text(
+        f"""
+name: two-inputs
+license: MIT
+task: test
+source: {{path: model.onnx}}
+sha256: "{"0" * 64}"
+inputs:
+  - {{name: image, dtype: float32, shape: [batch, 3, height, width]}}
+  - {{name: state, dtype: float32, shape: [2, batch, 128]}}
+outputs:
+  - {{name: out, dtype: float32, shape: [batch, 1]}}
+"""
+    )
+    return card
+
+
+def test_check_rejects_a_card_with_two_inputs(tmp_path):
+    two_input_card(tmp_path)
+    infer = Infer("det", InferParams(model="two-inputs.yaml"))
+    with pytest.raises(ConfigError) as info:
+        infer.check(tmp_path)  # relative card paths resolve against the config's directory
+    assert info.value.path == "params.model"
+    assert "'two-inputs' has 2 inputs" in info.value.message
+
+
+async def test_start_rejects_a_card_with_two_inputs_before_loading_anything(make_ctx, tmp_path):
+    card = two_input_card(tmp_path)  # its model file does not even exist
+    infer = Infer("det", InferParams(model=str(card)))
+    with pytest.raises(ConfigError, match="2 inputs"):
+        await infer.start(make_ctx("det", input_stages=("prep",)))
+
+
+def test_check_accepts_the_real_card_and_rejects_an_unknown_one(tmp_path):
+    Infer("det", InferParams(model=MODEL)).check(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        Infer("det", InferParams(model="no-such-model")).check(tmp_path)
+    assert info.value.path == "params.model"
+    assert "no-such-model" in info.value.message
+
+
+def test_params_validation():
+    with pytest.raises(ValidationError):
+        InferParams.model_validate({})
+    with pytest.raises(ValidationError):
+        InferParams(model=MODEL, intra_op_threads=-1)
+    with pytest.raises(ValidationError):
+        InferParams.model_validate({"model": MODEL, "engine": "tensorflow"})
+
+
+async def test_non_prepared_media_never_reaches_the_model(make_ctx):
+    # A frame that no prepare stage saw has no tensor: refused before the engine is called.
+    infer = await started_infer(make_ctx)
+    frame = VideoFrame(np.zeros((8, 8, 3), np.uint8), 0, Fraction(1, 25), 8, 8)
+    with pytest.raises(ValueError, match="is it a prepare stage"):
+        await infer.process(Item(stream_id="cam", media=frame, capture_time=0.0))

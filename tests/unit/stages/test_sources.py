@@ -1,0 +1,344 @@
+"""stages.sources: the ``file`` source driven through ``run(emit)`` on real media read by PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipeline.media import EncodedPacket, EndOfStream, Item, Message, StreamStarted
+from pipeline.stage import StageContext
+from stages.sources import FileParams, FileSource
+
+SAMPLE_FRAMES = 250  # samples/text.mp4: 10 s at 25 frames/s, 640x360 H.264
+SAMPLE_TICKS = 512  # one frame in the sample's 1/12800 time base
+HANG_GUARD_S = 60.0  # generous: only there so that a broken stop fails instead of hanging
+
+
+class Recorder:
+    """An ``emit`` that records every message and can call back after the n-th packet."""
+
+    def __init__(self, after: int | None = None, then: Callable[[], None] | None = None) -> None:
+        self.messages: list[Message] = []
+        self._after = after
+        self._then = then
+        self.packet_arrived = asyncio.Event()
+
+    async def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+        if isinstance(message, Item):
+            self.packet_arrived.set()
+            if self._after is not None and len(self.items) == self._after and self._then is not None:
+                self._then()
+
+    @property
+    def items(self) -> list[Item]:
+        return [m for m in self.messages if isinstance(m, Item)]
+
+    @property
+    def ends(self) -> list[EndOfStream]:
+        return [m for m in self.messages if isinstance(m, EndOfStream)]
+
+    @property
+    def packets(self) -> list[EncodedPacket]:
+        packets = []
+        for item in self.items:
+            assert isinstance(item.media, EncodedPacket)
+            packets.append(item.media)
+        return packets
+
+
+async def started_source(make_ctx: Callable[..., StageContext], **params) -> FileSource:
+    source = FileSource("video", FileParams(**params))
+    await source.start(make_ctx("video"))
+    return source
+
+
+async def run_source(source: FileSource, emit: Recorder) -> None:
+    await asyncio.wait_for(source.run(emit), timeout=HANG_GUARD_S)
+
+
+def write_h264(path: Path, frames: int, **open_options) -> Path:
+    """A small 64x64 H.264 file (noise, so every packet carries data) in the container ``path`` names."""
+    rng = np.random.default_rng(7)
+    with av.open(str(path), "w", **open_options) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def cut_in_half(path: Path, to: Path) -> Path:
+    data = path.read_bytes()
+    to.write_bytes(data[: len(data) // 2])
+    return to
+
+
+def assert_one_end_last(recorder: Recorder) -> EndOfStream:
+    """The stream protocol: StreamStarted first, exactly one EndOfStream, and it comes last."""
+    assert isinstance(recorder.messages[0], StreamStarted)
+    assert sum(isinstance(m, StreamStarted) for m in recorder.messages) == 1
+    assert len(recorder.ends) == 1
+    assert recorder.messages[-1] is recorder.ends[0]
+    return recorder.ends[0]
+
+
+# --- a whole file ---------------------------------------------------------------------------------
+
+
+async def test_plays_the_sample_start_packets_then_eof(make_ctx, sample_video):
+    source = await started_source(make_ctx, path=str(sample_video), id="cam")
+    emit = Recorder()
+    await run_source(source, emit)
+
+    started = emit.messages[0]
+    assert isinstance(started, StreamStarted)
+    info = started.info
+    assert info.stream_id == "cam"
+    assert info.uri == str(sample_video)
+    assert info.live is False
+    assert info.video is not None
+    assert (info.video.codec, info.video.width, info.video.height) == ("h264", 640, 360)
+    assert info.video.extradata  # avcC for an MP4: the decoder cannot open the stream without it
+    assert info.frame_rate == Fraction(25)
+    assert info.frame_count == SAMPLE_FRAMES
+    assert source.ctx.stats.stream("cam").frame_count == SAMPLE_FRAMES
+
+    end = assert_one_end_last(emit)
+    assert end == EndOfStream("cam", "eof")
+    assert source.ctx.stats.stream("cam").error is None
+
+    packets = emit.packets
+    assert len(packets) == SAMPLE_FRAMES
+    assert all(item.stream_id == "cam" for item in emit.items)
+    assert all(item.seq == -1 for item in emit.items)  # packets are not frames yet: no sequence number
+    assert all(p.time_base == Fraction(1, 12800) for p in packets)
+    assert packets[0].is_keyframe
+    # Decode order: dts strictly increases; pts covers every frame once (B-frames reorder it).
+    dts = [p.payload.dts for p in packets]
+    assert all(b > a for a, b in itertools.pairwise(dts))
+    assert sorted(p.pts for p in packets) == list(range(0, SAMPLE_FRAMES * SAMPLE_TICKS, SAMPLE_TICKS))
+    assert all(p.pts == p.payload.pts for p in packets)
+    # Capture times are wall-clock and never go back.
+    captures = [item.capture_time for item in emit.items]
+    assert captures == sorted(captures)
+
+
+async def test_stream_id_defaults_to_the_file_stem(make_ctx, sample_video):
+    source = FileSource("video", FileParams(path=str(sample_video)))
+    assert source.stream_id == "text"
+    assert FileSource("video", FileParams(path="a/b/front door.cam.mkv", id="door")).stream_id == "door"
+    await source.start(make_ctx("video"))
+    emit = Recorder(after=1, then=source.request_stop)
+    await run_source(source, emit)
+    assert emit.messages[0].stream_id == "text"
+    assert {m.stream_id for m in emit.messages} == {"text"}
+
+
+async def test_relative_paths_resolve_against_the_config_directory(make_ctx, sample_video, tmp_path):
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "clip.mp4").symlink_to(sample_video)
+    source = await started_source(make_ctx, path="media/clip.mp4")  # make_ctx's base_dir is tmp_path
+    emit = Recorder(after=2, then=source.request_stop)
+    await run_source(source, emit)
+    started = emit.messages[0]
+    assert isinstance(started, StreamStarted)
+    assert started.info.uri == str(tmp_path / "media" / "clip.mp4")
+    assert len(emit.items) == 2
+
+
+def test_params_validation():
+    assert FileParams(path="x.mp4").rate == "max"
+    assert FileParams(path="x.mp4").loop is False
+    with pytest.raises(ValidationError):
+        FileParams(path="x.mp4", id="has space")
+    with pytest.raises(ValidationError):
+        FileParams(path="x.mp4", id="a/b")
+    with pytest.raises(ValidationError):
+        FileParams.model_validate({"path": "x.mp4", "rate": "fast"})
+    with pytest.raises(ValidationError):
+        FileParams.model_validate({"path": "x.mp4", "loops": True})
+
+
+# --- loop, stop -----------------------------------------------------------------------------------
+
+
+async def test_loop_keeps_timestamps_increasing_across_the_rewind(make_ctx, sample_video):
+    total = SAMPLE_FRAMES + 60
+    source = await started_source(make_ctx, path=str(sample_video), id="cam", loop=True)
+    emit = Recorder(after=total, then=source.request_stop)
+    await run_source(source, emit)
+
+    started = emit.messages[0]
+    assert isinstance(started, StreamStarted)
+    assert started.info.frame_count is None  # endless: no progress total
+    assert source.ctx.stats.stream("cam").frame_count is None
+    assert assert_one_end_last(emit) == EndOfStream("cam", "stopped")
+    assert source.ctx.stats.stream("cam").error is None
+
+    packets = emit.packets
+    assert len(packets) == total  # nothing emitted after the stop
+    duration = SAMPLE_FRAMES * SAMPLE_TICKS
+    first, second = packets[:SAMPLE_FRAMES], packets[SAMPLE_FRAMES:]
+    assert sorted(p.pts for p in first) == list(range(0, duration, SAMPLE_TICKS))
+    # The second pass is the same file shifted by its duration: pts continue where the first ended.
+    assert [p.pts for p in second] == [p.pts + duration for p in first[: len(second)]]
+    assert min(p.pts for p in second) == duration
+    assert second[0].is_keyframe
+    # The packets themselves are shifted too (the decoder passes their pts through)...
+    assert all(p.payload.pts == p.pts for p in packets)
+    # ...and their dts, so decode order stays strictly increasing across the rewind.
+    dts = [p.payload.dts for p in packets]
+    assert all(b > a for a, b in itertools.pairwise(dts))
+
+
+async def test_request_stop_ends_the_stream_as_stopped(make_ctx, sample_video):
+    source = await started_source(make_ctx, path=str(sample_video), id="cam")
+    emit = Recorder(after=5, then=source.request_stop)
+    await run_source(source, emit)
+    assert len(emit.items) == 5
+    assert assert_one_end_last(emit) == EndOfStream("cam", "stopped")
+    # A stop is not a failure, even though fewer packets than the file holds were read.
+    assert source.ctx.stats.stream("cam").error is None
+
+
+async def test_stop_stream_mid_stream_stops_it_with_exactly_one_end(make_ctx, sample_video):
+    source = await started_source(make_ctx, path=str(sample_video), id="cam")
+    emit = Recorder(after=10, then=lambda: source.stop_stream("cam", "decode failed"))
+    await run_source(source, emit)
+    assert len(emit.items) == 10
+    # Every stream a source started gets exactly one end, even one a downstream stage gave up on.
+    assert assert_one_end_last(emit) == EndOfStream("cam", "stopped")
+    assert source.ctx.stats.stream("cam").error is None
+
+
+async def test_stop_stream_for_another_stream_changes_nothing(make_ctx, sample_video):
+    source = await started_source(make_ctx, path=str(sample_video), id="cam")
+    emit = Recorder(after=10, then=lambda: source.stop_stream("other", "decode failed"))
+    await run_source(source, emit)
+    assert len(emit.items) == SAMPLE_FRAMES
+    assert assert_one_end_last(emit) == EndOfStream("cam", "eof")
+
+
+async def test_request_stop_during_native_playback_ends_it_promptly(make_ctx, sample_video):
+    # Looping at the file's own pace: without a working stop this would never end by itself.
+    source = await started_source(make_ctx, path=str(sample_video), id="live", rate="native", loop=True)
+    emit = Recorder()
+    task = asyncio.create_task(source.run(emit))
+    await asyncio.wait_for(emit.packet_arrived.wait(), timeout=HANG_GUARD_S)
+    emitted_before_stop = len(emit.items)
+    source.request_stop()  # from outside, while the source waits for its next packet's time
+    await asyncio.wait_for(task, timeout=HANG_GUARD_S)
+
+    assert emitted_before_stop >= 1
+    assert len(emit.items) == emitted_before_stop  # the packet it was waiting to send is not sent
+    assert assert_one_end_last(emit) == EndOfStream("live", "stopped")
+
+
+# --- bad files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("missing.mp4", None, "No such file or directory"),
+        ("garbage.mp4", b"\x00not a video at all\xff" * 64, "Invalid data"),
+        ("empty.mp4", b"", "Invalid data"),
+    ],
+)
+async def test_unopenable_file_starts_then_ends_the_stream_with_an_error(make_ctx, tmp_path, name, content, reason):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    source = await started_source(make_ctx, path=str(path))
+    emit = Recorder()
+    await run_source(source, emit)
+
+    assert len(emit.messages) == 2
+    started, end = emit.messages
+    # Subscribers still see the stream start, then fail with the reason.
+    assert isinstance(started, StreamStarted)
+    assert started.info.stream_id == path.stem
+    assert started.info.uri == str(path)
+    assert started.info.video is None
+    assert isinstance(end, EndOfStream)
+    assert (end.stream_id, end.reason) == (path.stem, "error")
+    assert end.error is not None
+    assert str(path) in end.error
+    assert reason in end.error
+    assert source.ctx.stats.stream(path.stem).error == end.error
+
+
+async def test_file_without_video_is_an_error(make_ctx, tmp_path):
+    path = tmp_path / "tone.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    source = await started_source(make_ctx, path=str(path))
+    emit = Recorder()
+    await run_source(source, emit)
+    end = assert_one_end_last(emit)
+    assert end.reason == "error"
+    assert end.error is not None and str(path) in end.error and "no video stream" in end.error
+    assert emit.items == []
+
+
+async def test_truncated_file_with_a_known_frame_count_ends_with_an_error(make_ctx, tmp_path):
+    # MP4 with its index up front (faststart): it still opens when cut, and says how many frames
+    # it should have, so the source can tell a truncated file from a finished one.
+    whole = write_h264(tmp_path / "whole.mp4", 50, format="mp4", options={"movflags": "faststart"})
+    cut = cut_in_half(whole, tmp_path / "cut.mp4")
+    source = await started_source(make_ctx, path=str(cut), id="cut")
+    emit = Recorder()
+    await run_source(source, emit)
+
+    started = emit.messages[0]
+    assert isinstance(started, StreamStarted)
+    assert started.info.frame_count == 50
+    end = assert_one_end_last(emit)
+    assert 0 < len(emit.items) < 50
+    assert end.reason == "error"
+    assert end.error is not None
+    assert str(cut) in end.error
+    assert f"read {len(emit.items)} of 50 packets" in end.error
+    assert source.ctx.stats.stream("cut").error == end.error
+
+
+async def test_truncated_file_without_a_frame_count_ends_early_at_eof(make_ctx, tmp_path):
+    # MPEG-TS carries no frame count: a cut file cannot be told from a short one, so it just ends.
+    whole = write_h264(tmp_path / "whole.ts", 50, format="mpegts")
+    cut = cut_in_half(whole, tmp_path / "cut.ts")
+    whole_source = await started_source(make_ctx, path=str(whole), id="whole")
+    whole_emit = Recorder()
+    await run_source(whole_source, whole_emit)
+    assert len(whole_emit.items) == 50
+    assert assert_one_end_last(whole_emit) == EndOfStream("whole", "eof")
+
+    source = await started_source(make_ctx, path=str(cut), id="cut")
+    emit = Recorder()
+    await run_source(source, emit)
+    started = emit.messages[0]
+    assert isinstance(started, StreamStarted)
+    assert started.info.frame_count is None
+    assert 0 < len(emit.items) < 50
+    assert assert_one_end_last(emit) == EndOfStream("cut", "eof")
+    # What was read is the file's beginning, in order.
+    assert [p.pts for p in emit.packets] == [p.pts for p in whole_emit.packets[: len(emit.items)]]
