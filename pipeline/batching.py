@@ -1,0 +1,340 @@
+"""The stream-aware batcher: many streams' requests share one model run.
+
+Requests wait in one queue per stream. A batch goes out when it is full or when the oldest
+waiting request has waited ``max_delay_ms`` (never later than the next moment the model is free),
+taking requests round-robin across streams so a flooding stream cannot starve a slow one. Only
+requests of one *group* (e.g. one tensor shape) share a batch; the group of the oldest request
+goes first. With ``latency_budget_ms`` a request that has already missed its budget is failed with
+``DeadlineMissed`` before it costs a model run. ``one_per_stream`` keeps a stream's requests in
+separate batches, in order, as a recurrent model's state demands.
+
+Exactly one outcome per request: its result or its own exception. If a whole batch raises, its
+requests are retried one by one, so one bad input fails only itself.
+
+With ``max_size: auto`` an ``AdaptiveSize`` measures the cost of the batch sizes it runs and
+settles on the size with the most throughput whose run still fits the latency budget, probing a
+neighbouring size now and then as load changes.
+
+Time comes from an injectable ``Clock``; tests drive it by hand instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from .errors import PipelineError
+
+P = TypeVar("P")
+
+
+class DeadlineMissed(PipelineError, TimeoutError):
+    """A request had used up its latency budget before a model run could start."""
+
+    def __init__(self, waited_ms: float, budget_ms: float) -> None:
+        self.waited_ms = waited_ms
+        self.budget_ms = budget_ms
+        super().__init__(f"waited {waited_ms:.1f} ms, over the {budget_ms:.1f} ms budget")
+
+
+class BatcherClosed(PipelineError, RuntimeError):
+    """``submit`` after ``close``."""
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    async def wait(self, event: asyncio.Event, until: float | None) -> None:
+        """Return when ``event`` is set or ``now() >= until`` (``None``: no time limit)."""
+        ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time()
+
+    async def wait(self, event: asyncio.Event, until: float | None) -> None:
+        timeout = None if until is None else max(0.0, until - self.now())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_size: int | None = 1
+    """Largest batch; ``None`` lets ``AdaptiveSize`` choose up to ``size_limit``."""
+    max_delay_ms: float = 0.0
+    latency_budget_ms: float | None = None
+    """Age (from capture) past which a request is dropped before inference."""
+    one_per_stream: bool = False
+    size_limit: int = 16
+    """The largest size ``auto`` may try."""
+
+
+@dataclass(eq=False)
+class Request(Generic[P]):
+    """One item's work: what to run, which stream, and when it was captured and queued."""
+
+    stream_id: str
+    payload: P
+    group: Hashable = None
+    captured_at: float | None = None
+    """Clock time the item was captured (for the latency budget); ``None``: no budget applies."""
+    queued_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    batch_size: int = 0
+    future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def wait_ms(self) -> float:
+        return (self.started_at - self.queued_at) * 1000.0
+
+    @property
+    def run_ms(self) -> float:
+        return (self.finished_at - self.started_at) * 1000.0
+
+
+RunBatch = Callable[[list[Request[P]]], Awaitable[Sequence[Any]]]
+"""Runs one batch; returns one result (or an exception instance) per request, in order."""
+
+
+class AdaptiveSize:
+    """Chooses a batch size from measured run times: most items per second within the budget.
+
+    Sizes are powers of two up to ``limit``. The cost of each size is a moving average of its
+    run time. After ``probe_every`` batches the next size up (or down) is tried once, so the
+    choice follows the load and the machine.
+    """
+
+    def __init__(self, limit: int, *, budget_ms: float | None = None, probe_every: int = 16) -> None:
+        self.sizes = [1 << k for k in range(int(math.log2(max(1, limit))) + 1)]
+        self.budget_ms = budget_ms
+        self.probe_every = probe_every
+        self.cost_s: dict[int, float] = {}
+        self.current = 1
+        self._target = 1
+        self._since_probe = 0
+        self._probe_up = True
+
+    @property
+    def target(self) -> int:
+        return self._target
+
+    def record(self, size: int, seconds: float) -> None:
+        """A batch of ``size`` took ``seconds``; only sizes of the ladder count."""
+        if size in self.sizes:
+            old = self.cost_s.get(size)
+            self.cost_s[size] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        self.current = self._best()
+        self._since_probe += 1
+        self._target = self.current
+        if self._since_probe >= self.probe_every:
+            self._since_probe = 0
+            self._target = self._neighbour()
+
+    def _fits(self, size: int) -> bool:
+        return self.budget_ms is None or self.cost_s[size] * 1000.0 <= self.budget_ms
+
+    def _best(self) -> int:
+        measured = [s for s in self.sizes if s in self.cost_s and self._fits(s)]
+        if not measured:
+            return 1
+        best = max(measured, key=lambda s: s / self.cost_s[s])
+        # While the biggest size tried is also the best, the next size up gets its turn.
+        untried = [s for s in self.sizes if s > best and s not in self.cost_s]
+        return untried[0] if best == measured[-1] and untried else best
+
+    def _neighbour(self) -> int:
+        index = self.sizes.index(self.current)
+        self._probe_up = not self._probe_up
+        step = 1 if self._probe_up else -1
+        for candidate in (index + step, index - step):
+            if 0 <= candidate < len(self.sizes):
+                return self.sizes[candidate]
+        return self.current
+
+
+class Batcher(Generic[P]):
+    """Collects requests from many streams into batches for ``run``; see the module docstring."""
+
+    def __init__(self, run: RunBatch[P], policy: BatchPolicy, *, clock: Clock | None = None) -> None:
+        if policy.max_size is not None and policy.max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {policy.max_size}")
+        self._run = run
+        self.policy = policy
+        self.clock: Clock = clock or MonotonicClock()
+        self.adaptive = None if policy.max_size else AdaptiveSize(policy.size_limit, budget_ms=policy.latency_budget_ms)
+        self._queues: OrderedDict[str, deque[Request[P]]] = OrderedDict()
+        self._pending = 0
+        self._changed = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.batched_items = 0
+        self.deadline_drops = 0
+
+    @property
+    def target_size(self) -> int:
+        if self.adaptive is not None:
+            return self.adaptive.target
+        assert self.policy.max_size is not None
+        return self.policy.max_size
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def close(self) -> None:
+        """Run what is queued, then stop; later ``submit`` calls fail."""
+        self._closed = True
+        self._changed.set()
+        if self._task is not None:
+            await self._task
+
+    def submit(self, request: Request[P]) -> asyncio.Future[Any]:
+        if self._closed:
+            raise BatcherClosed("the batcher is closed")
+        self.start()
+        request.queued_at = self.clock.now()
+        self._queues.setdefault(request.stream_id, deque()).append(request)
+        self._pending += 1
+        self._changed.set()
+        return request.future
+
+    def forget_stream(self, stream_id: str) -> None:
+        """Cancel a stream's waiting requests (it ended or failed)."""
+        for request in self._queues.pop(stream_id, deque()):
+            self._pending -= 1
+            if not request.future.done():
+                request.future.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            self._changed.clear()
+            if self._pending == 0:
+                if self._closed:
+                    return
+                await self.clock.wait(self._changed, None)
+                continue
+            batch = self._take_if_due()
+            if batch is None:
+                await self.clock.wait(self._changed, self._oldest_due())
+                continue
+            await self._execute(batch)
+
+    def _oldest(self) -> Request[P]:
+        return min((q[0] for q in self._queues.values() if q), key=lambda r: r.queued_at)
+
+    def _oldest_due(self) -> float:
+        return self._oldest().queued_at + self.policy.max_delay_ms / 1000.0
+
+    def _eligible(self, group: Hashable) -> int:
+        """How many requests of ``group`` one batch could take now."""
+        if self.policy.one_per_stream:
+            return sum(1 for q in self._queues.values() if q and q[0].group == group)
+        return sum(1 for q in self._queues.values() for r in q if r.group == group)
+
+    def _take_if_due(self) -> list[Request[P]] | None:
+        self._drop_late()
+        if self._pending == 0:
+            return None
+        group = self._oldest().group
+        size = self.target_size
+        if not (self._closed or self._eligible(group) >= size or self.clock.now() >= self._oldest_due()):
+            return None
+        return self._take(group, size)
+
+    def _drop_late(self) -> None:
+        budget = self.policy.latency_budget_ms
+        if budget is None:
+            return
+        now = self.clock.now()
+        for stream_id, queue in list(self._queues.items()):
+            kept: deque[Request[P]] = deque()
+            for request in queue:
+                waited_ms = (now - request.captured_at) * 1000.0 if request.captured_at is not None else 0.0
+                if waited_ms > budget:
+                    self._pending -= 1
+                    self.deadline_drops += 1
+                    if not request.future.done():
+                        request.future.set_exception(DeadlineMissed(waited_ms, budget))
+                else:
+                    kept.append(request)
+            self._queues[stream_id] = kept
+
+    def _take(self, group: Hashable, size: int) -> list[Request[P]]:
+        """Round-robin over streams, one request per stream per round, oldest streams first."""
+        batch: list[Request[P]] = []
+        served: list[str] = []
+        while len(batch) < size:
+            took = False
+            for stream_id, queue in self._queues.items():
+                if len(batch) >= size:
+                    break
+                request = self._next_of(queue, group, first_round=stream_id not in served)
+                if request is None:
+                    continue
+                queue.remove(request)
+                batch.append(request)
+                served.append(stream_id)
+                took = True
+            if not took or self.policy.one_per_stream:
+                break
+        self._pending -= len(batch)
+        # Streams served go to the back: the next batch starts with the ones that waited.
+        for stream_id in dict.fromkeys(served):
+            queue = self._queues.pop(stream_id)
+            if queue:
+                self._queues[stream_id] = queue
+        return batch
+
+    def _next_of(self, queue: deque[Request[P]], group: Hashable, *, first_round: bool) -> Request[P] | None:
+        if self.policy.one_per_stream:
+            return queue[0] if first_round and queue and queue[0].group == group else None
+        return next((r for r in queue if r.group == group), None)
+
+    async def _execute(self, batch: list[Request[P]]) -> None:
+        started = self.clock.now()
+        for request in batch:
+            request.started_at = started
+            request.batch_size = len(batch)
+        outcomes = await self._run_isolated(batch)
+        finished = self.clock.now()
+        if self.adaptive is not None:
+            self.adaptive.record(len(batch), finished - started)
+        self.batches += 1
+        self.batched_items += len(batch)
+        for request, outcome in zip(batch, outcomes, strict=True):
+            request.finished_at = finished
+            if request.future.done():
+                continue  # cancelled meanwhile (the stream ended)
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+
+    async def _run_isolated(self, batch: list[Request[P]]) -> list[Any]:
+        try:
+            outcomes = list(await self._run(batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+            # One bad input must not sink the others: run each alone to find it.
+            return [(await self._run_isolated([request]))[0] for request in batch]
+        if len(outcomes) != len(batch):
+            error = RuntimeError(f"batch of {len(batch)} returned {len(outcomes)} results")
+            return [error] * len(batch)
+        return outcomes
