@@ -74,6 +74,12 @@ class Stage:
     latency_key: ClassVar[str | None] = None
     """Latency bucket (decode, prepare, infer, post, publish) that ``process`` time counts in."""
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many items ``process`` may work on at once. Results still leave in arrival order;
+        more than one only helps a stage whose ``process`` waits on shared work (a batcher)."""
+        return 1
+
     def __init__(self, name: str, params: Any) -> None:
         self.name = name
         self.params = params

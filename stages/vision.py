@@ -44,7 +44,8 @@ class Geometry:
 class PreparedTensor:
     data: np.ndarray
     """One item's tensor, without the batch dimension (CHW or HWC, float32)."""
-    geometry: Geometry
+    geometry: Geometry | None = None
+    """How it maps back onto the source frame; ``None`` for tensors that are not images of it."""
 
 
 class PrepareParams(StageParams):

@@ -1,0 +1,261 @@
+"""Runs one stage: reads its edge, processes items, and passes results on in arrival order.
+
+A stage may work on up to ``stage.max_in_flight`` items at once (an ``infer`` stage needs many in
+flight to fill a batch across streams); a reader starts them, a writer awaits them in the order
+they arrived and emits their results, so per-stream order never changes.
+
+Stream lifecycle, per stage: a stream starts on the first ``StreamStarted`` through any input
+and ends on the last ``EndOfStream`` (a stage behind a diamond gets one through each input that
+carries the stream). A stream that fails in this stage (``StreamError``, or any exception while
+it is added) is ended here at once: the stage still gets ``on_stream_ended``, downstream gets
+the error, the sources are asked to stop the stream, and its later ends are swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .edges import Edge, EdgeClosed
+from .errors import StreamError
+from .graph import Node
+from .media import EndOfStream, Item, Message, StreamStarted
+from .stats import StreamStats
+
+log = logging.getLogger("streamgraph.runner")
+
+
+async def fan_out(message: Message, outputs: Sequence[Edge]) -> None:
+    """Put ``message`` on every output; each branch after the first gets its own copy of an item."""
+    # Every branch's copy is made before any branch can see (and change) the item.
+    copies = [message, *(message.fork() for _ in outputs[1:])] if isinstance(message, Item) else None
+    for index, edge in enumerate(outputs):
+        await edge.put(copies[index] if copies is not None else message)
+
+
+async def emit_all(items: Sequence[Item], outputs: Sequence[Edge], stats: StreamStats) -> None:
+    """Emit ``items`` in order; on cancellation the ones not yet passed on are counted as dropped."""
+    for index, item in enumerate(items):
+        try:
+            await fan_out(item, outputs)
+        except asyncio.CancelledError:
+            for lost in items[index:]:
+                stats.drop_item(lost, "shutdown")
+            raise
+
+
+@dataclass
+class StreamEntry:
+    """One stream as one stage sees it: how many of its inputs carry it, and where it stands."""
+
+    inputs: int
+    started: int = 0
+    ended: int = 0
+    failed: bool = False
+    end: EndOfStream | None = None
+    """The most telling end received so far: an error over a stop over a plain end of file."""
+
+
+_SEVERITY = {"eof": 0, "stopped": 1, "error": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """``process`` gave up on the item's stream."""
+
+    error: str
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """One message in arrival order: an item being processed, or a control message."""
+
+    message: Message
+    task: asyncio.Task[Sequence[Item] | _Failure] | None = None
+    error: str | None = None
+    """For a ``StreamStarted``: why adding the stream failed."""
+
+
+class StageRun:
+    def __init__(
+        self,
+        node: Node,
+        edge: Edge,
+        outputs: Sequence[Edge],
+        *,
+        stats: StreamStats,
+        inputs_carrying: Callable[[str], int],
+        stop_stream: Callable[[str, str], None],
+    ) -> None:
+        self.node = node
+        self.stage = node.stage
+        self.edge = edge
+        self.outputs = outputs
+        self.stats = stats
+        self._inputs_carrying = inputs_carrying
+        self._stop_stream = stop_stream
+        self.streams: dict[str, StreamEntry] = {}
+        self._unfinished: deque[_Slot] = deque()
+        self._room = asyncio.Semaphore(max(1, self.stage.max_in_flight))
+
+    async def run(self) -> None:
+        ordered: asyncio.Queue[_Slot | None] = asyncio.Queue()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write(ordered), name=f"{self.node.name}:write")
+                await self._read(ordered)
+                await ordered.put(None)
+        except asyncio.CancelledError:
+            for slot in self._unfinished:
+                if slot.task is not None:
+                    slot.task.cancel()
+                if isinstance(slot.message, Item):
+                    self.stats.drop_item(slot.message, "shutdown")
+            raise
+
+    # --- reader: starts work in arrival order ---------------------------------------------------
+
+    async def _read(self, ordered: asyncio.Queue[_Slot | None]) -> None:
+        while True:
+            try:
+                message = await self.edge.get()
+            except EdgeClosed:
+                return
+            if isinstance(message, StreamStarted):
+                entry = self._entry(message.stream_id)
+                entry.started += 1
+                if entry.started > 1:
+                    continue  # announced already, through another of this stage's inputs
+                slot = _Slot(message, error=await self._add_stream(message))
+            elif isinstance(message, EndOfStream):
+                slot = _Slot(message)
+            elif (known := self.streams.get(message.stream_id)) is not None and known.failed:
+                self.stats.drop_item(message, f"failed:{self.node.name}")
+                continue
+            else:
+                try:
+                    await self._room.acquire()
+                except asyncio.CancelledError:
+                    self.stats.drop_item(message, "shutdown")
+                    raise
+                slot = _Slot(message, task=asyncio.create_task(self._process(message)))
+            self._unfinished.append(slot)
+            ordered.put_nowait(slot)
+
+    async def _add_stream(self, started: StreamStarted) -> str | None:
+        try:
+            await self.stage.on_stream_added(started.info)
+        except Exception as exc:
+            return self._describe(started.stream_id, exc)
+        return None
+
+    async def _process(self, item: Item) -> Sequence[Item] | _Failure:
+        began = time.perf_counter()
+        try:
+            results = await self.stage.process(item)
+        except StreamError as exc:
+            return _Failure(exc.message)
+        except Exception:
+            # One bad item never sinks the stream or the process: log it, count it, move on.
+            log.exception("stage %s failed on stream %s seq %d", self.node.name, item.stream_id, item.seq)
+            self.stats.drop_item(item, f"error:{self.node.name}")
+            return ()
+        self._add_latency(results, began)
+        return results
+
+    # --- writer: passes results on in the same order --------------------------------------------
+
+    async def _write(self, ordered: asyncio.Queue[_Slot | None]) -> None:
+        while (slot := await ordered.get()) is not None:
+            message = slot.message
+            if slot.task is not None:
+                assert isinstance(message, Item)
+                try:
+                    outcome = await slot.task
+                finally:
+                    self._room.release()
+                self._unfinished.popleft()
+                await self._pass_on(message, outcome)
+            elif isinstance(message, StreamStarted):
+                self._unfinished.popleft()
+                await fan_out(message, self.outputs)
+                if slot.error is not None:
+                    await self._fail_stream(message.stream_id, slot.error)
+            else:
+                assert isinstance(message, EndOfStream)
+                self._unfinished.popleft()
+                await self._end_stream(message)
+
+    async def _pass_on(self, item: Item, outcome: Sequence[Item] | _Failure) -> None:
+        entry = self.streams.get(item.stream_id)
+        if isinstance(outcome, _Failure):
+            self.stats.drop_item(item, "stream_error")
+            if entry is None or not entry.failed:
+                await self._fail_stream(item.stream_id, outcome.error)
+        elif entry is not None and entry.failed:
+            for lost in outcome:  # finished after its stream failed
+                self.stats.drop_item(lost, f"failed:{self.node.name}")
+        else:
+            await emit_all(outcome, self.outputs, self.stats)
+
+    def _entry(self, stream_id: str) -> StreamEntry:
+        entry = self.streams.get(stream_id)
+        if entry is None:
+            entry = self.streams[stream_id] = StreamEntry(inputs=self._inputs_carrying(stream_id))
+        return entry
+
+    async def _fail_stream(self, stream_id: str, error: str) -> None:
+        log.error("stream %s failed in stage %s: %s", stream_id, self.node.name, error)
+        self._entry(stream_id).failed = True
+        counters = self.stats.stream(stream_id)
+        counters.error = counters.error or error
+        self._stop_stream(stream_id, error)
+        eos = EndOfStream(stream_id, "error", error)
+        try:
+            tail = await self.stage.on_stream_ended(eos)
+        except Exception:
+            log.exception("stage %s failed ending stream %s", self.node.name, stream_id)
+            tail = ()
+        for lost in tail:
+            self.stats.drop_item(lost, f"failed:{self.node.name}")
+        await fan_out(eos, self.outputs)
+
+    async def _end_stream(self, eos: EndOfStream) -> None:
+        entry = self._entry(eos.stream_id)
+        entry.ended += 1
+        if entry.end is None or _SEVERITY[eos.reason] > _SEVERITY[entry.end.reason]:
+            entry.end = eos
+        if entry.ended < entry.inputs:
+            return  # another of this stage's inputs still carries the stream
+        del self.streams[eos.stream_id]
+        if entry.failed:
+            return  # its end already went downstream when it failed
+        eos = entry.end
+        began = time.perf_counter()
+        tail: Sequence[Item] = ()
+        try:
+            tail = await self.stage.on_stream_ended(eos)
+            self._add_latency(tail, began)
+        except Exception as exc:
+            error = self._describe(eos.stream_id, exc)
+            self.stats.stream(eos.stream_id).error = error
+            eos = EndOfStream(eos.stream_id, "error", error)
+        await emit_all(tail, self.outputs, self.stats)
+        await fan_out(eos, self.outputs)
+
+    def _add_latency(self, items: Sequence[Item], began: float) -> None:
+        key = self.stage.latency_key
+        if key is not None:
+            elapsed_ms = (time.perf_counter() - began) * 1000.0
+            for item in items:
+                item.add_time(key, elapsed_ms)
+
+    def _describe(self, stream_id: str, exc: Exception) -> str:
+        if isinstance(exc, StreamError):
+            return exc.message
+        log.error("stage %s failed on stream %s", self.node.name, stream_id, exc_info=exc)
+        return f"stage {self.node.name}: {type(exc).__name__}: {exc}"
