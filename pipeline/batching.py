@@ -204,6 +204,14 @@ class Batcher(Generic[P]):
         if self._task is not None:
             await self._task
 
+    def cancel(self) -> None:
+        """Stop at once: waiting requests are cancelled, not run."""
+        self._closed = True
+        for stream_id in list(self._queues):
+            self.forget_stream(stream_id)
+        if self._task is not None:
+            self._task.cancel()
+
     def submit(self, request: Request[P]) -> asyncio.Future[Any]:
         if self._closed:
             raise BatcherClosed("the batcher is closed")
@@ -231,7 +239,8 @@ class Batcher(Generic[P]):
                 continue
             batch = self._take_if_due()
             if batch is None:
-                await self.clock.wait(self._changed, self._oldest_due())
+                if self._pending:  # else every waiting request was past its budget: wait for more
+                    await self.clock.wait(self._changed, self._oldest_due())
                 continue
             await self._execute(batch)
 

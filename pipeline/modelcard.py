@@ -59,6 +59,17 @@ class Preprocess(StrictModel):
     std: list[float] = Field(default=[1.0, 1.0, 1.0], min_length=3, max_length=3)
 
 
+class StateSpec(StrictModel):
+    """A recurrent model's state: fed back from ``output`` to ``input`` on the stream's next run.
+
+    Each stream keeps its own, zeros when it starts; the batch axis is where ``batch`` appears in
+    the input's shape.
+    """
+
+    input: str
+    output: str
+
+
 class ModelCard(StrictModel):
     name: str
     description: str = ""
@@ -69,7 +80,40 @@ class ModelCard(StrictModel):
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
     preprocess: Preprocess | None = None
+    state: list[StateSpec] = Field(default_factory=list)
+    constants: dict[str, int | float] = Field(default_factory=dict)
+    """Inputs fed the same value on every run (a sample rate, say)."""
     card_path: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> ModelCard:
+        inputs = {spec.name: spec for spec in self.inputs}
+        outputs = {spec.name for spec in self.outputs}
+        for index, state in enumerate(self.state):
+            if state.input not in inputs:
+                raise ValueError(f"state[{index}].input {state.input!r} is not one of the inputs")
+            if state.output not in outputs:
+                raise ValueError(f"state[{index}].output {state.output!r} is not one of the outputs")
+            if "batch" not in inputs[state.input].shape:
+                raise ValueError(f"state[{index}]: input {state.input!r} has no 'batch' axis in its shape")
+            if any(not isinstance(d, int) for d in inputs[state.input].shape if d != "batch"):
+                raise ValueError(f"state[{index}]: input {state.input!r} needs fixed sizes besides 'batch'")
+        for name in self.constants:
+            if name not in inputs:
+                raise ValueError(f"constants: {name!r} is not one of the inputs")
+        return self
+
+    @property
+    def data_inputs(self) -> list[TensorSpec]:
+        """The inputs an item feeds: neither state nor constants."""
+        fed = {s.input for s in self.state} | set(self.constants)
+        return [spec for spec in self.inputs if spec.name not in fed]
+
+    @property
+    def data_outputs(self) -> list[TensorSpec]:
+        """The outputs an item gets back: state outputs stay with the stream."""
+        kept = {s.output for s in self.state}
+        return [spec for spec in self.outputs if spec.name not in kept]
 
     @property
     def file_name(self) -> str:

@@ -1,18 +1,29 @@
-"""``infer``: run a model on the tensor a ``prepare`` stage made, through an engine."""
+"""``infer``: run a model on the tensors a preparing stage made, batched across streams.
+
+An item carries one tensor (a frame) or a list of them (text crops); each tensor is one request
+to the stream-aware batcher (``pipeline.batching``), and the item gets one ``ModelOutput`` per
+tensor, in the same order. Tensors of different shapes never share a batch, so results do not
+depend on what else was in it. A recurrent model's state (declared in its card) is gathered per
+stream into each batch and scattered back afterwards; it is reset when the stream starts, ends,
+or skips items (a seq gap), and one batch never holds two items of one stream.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from pipeline.engines import EngineOptions, create_engine
+from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request
+from pipeline.engines import Engine, EngineOptions, create_engine
 from pipeline.errors import ConfigError
-from pipeline.media import Item
+from pipeline.media import EndOfStream, Item, StreamInfo
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
@@ -21,39 +32,66 @@ from .vision import Geometry, PreparedTensor
 
 @dataclass(frozen=True, slots=True)
 class ModelOutput:
-    """One item's outputs (batch dimension removed) and the geometry of the tensor it ran on."""
+    """One tensor's outputs (batch dimension removed) and the geometry of the tensor it ran on."""
 
     model: str
     outputs: dict[str, np.ndarray]
     geometry: Geometry | None
 
 
+class BatchParams(StageParams):
+    max_size: int | Literal["auto"] = Field(default=1)
+    """Most requests per model run; ``auto`` measures and picks (up to ``size_limit``)."""
+    max_delay_ms: float = Field(default=0.0, ge=0)
+    """How long the oldest request may wait for the batch to fill."""
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    """Requests older than this (since capture) are dropped before inference, and counted."""
+    size_limit: int = Field(default=16, ge=1, le=256)
+
+
 class InferParams(StageParams):
     model: str
     """Model card name or path."""
     input: str | None = None
-    """The ``prepare`` stage whose tensor feeds the model; defaults to this stage's first input."""
+    """The stage whose tensor feeds the model; defaults to this stage's first input."""
     engine: Literal["auto", "onnxruntime"] = "auto"
     providers: list[str] | None = None
     """ONNX Runtime execution providers, in order; default: the best installed."""
     intra_op_threads: int = Field(default=0, ge=0)
     """Threads per model run; 0 lets ONNX Runtime use every core."""
+    batch: BatchParams = BatchParams()
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    tensor: np.ndarray
+    reset_state: bool
 
 
 @register_stage("infer")
 class Infer(Stage):
     Params = InferParams
     params: InferParams
-    latency_key = "infer"
+    latency_key = None  # batch wait and model time are measured per request and added below
 
     def check(self, base_dir: Path) -> None:
         self._load_card(base_dir)
+        max_size = self.params.batch.max_size
+        if isinstance(max_size, int) and max_size < 1:
+            raise ConfigError("params.batch.max_size", f"expected an int >= 1 or 'auto', got {max_size}")
 
     def _load_card(self, base_dir: Path) -> ModelCard:
         card = load_model_card(self.params.model, base_dir)
-        if len(card.inputs) != 1:
-            raise ConfigError("params.model", f"model {card.name!r} has {len(card.inputs)} inputs; infer feeds one")
+        if len(card.data_inputs) != 1:
+            names = [spec.name for spec in card.data_inputs]
+            raise ConfigError("params.model", f"model {card.name!r} has data inputs {names}; infer feeds one")
         return card
+
+    @property
+    def max_in_flight(self) -> int:
+        # Enough items waiting to fill one batch while the previous one runs.
+        max_size = self.params.batch.max_size
+        return 2 * (self.params.batch.size_limit if max_size == "auto" else max_size)
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -63,19 +101,132 @@ class Infer(Stage):
             intra_op_threads=self.params.intra_op_threads,
         )
         self.card = card
-        self.engine = await ctx.run_blocking(create_engine, self.params.engine, card, options)
+        self.engine: Engine = await ctx.run_blocking(create_engine, self.params.engine, card, options)
         self.tensor_key = self.params.input or ctx.input_stages[0]
-        ctx.logger.info("model %s on %s", card.name, self.engine.description)
+        self._data_input = card.data_inputs[0].name
+        self._outputs = {
+            spec.name: spec.shape.index("batch") if "batch" in spec.shape else 0 for spec in card.data_outputs
+        }
+        self._constants = {
+            spec.name: np.asarray(card.constants[spec.name], dtype=spec.dtype)
+            for spec in card.inputs
+            if spec.name in card.constants
+        }
+        self._state = _StreamStates(card)
+        self._last_seq: dict[str, int] = {}
+        batch = self.params.batch
+        self.batcher: Batcher[_Work] = Batcher(
+            self._run_batch,
+            BatchPolicy(
+                max_size=None if batch.max_size == "auto" else batch.max_size,
+                max_delay_ms=batch.max_delay_ms,
+                latency_budget_ms=batch.latency_budget_ms,
+                one_per_stream=bool(card.state),
+                size_limit=batch.size_limit,
+            ),
+        )
+        ctx.logger.info("model %s on %s, batch %s", card.name, self.engine.description, batch.max_size)
+
+    async def stop(self) -> None:
+        if hasattr(self, "batcher"):
+            self.batcher.cancel()  # every item is through or counted by now: nobody awaits the rest
+
+    async def on_stream_added(self, info: StreamInfo) -> None:
+        self._state.reset(info.stream_id)
+        self._last_seq.pop(info.stream_id, None)
+
+    async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
+        self.batcher.forget_stream(eos.stream_id)
+        self._state.reset(eos.stream_id)
+        self._last_seq.pop(eos.stream_id, None)
+        return ()
 
     async def process(self, item: Item) -> Sequence[Item]:
         prepared = item.tensors.pop(self.tensor_key, None)
-        if not isinstance(prepared, PreparedTensor):
-            raise ValueError(f"no tensor from stage {self.tensor_key!r} on this item (is it a prepare stage?)")
-        feeds = {self.card.inputs[0].name: prepared.data[None]}
-        outputs = await self.ctx.run_blocking(self.engine.infer, feeds)
-        item.tensors[self.name] = ModelOutput(
-            model=self.card.name,
-            outputs={name: value[0] for name, value in outputs.items()},
-            geometry=prepared.geometry,
-        )
+        tensors: list[PreparedTensor]
+        if isinstance(prepared, PreparedTensor):
+            tensors = [prepared]
+        elif isinstance(prepared, list) and all(isinstance(t, PreparedTensor) for t in prepared):
+            tensors = prepared
+        else:
+            raise ValueError(f"no tensor from stage {self.tensor_key!r} on this item (is it a preparing stage?)")
+        requests = [self._request(item, tensor.data) for tensor in tensors]
+        outcomes = await asyncio.gather(*(self.batcher.submit(r) for r in requests), return_exceptions=True)
+        if any(isinstance(o, DeadlineMissed) for o in outcomes):
+            self.ctx.stats.drop_item(item, f"deadline:{self.name}")
+            return ()
+        results: list[dict[str, np.ndarray]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.append(outcome)
+        if requests:
+            item.add_time("batch_wait", max(r.wait_ms for r in requests))
+            item.add_time("infer", max(r.run_ms for r in requests))
+        found = [
+            ModelOutput(model=self.card.name, outputs=outputs, geometry=tensor.geometry)
+            for tensor, outputs in zip(tensors, results, strict=True)
+        ]
+        item.tensors[self.name] = found[0] if isinstance(prepared, PreparedTensor) else found
         return (item,)
+
+    def _request(self, item: Item, tensor: np.ndarray) -> Request[_Work]:
+        last = self._last_seq.get(item.stream_id)
+        self._last_seq[item.stream_id] = item.seq
+        gap = last is not None and item.seq != last + 1
+        clock = self.batcher.clock
+        return Request(
+            item.stream_id,
+            _Work(tensor, reset_state=gap),
+            group=(tensor.shape, tensor.dtype.str),
+            # The budget counts from capture (wall clock), the batcher from its own clock.
+            captured_at=clock.now() - max(0.0, time.time() - item.capture_time),
+        )
+
+    async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
+        return await self.ctx.run_blocking(self._infer, requests)
+
+    def _infer(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
+        streams = [r.stream_id for r in requests]
+        for request in requests:
+            if request.payload.reset_state:
+                self._state.reset(request.stream_id)
+        feeds: dict[str, Any] = {self._data_input: np.stack([r.payload.tensor for r in requests])}
+        feeds.update(self._constants)
+        feeds.update(self._state.gather(streams))
+        outputs = self.engine.infer(feeds)
+        self._state.scatter(streams, outputs)
+        return [
+            {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}
+            for index in range(len(requests))
+        ]
+
+
+class _StreamStates:
+    """Each stream's recurrent state, per the card's ``state`` list; zeros until first written."""
+
+    def __init__(self, card: ModelCard) -> None:
+        specs = {spec.name: spec for spec in card.inputs}
+        self._specs = []
+        for state in card.state:
+            shape = specs[state.input].shape
+            axis = shape.index("batch")
+            single = tuple(1 if d == "batch" else int(d) for d in shape)
+            self._specs.append((state.input, state.output, axis, single, specs[state.input].dtype))
+        self._values: dict[str, dict[str, np.ndarray]] = {}
+
+    def reset(self, stream_id: str) -> None:
+        self._values.pop(stream_id, None)
+
+    def gather(self, streams: list[str]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, _, axis, single, dtype in self._specs:
+            parts = [self._values.get(s, {}).get(name, np.zeros(single, dtype=dtype)) for s in streams]
+            feeds[name] = np.concatenate(parts, axis=axis)
+        return feeds
+
+    def scatter(self, streams: list[str], outputs: dict[str, np.ndarray]) -> None:
+        for name, output, axis, _, _ in self._specs:
+            for index, stream_id in enumerate(streams):
+                value = np.take(outputs[output], [index], axis=axis)
+                self._values.setdefault(stream_id, {})[name] = value

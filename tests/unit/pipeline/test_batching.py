@@ -168,6 +168,18 @@ async def test_requests_past_their_budget_are_dropped_before_inference_and_count
     await batcher.close()
 
 
+async def test_a_queue_emptied_by_deadline_drops_keeps_the_batcher_serving():
+    batcher, model, clock = make(BatchPolicy(max_size=1, latency_budget_ms=50))
+    late = submit(batcher, "a", "late", captured_at=clock.now() - 1.0)
+    await settle()
+    assert isinstance(late.exception(), DeadlineMissed)
+    fresh = submit(batcher, "a", "fresh", captured_at=clock.now())
+    await settle()
+    assert fresh.result() == "out:fresh"
+    assert model.batches == [[("a", "fresh")]]
+    await batcher.close()
+
+
 async def test_only_one_group_shares_a_batch_oldest_group_first():
     batcher, model, clock = make(BatchPolicy(max_size=4, max_delay_ms=10))
     submit(batcher, "a", "wide", group=(48, 320))

@@ -120,13 +120,13 @@ def test_check_rejects_a_card_with_two_inputs(tmp_path):
     with pytest.raises(ConfigError) as info:
         infer.check(tmp_path)  # relative card paths resolve against the config's directory
     assert info.value.path == "params.model"
-    assert "'two-inputs' has 2 inputs" in info.value.message
+    assert "'two-inputs' has data inputs ['image', 'state']" in info.value.message
 
 
 async def test_start_rejects_a_card_with_two_inputs_before_loading_anything(make_ctx, tmp_path):
     card = two_input_card(tmp_path)  # its model file does not even exist
     infer = Infer("det", InferParams(model=str(card)))
-    with pytest.raises(ConfigError, match="2 inputs"):
+    with pytest.raises(ConfigError, match="has data inputs"):
         await infer.start(make_ctx("det", input_stages=("prep",)))
 
 
@@ -151,5 +151,5 @@ async def test_non_prepared_media_never_reaches_the_model(make_ctx):
     # A frame that no prepare stage saw has no tensor: refused before the engine is called.
     infer = await started_infer(make_ctx)
     frame = VideoFrame(np.zeros((8, 8, 3), np.uint8), 0, Fraction(1, 25), 8, 8)
-    with pytest.raises(ValueError, match="is it a prepare stage"):
+    with pytest.raises(ValueError, match="is it a preparing stage"):
         await infer.process(Item(stream_id="cam", media=frame, capture_time=0.0))
