@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SAMPLE := samples/text.mp4
+# The last file make_samples.py writes (after text.mp4): it stands for all of them.
+SAMPLE := samples/av.mp4
 
 .PHONY: install samples models demo test lint clean
 
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 samples: $(SAMPLE)
 
-$(SAMPLE): samples/make_samples.py | $(VENV)/.installed
+$(SAMPLE): samples/make_samples.py samples/speech.flac samples/speech.json | $(VENV)/.installed
 	$(BIN)/python samples/make_samples.py
 
 models: install
@@ -34,4 +35,4 @@ lint: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) samples/*.mp4 samples/*.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) samples/*.mp4 samples/text.json samples/av.json .pytest_cache .mypy_cache .ruff_cache

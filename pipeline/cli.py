@@ -98,9 +98,10 @@ def _summary_line(summary: RunSummary) -> str:
     drops = stats.drops_by_reason()
     detail = f" ({', '.join(f'{k}: {v}' for k, v in sorted(drops.items()))})" if drops else ""
     how = "stopped" if summary.interrupted else "done"
+    consumed = f", {stats.consumed} consumed" if stats.consumed else ""
     return (
         f"{summary.pipeline} {how}: {len(stats.items())} stream(s), {stats.decoded} frames decoded, "
-        f"{stats.published} messages published, {stats.dropped} dropped{detail}, "
+        f"{stats.published} messages published, {stats.dropped} dropped{detail}{consumed}, "
         f"{summary.elapsed_s:.1f} s ({fps:.1f} frames/s)"
     )
 

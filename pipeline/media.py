@@ -26,8 +26,22 @@ class VideoCodecParams:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioCodecParams:
+    """What a decoder needs to open an audio stream that a source demuxed."""
+
+    codec: str
+    sample_rate: int
+    channels: int
+    extradata: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamInfo:
-    """One stream: a camera, a peer, a file. ``live`` streams are paced by the outside world."""
+    """One stream: a camera, a peer, a file. ``live`` streams are paced by the outside world.
+
+    ``video`` / ``audio`` are None for a track the stream does not carry (or was not asked for).
+    ``frame_count`` counts video frames.
+    """
 
     stream_id: str
     uri: str
@@ -36,16 +50,24 @@ class StreamInfo:
     frame_rate: Fraction | None = None
     duration_s: float | None = None
     frame_count: int | None = None
+    audio: AudioCodecParams | None = None
+
+
+TrackKind = Literal["video", "audio"]
 
 
 @dataclass(frozen=True, slots=True)
 class EncodedPacket:
-    """A compressed packet as demuxed; ``payload`` is the demuxer's own packet object."""
+    """A compressed packet as demuxed; ``payload`` is the demuxer's own packet object.
+
+    ``pts`` is in the packet's own track's ``time_base``; ``kind`` says which track it belongs to.
+    """
 
     payload: Any
     pts: int | None
     time_base: Fraction
     is_keyframe: bool
+    kind: TrackKind = "video"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +87,8 @@ class VideoFrame:
 
 @dataclass(frozen=True, slots=True)
 class AudioChunk:
-    """Decoded audio: ``data`` is channels x samples float32."""
+    """Decoded audio: ``data`` is channels x samples float32; ``pts`` counts samples
+    (``time_base`` is 1/``sample_rate``)."""
 
     data: np.ndarray
     pts: int

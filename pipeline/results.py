@@ -87,6 +87,8 @@ def build_event(
         body["message"] = message
     if counters is not None:
         body["frames"] = {"decoded": counters.decoded, "published": counters.published, "dropped": counters.dropped}
+        if counters.consumed:
+            body["frames"]["consumed"] = counters.consumed
     return body
 
 

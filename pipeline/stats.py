@@ -9,10 +9,17 @@ from .media import Item
 
 @dataclass(slots=True)
 class StreamCounters:
-    """What happened to one stream's frames. ``drops`` is keyed by where they were dropped."""
+    """What happened to one stream's frames. ``drops`` is keyed by where they were dropped.
+
+    Every decoded item (a video frame, an audio window) ends up exactly once as published,
+    dropped or consumed, so ``decoded == published + dropped + consumed`` once a stream is done.
+    """
 
     decoded: int = 0
     published: int = 0
+    consumed: int = 0
+    """Decoded items a stage used up on purpose without passing them on (audio windows that
+    ``speech_segments`` folded into a segment): not lost, so not drops."""
     drops: dict[str, int] = field(default_factory=dict)
     """Decoded frames dropped, by where: ``edge:<stage>``, ``shutdown``, ``error:<stage>``,
     ``stream_error`` (the frame a stage gave up on the stream at), ``failed:<stage>``."""
@@ -64,6 +71,10 @@ class StreamStats:
     @property
     def dropped(self) -> int:
         return sum(c.dropped for c in self._streams.values())
+
+    @property
+    def consumed(self) -> int:
+        return sum(c.consumed for c in self._streams.values())
 
     def drops_by_reason(self) -> dict[str, int]:
         totals: dict[str, int] = {}

@@ -1,5 +1,5 @@
 """Stage implementations. Importing this package registers every built-in stage type."""
 
-from . import decode, infer, publish, sources, textcrop, textdet, textrec, vision
+from . import audio, decode, infer, publish, sources, textcrop, textdet, textrec, vad, vision
 
-__all__ = ["decode", "infer", "publish", "sources", "textcrop", "textdet", "textrec", "vision"]
+__all__ = ["audio", "decode", "infer", "publish", "sources", "textcrop", "textdet", "textrec", "vad", "vision"]

@@ -1,4 +1,7 @@
-"""``decode``: compressed video packets to BGR frames with PyAV (FFmpeg), in the thread pool."""
+"""``decode``: compressed video packets to BGR frames with PyAV (FFmpeg), in the thread pool.
+
+Packets of other tracks (audio) are consumed without a trace: ``audio_decode`` reads those.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +60,8 @@ class Decode(Stage):
         packet = item.media
         if not isinstance(packet, EncodedPacket):
             return (item,)
+        if packet.kind != "video":
+            return ()  # another track's packet (audio_decode's): not a frame, so not a drop either
         state = self._streams.get(item.stream_id)
         if state is None:
             raise StreamError(item.stream_id, "decode: packet for a stream that has no video codec")

@@ -1,18 +1,32 @@
-"""The ``file`` source: anything FFmpeg opens, read at the file's own pace or as fast as possible."""
+"""The ``file`` source: anything FFmpeg opens, read at the file's own pace or as fast as possible.
+
+It demuxes the tracks asked for (``tracks: [video, audio]``), interleaved as the file stores them;
+each packet keeps its own track's time base and says which track it is (``EncodedPacket.kind``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 import av
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from pipeline.media import EncodedPacket, EndOfStream, Item, Message, StreamInfo, StreamStarted, VideoCodecParams
+from pipeline.media import (
+    AudioCodecParams,
+    EncodedPacket,
+    EndOfStream,
+    Item,
+    Message,
+    StreamInfo,
+    StreamStarted,
+    TrackKind,
+    VideoCodecParams,
+)
 from pipeline.stage import Source, StageParams, register_stage
 
 Emit = Callable[[Message], Awaitable[None]]
@@ -27,33 +41,64 @@ class FileParams(StageParams):
     """Start again at the end, forever, with timestamps that keep increasing."""
     rate: Literal["native", "max"] = "max"
     """``native`` paces packets by their timestamps, like a live camera; ``max`` reads flat out."""
+    tracks: list[TrackKind] = Field(default_factory=lambda: list[TrackKind](["video"]), min_length=1)
+    """Which tracks to demux (the first of each kind), interleaved as the file stores them."""
+
+    @field_validator("tracks")
+    @classmethod
+    def _distinct(cls, tracks: list[TrackKind]) -> list[TrackKind]:
+        if len(set(tracks)) != len(tracks):
+            raise ValueError(f"each track at most once, got {tracks}")
+        return tracks
 
 
 class _Demuxer:
-    """A blocking packet reader for one file's first video stream (runs in the thread pool)."""
+    """A blocking packet reader for one file's first video and/or audio track (runs in the thread pool)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tracks: Sequence[TrackKind]) -> None:
+        self.path = path
         self.container: Any = av.open(str(path), mode="r")
-        video = self.container.streams.video
-        if not video:
+        self.streams: dict[TrackKind, Any] = {}
+        for kind in tracks:
+            found = self.container.streams.video if kind == "video" else self.container.streams.audio
+            if found:
+                self.streams[kind] = found[0]
+        if not self.streams:
             self.container.close()
-            raise ValueError("has no video stream")
-        self.stream = video[0]
-        self.time_base: Fraction = self.stream.time_base or Fraction(1, 90000)
-        codec = self.stream.codec_context
-        self.params = VideoCodecParams(codec.name, codec.width, codec.height, codec.extradata)
-        self.expected_packets: int = int(self.stream.frames or 0)
-        self._packets: Iterator[Any] = self.container.demux(self.stream)
+            raise ValueError(f"has no {' or '.join(tracks)} stream")
+        self.missing = [kind for kind in tracks if kind not in self.streams]
+        self.kinds: dict[int, TrackKind] = {stream.index: kind for kind, stream in self.streams.items()}
+        self.time_bases: dict[TrackKind, Fraction] = {
+            kind: stream.time_base or Fraction(1, 90000) for kind, stream in self.streams.items()
+        }
+        self.video: VideoCodecParams | None = None
+        self.audio: AudioCodecParams | None = None
+        if "video" in self.streams:
+            codec = self.streams["video"].codec_context
+            self.video = VideoCodecParams(codec.name, codec.width, codec.height, codec.extradata)
+        if "audio" in self.streams:
+            codec = self.streams["audio"].codec_context
+            self.audio = AudioCodecParams(codec.name, codec.sample_rate, codec.channels, codec.extradata)
+        counts = {kind: int(stream.frames or 0) for kind, stream in self.streams.items()}
+        self.video_frames: int = counts.get("video", 0)
+        self.expected_packets: int = sum(counts.values()) if all(counts.values()) else 0
+        """Packets the file says it holds over the demuxed tracks; 0 if any track does not say."""
+        self._packets: Iterator[Any] = self.container.demux(list(self.streams.values()))
 
-    def next_packet(self) -> Any | None:
+    def next_packet(self) -> tuple[TrackKind, Any] | None:
         for packet in self._packets:
             if packet.size:  # the demuxer's final empty packet only means "flush"
-                return packet
+                return self.kinds[packet.stream.index], packet
         return None
 
     def rewind(self) -> None:
-        self.container.seek(0, stream=self.stream)
-        self._packets = self.container.demux(self.stream)
+        # Reopened rather than seeked: a seek lands on the first keyframe at or after 0 for some
+        # tracks, skipping an AAC track's priming packet (pts < 0) that the first pass had.
+        self.container.close()
+        self.container = av.open(str(self.path), mode="r")
+        reopened = list(self.container.streams)
+        self.streams = {kind: reopened[index] for index, kind in self.kinds.items()}
+        self._packets = self.container.demux(list(self.streams.values()))
 
     def close(self) -> None:
         self.container.close()
@@ -79,7 +124,7 @@ class FileSource(Source):
         stream_id = self.stream_id
         path = self.ctx.resolve_path(self.params.path)
         try:
-            demuxer = await self.ctx.run_blocking(_Demuxer, path)
+            demuxer = await self.ctx.run_blocking(_Demuxer, path, self.params.tracks)
         except (OSError, av.FFmpegError, ValueError) as exc:
             # Announce the stream even so: subscribers see it start, fail with the reason, and end.
             await emit(StreamStarted(StreamInfo(stream_id=stream_id, uri=str(path), live=False)))
@@ -91,50 +136,70 @@ class FileSource(Source):
             await self.ctx.run_blocking(demuxer.close)
 
     async def _play(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> None:
-        rate = demuxer.stream.average_rate
+        rate = demuxer.streams["video"].average_rate if "video" in demuxer.streams else None
         info = StreamInfo(
             stream_id=stream_id,
             uri=str(path),
             live=False,
-            video=demuxer.params,
+            video=demuxer.video,
             frame_rate=Fraction(rate) if rate else None,
-            frame_count=None if self.params.loop else demuxer.expected_packets or None,
+            frame_count=None if self.params.loop else demuxer.video_frames or None,
+            audio=demuxer.audio,
         )
-        self.ctx.stats.stream(stream_id).frame_count = info.frame_count
+        if demuxer.missing:
+            # Not an error: the stream plays what it has; stages see None for the missing track.
+            self.ctx.logger.warning(
+                "stream %s: %s has no %s track; playing %s only",
+                stream_id,
+                path,
+                " or ".join(demuxer.missing),
+                " and ".join(demuxer.streams),
+            )
+        # The progress total counts published frames: only meaningful when every packet is a frame.
+        self.ctx.stats.stream(stream_id).frame_count = info.frame_count if demuxer.audio is None else None
         await emit(StreamStarted(info))
-        offset = 0  # pts added on each loop so timestamps keep increasing
-        first_pts: int | None = None
-        last_end = 0
+        # Each track keeps its own time base; a loop shifts every track by the same duration,
+        # each expressed in its own ticks, so timestamps keep increasing and tracks stay in sync.
+        offsets: dict[TrackKind, int] = dict.fromkeys(demuxer.streams, 0)
+        last_end: dict[TrackKind, Fraction] = {}  # seconds, shifted
+        origin: Fraction | None = None  # the first packet's time: pacing starts there
         started_wall = time.monotonic()
         read = 0
         while not self.stopping.is_set() and stream_id not in self._stopped_streams:
             try:
-                packet = await self.ctx.run_blocking(demuxer.next_packet)
+                demuxed = await self.ctx.run_blocking(demuxer.next_packet)
             except av.FFmpegError as exc:
                 await self._fail(emit, stream_id, f"{path}: unreadable after {read} packets: {_reason(exc)}")
                 return
-            if packet is None:
+            if demuxed is None:
                 if read == 0:
-                    await self._fail(emit, stream_id, f"{path}: no video packets")
+                    await self._fail(emit, stream_id, f"{path}: no {' or '.join(demuxer.streams)} packets")
                     return
                 if not self.params.loop:
                     break
-                offset = last_end
-                await self.ctx.run_blocking(demuxer.rewind)
+                end = max(last_end.values())
+                offsets = {kind: round(end / tb) for kind, tb in demuxer.time_bases.items()}
+                try:
+                    await self.ctx.run_blocking(demuxer.rewind)
+                except (OSError, av.FFmpegError) as exc:
+                    await self._fail(emit, stream_id, f"{path}: cannot start it again: {_reason(exc)}")
+                    return
                 continue
+            kind, packet = demuxed
+            time_base = demuxer.time_bases[kind]
+            offset = offsets[kind]
             pts = (packet.pts if packet.pts is not None else packet.dts or 0) + offset
             if offset:  # the decoder passes pts through: shift the packet itself
                 packet.pts = pts
                 packet.dts = packet.dts + offset if packet.dts is not None else None
-            if first_pts is None:
-                first_pts = pts
-            last_end = max(last_end, pts + (packet.duration or 0))
-            if self.params.rate == "native":
-                due = started_wall + float((pts - first_pts) * demuxer.time_base)
-                if await self._sleep_until(due):
-                    break
+            at = pts * time_base
+            if origin is None:
+                origin = at
+            last_end[kind] = max(last_end.get(kind, at), (pts + (packet.duration or 0)) * time_base)
+            if self.params.rate == "native" and await self._sleep_until(started_wall + float(at - origin)):
+                break
             read += 1
-            media = EncodedPacket(packet, pts, demuxer.time_base, bool(packet.is_keyframe))
+            media = EncodedPacket(packet, pts, time_base, bool(packet.is_keyframe), kind)
             await emit(Item(stream_id=stream_id, media=media, capture_time=time.time()))
         if stream_id in self._stopped_streams or self.stopping.is_set():
             # A source ends every stream it started, even one a stage failed (that stage has

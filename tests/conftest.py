@@ -33,6 +33,22 @@ def ground_truth(sample_video: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def av_sample() -> Path:
+    """samples/av.mp4: text.mp4's video plus the committed speech as AAC (made on first use)."""
+    video = SAMPLES / "av.mp4"
+    if not (video.is_file() and (SAMPLES / "av.json").is_file()):
+        subprocess.run([sys.executable, str(SAMPLES / "make_samples.py")], check=True)
+    return video
+
+
+@pytest.fixture(scope="session")
+def speech_truth() -> list[dict[str, Any]]:
+    """The utterances in samples/speech.flac (and av.mp4): text, start_s, end_s."""
+    utterances: list[dict[str, Any]] = json.loads((SAMPLES / "speech.json").read_text())["utterances"]
+    return utterances
+
+
+@pytest.fixture(scope="session")
 def nats_server() -> Any:
     """A real nats-server with JetStream, on a free loopback port, for the whole session."""
     with NatsServer(jetstream=True) as server:

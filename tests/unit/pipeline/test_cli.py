@@ -179,6 +179,17 @@ def test_summary_line_lists_drops_by_reason_sorted():
     assert "4 dropped (edge:infer: 2, shutdown: 2), 2.0 s (8.0 frames/s)" in line
 
 
+def test_summary_line_appends_consumed_windows_only_when_there_are_some():
+    stats = stats_for({"mic": 313}, {"mic": 4})
+    stats.stream("mic").consumed = 308
+    stats.count_drop("mic", "shutdown")
+    line = cli._summary_line(RunSummary("vad", elapsed_s=2.0, stats=stats, interrupted=False))
+    assert line == (
+        "vad done: 1 stream(s), 313 frames decoded, 4 messages published, 1 dropped (shutdown: 1), "
+        "308 consumed, 2.0 s (2.0 frames/s)"
+    )
+
+
 def test_summary_line_with_no_elapsed_time_has_zero_rate():
     line = cli._summary_line(RunSummary("demo", elapsed_s=0.0, stats=StreamStats(), interrupted=False))
     assert line == "demo done: 0 stream(s), 0 frames decoded, 0 messages published, 0 dropped, 0.0 s (0.0 frames/s)"

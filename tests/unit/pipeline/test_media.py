@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.media import (
     AudioChunk,
+    AudioCodecParams,
     EncodedPacket,
     EndOfStream,
     Item,
@@ -77,6 +78,19 @@ def test_control_messages():
     assert (end.reason, end.error) == ("eof", None)
     assert EndOfStream("cam", "error", "boom") == EndOfStream("cam", "error", "boom")
     assert info.video is not None and info.video.extradata is None
+
+
+def test_packets_say_their_track_and_streams_their_audio():
+    assert EncodedPacket(b"", 0, Fraction(1, 25), True).kind == "video"  # what every video source sent so far
+    audio = EncodedPacket(b"", -1024, Fraction(1, 48000), True, kind="audio")
+    assert (audio.kind, audio.pts, audio.time_base) == ("audio", -1024, Fraction(1, 48000))
+    assert StreamInfo("cam", "x", live=False).audio is None
+    params = AudioCodecParams("aac", 48000, 2, b"\x11\x90")
+    info = StreamInfo("av", "x", live=False, video=VideoCodecParams("h264", 640, 360), audio=params)
+    assert (info.audio.codec, info.audio.sample_rate, info.audio.channels) == ("aac", 48000, 2)
+    assert AudioCodecParams("pcm_s16le", 16000, 1).extradata is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.channels = 1  # type: ignore[misc]
 
 
 def test_item_defaults():

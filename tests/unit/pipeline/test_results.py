@@ -10,7 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from pipeline.media import EncodedPacket, Item, VideoFrame
+from pipeline.media import AudioChunk, EncodedPacket, Item, VideoFrame
 from pipeline.results import (
     EVENT_SCHEMA,
     LATENCY_KEYS,
@@ -111,6 +111,24 @@ def test_result_schema_catches_a_malformed_text_detection(result_validator):
     result_validator.validate(roundtrip(other))
 
 
+def test_result_for_an_audio_window_with_speech_segments(result_validator):
+    chunk = AudioChunk(np.zeros((1, 512), np.float32), pts=28160, time_base=Fraction(1, 16000), sample_rate=16000)
+    item = Item(stream_id="mic", media=chunk, capture_time=time.time(), seq=55)
+    item.results["speech"] = {"type": "speech_segments", "segments": [{"start_s": 0.802, "end_s": 1.662}]}
+    message = build_result("vad", item, StreamCounters(), publish_ms=0.0)
+    result_validator.validate(roundtrip(message))
+    assert (message["pts"], message["time_base"], message["media_time_s"]) == (28160, "1/16000", 1.76)
+    assert "frame" not in message
+    per_window = {"type": "speech_segments", "segments": [], "probability": 0.97}
+    result_validator.validate(roundtrip({**message, "results": {"speech": per_window}}))
+    for bad in (
+        {"type": "speech_segments", "segments": [{"start_s": 0.8}]},
+        {"type": "speech_segments"},
+        {"type": "speech_segments", "segments": [], "probability": 1.5},
+    ):
+        assert not result_validator.is_valid(roundtrip({**message, "results": {"speech": bad}})), bad
+
+
 @pytest.mark.parametrize(
     ("event", "kwargs"),
     [
@@ -135,6 +153,17 @@ def test_ended_event_counts_frames():
     assert message["frames"] == {"decoded": 10, "published": 7, "dropped": 3}
     assert message["reason"] == "eof"
     assert "message" not in message
+
+
+def test_ended_event_counts_consumed_items_only_when_there_are_some(event_validator):
+    counters = StreamCounters(decoded=313, published=4, consumed=308, drops={"shutdown": 1})
+    message = build_event("p", "s", "ended", reason="eof", counters=counters)
+    event_validator.validate(roundtrip(message))
+    assert message["frames"] == {"decoded": 313, "published": 4, "dropped": 1, "consumed": 308}
+    without = build_event("p", "s", "ended", reason="eof", counters=StreamCounters(decoded=1, published=1))
+    assert "consumed" not in without["frames"]
+    bad = {**message, "frames": {**message["frames"], "consumed": 0}}
+    assert not event_validator.is_valid(bad)  # absent, not zero, when nothing was consumed
 
 
 def test_event_schema_rejects_unknown_events(event_validator):

@@ -57,3 +57,31 @@ def test_counters_do_not_share_drop_dicts():
     first, second = StreamCounters(), StreamCounters()
     first.drops["x"] = 1
     assert second.drops == {}
+
+
+def test_consumed_counts_apart_from_drops_and_totals_across_streams():
+    stats = StreamStats()
+    stats.stream("a").consumed = 300
+    stats.stream("b").consumed = 10
+    assert stats.consumed == 310
+    assert stats.dropped == 0
+    assert StreamCounters().consumed == 0
+
+
+def test_decoded_is_published_plus_dropped_plus_consumed_for_every_item_a_stream_had():
+    # The bookkeeping of a speech pipeline: windows decoded, a few published (a segment closed on
+    # them), one lost on a full edge, one failed in a stage, the rest folded into segments.
+    stats = StreamStats()
+    counters = stats.stream("mic")
+    fates = ["published"] * 4 + ["edge:vad", "error:speech"] + ["consumed"] * 307
+    for seq, fate in enumerate(fates):
+        counters.decoded += 1
+        if fate == "published":
+            counters.published += 1
+        elif fate == "consumed":
+            counters.consumed += 1
+        else:
+            stats.drop_item(make_item("mic", seq), fate)
+    stats.drop_item(make_item("mic", -1), "shutdown")  # a packet: not a decoded item, not in the sum
+    assert counters.decoded == counters.published + counters.dropped + counters.consumed == 313
+    assert (stats.decoded, stats.published, stats.dropped, stats.consumed) == (313, 4, 2, 307)

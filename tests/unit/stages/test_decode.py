@@ -161,3 +161,29 @@ def test_params_validation():
         DecodeParams(max_consecutive_errors=0)
     with pytest.raises(ValueError):
         DecodeParams.model_validate({"device": "cuda"})
+
+
+async def test_audio_packets_are_ignored_without_counting_a_drop(make_ctx, h264_file):
+    info, packets = demux(h264_file)
+    decoder = await started_decoder(make_ctx)
+    await decoder.on_stream_added(info)
+    audio = EncodedPacket(av.Packet(b"\xff" * 64), 0, Fraction(1, 48000), True, "audio")
+    items: list[Item] = []
+    for packet in packets[:5]:
+        items.extend(await decoder.process(packet_item(packet)))
+        assert list(await decoder.process(packet_item(audio))) == []  # interleaved, as a file source sends them
+    for packet in packets[5:]:
+        items.extend(await decoder.process(packet_item(packet)))
+    items.extend(await decoder.on_stream_ended(EndOfStream("cam")))
+    assert [item.seq for item in items] == list(range(FRAMES))
+    counters = decoder.ctx.stats.stream("cam")
+    assert (counters.decoded, counters.dropped, counters.packets_dropped) == (FRAMES, 0, 0)
+
+
+async def test_audio_packets_of_a_stream_without_video_are_ignored_too(make_ctx):
+    decoder = await started_decoder(make_ctx)
+    await decoder.on_stream_added(StreamInfo("mic", "x://", live=False))  # audio only: no video codec
+    audio = EncodedPacket(av.Packet(b"\x00" * 16), 0, Fraction(1, 16000), True, "audio")
+    assert list(await decoder.process(packet_item(audio, "mic"))) == []
+    assert list(await decoder.on_stream_ended(EndOfStream("mic"))) == []
+    assert decoder.ctx.stats.stream("mic").packets_dropped == 0

@@ -342,3 +342,147 @@ async def test_truncated_file_without_a_frame_count_ends_early_at_eof(make_ctx, 
     assert assert_one_end_last(emit) == EndOfStream("cut", "eof")
     # What was read is the file's beginning, in order.
     assert [p.pts for p in emit.packets] == [p.pts for p in whole_emit.packets[: len(emit.items)]]
+
+
+# --- tracks: video, audio -----------------------------------------------------------------------------
+
+AV_VIDEO_PACKETS, AV_AUDIO_PACKETS = 250, 470  # samples/av.mp4: text.mp4's video + 10 s of AAC (1024/packet)
+
+
+def kinds(packets: list[EncodedPacket]) -> list[str]:
+    return [p.kind for p in packets]
+
+
+async def test_default_tracks_read_only_the_video_of_a_file_with_audio(make_ctx, av_sample):
+    source = await started_source(make_ctx, path=str(av_sample), id="av")
+    emit = Recorder()
+    await run_source(source, emit)
+    info = emit.messages[0].info
+    assert info.video is not None
+    assert info.audio is None  # not asked for
+    assert set(kinds(emit.packets)) == {"video"}
+    assert len(emit.packets) == AV_VIDEO_PACKETS
+    assert info.frame_count == AV_VIDEO_PACKETS
+    assert assert_one_end_last(emit) == EndOfStream("av", "eof")
+
+
+async def test_video_and_audio_tracks_interleaved_each_in_its_own_time_base(make_ctx, av_sample):
+    source = await started_source(make_ctx, path=str(av_sample), id="av", tracks=["video", "audio"])
+    emit = Recorder()
+    await run_source(source, emit)
+
+    info = emit.messages[0].info
+    assert info.video is not None and (info.video.codec, info.video.width) == ("h264", 640)
+    assert info.audio is not None
+    assert (info.audio.codec, info.audio.sample_rate, info.audio.channels) == ("aac", 48000, 2)
+    assert info.audio.extradata  # AudioSpecificConfig: the AAC decoder needs it
+    assert info.frame_count == AV_VIDEO_PACKETS  # frame_count counts video frames
+    # The progress total counts published messages, which audio windows do not match one to one.
+    assert source.ctx.stats.stream("av").frame_count is None
+    assert assert_one_end_last(emit) == EndOfStream("av", "eof")
+
+    packets = emit.packets
+    video = [p for p in packets if p.kind == "video"]
+    audio = [p for p in packets if p.kind == "audio"]
+    assert (len(video), len(audio)) == (AV_VIDEO_PACKETS, AV_AUDIO_PACKETS)
+    assert all(p.time_base == Fraction(1, 12800) for p in video)
+    assert all(p.time_base == Fraction(1, 48000) for p in audio)
+    assert [p.pts for p in audio] == [-1024 + 1024 * i for i in range(AV_AUDIO_PACKETS)]  # AAC priming first
+    assert sorted(p.pts for p in video) == list(range(0, AV_VIDEO_PACKETS * SAMPLE_TICKS, SAMPLE_TICKS))
+    # Interleaved as stored (by time), not one track after the other.
+    first_audio = kinds(packets).index("audio")
+    assert first_audio < 10
+    assert kinds(packets)[-20:].count("video") > 0
+    times = [float(p.payload.dts * p.time_base) for p in packets]
+    assert max(a - b for a, b in itertools.pairwise(times)) < 0.1  # never far ahead of the other track
+
+
+async def test_an_audio_only_track_request(make_ctx, av_sample):
+    source = await started_source(make_ctx, path=str(av_sample), id="av", tracks=["audio"])
+    emit = Recorder()
+    await run_source(source, emit)
+    info = emit.messages[0].info
+    assert info.video is None and info.audio is not None
+    assert info.frame_count is None and info.frame_rate is None
+    assert kinds(emit.packets) == ["audio"] * AV_AUDIO_PACKETS
+    assert assert_one_end_last(emit) == EndOfStream("av", "eof")
+
+
+async def test_a_requested_track_the_file_lacks_is_logged_and_the_rest_plays(make_ctx, sample_video, caplog):
+    source = await started_source(make_ctx, path=str(sample_video), id="cam", tracks=["video", "audio"])
+    emit = Recorder()
+    with caplog.at_level("WARNING"):
+        await run_source(source, emit)
+    info = emit.messages[0].info
+    assert info.video is not None
+    assert info.audio is None  # how an audio branch learns this stream has no audio
+    assert len(emit.packets) == SAMPLE_FRAMES
+    assert assert_one_end_last(emit) == EndOfStream("cam", "eof")
+    assert any("has no audio track" in r.getMessage() and str(sample_video) in r.getMessage() for r in caplog.records)
+    assert source.ctx.stats.stream("cam").error is None
+
+
+async def test_no_requested_track_at_all_is_a_stream_error_naming_the_file(make_ctx, sample_video):
+    source = await started_source(make_ctx, path=str(sample_video), id="cam", tracks=["audio"])
+    emit = Recorder()
+    await run_source(source, emit)
+    end = assert_one_end_last(emit)
+    assert end.reason == "error"
+    assert end.error is not None and str(sample_video) in end.error and "has no audio stream" in end.error
+    assert emit.items == []
+    assert source.ctx.stats.stream("cam").error == end.error
+
+
+async def test_loop_shifts_every_track_by_the_same_duration(make_ctx, av_sample):
+    per_pass = AV_VIDEO_PACKETS + AV_AUDIO_PACKETS
+    source = await started_source(make_ctx, path=str(av_sample), id="av", tracks=["video", "audio"], loop=True)
+    emit = Recorder(after=2 * per_pass + 30, then=source.request_stop)
+    await run_source(source, emit)
+    assert assert_one_end_last(emit) == EndOfStream("av", "stopped")
+
+    packets = emit.packets
+    first, second = packets[:per_pass], packets[per_pass : 2 * per_pass]
+    assert kinds(first) == kinds(second)  # the same file again, the same packets in the same order
+    # Each track is shifted by the same duration (the longest track's: both 10 s here, the MP4 edit
+    # list trims AAC's padding), each in its own ticks.
+    shift = {"video": 10 * 12800, "audio": 10 * 48000}
+    for a, b in zip(first, second, strict=True):
+        assert b.pts == a.pts + shift[a.kind]
+        assert b.payload.pts == b.pts
+    assert second[kinds(second).index("audio")].pts == -1024 + 480000  # the priming packet again
+    video_dts = [p.payload.dts for p in packets if p.kind == "video"]
+    assert all(b > a for a, b in itertools.pairwise(video_dts))
+    # Audio only within a pass: the next pass's priming packet starts before the padded end of
+    # the last AAC frame (the part the edit list trims), so its dts steps back by under a frame.
+    audio_dts = [p.payload.dts for p in packets if p.kind == "audio"]
+    steps = [b - a for a, b in itertools.pairwise(audio_dts)]
+    assert [i for i, step in enumerate(steps) if step <= 0] == [AV_AUDIO_PACKETS - 1, 2 * AV_AUDIO_PACKETS - 1]
+    assert min(steps) > -1024
+
+
+async def test_native_pacing_times_each_track_by_its_own_clock(make_ctx, av_sample, monkeypatch):
+    # No clock assertions: record when the source wants each packet out.
+    source = await started_source(make_ctx, path=str(av_sample), id="av", tracks=["video", "audio"], rate="native")
+    wanted: list[float] = []
+
+    async def record(due: float) -> bool:
+        wanted.append(due)
+        return False
+
+    monkeypatch.setattr(source, "_sleep_until", record)
+    emit = Recorder()
+    await run_source(source, emit)
+    packets = emit.packets
+    assert len(wanted) == len(packets) == AV_VIDEO_PACKETS + AV_AUDIO_PACKETS
+    assert {p.kind for p in packets} == {"video", "audio"}
+    origin = packets[0].pts * packets[0].time_base  # the first packet read starts the clock
+    for packet, due in zip(packets, wanted, strict=True):
+        assert due - wanted[0] == pytest.approx(float(packet.pts * packet.time_base - origin), abs=1e-6)
+
+
+def test_tracks_validation():
+    assert FileParams(path="x.mp4").tracks == ["video"]
+    assert FileParams(path="x.mp4", tracks=["audio", "video"]).tracks == ["audio", "video"]
+    for bad in ([], ["video", "video"], ["subtitles"], "video"):
+        with pytest.raises(ValidationError):
+            FileParams.model_validate({"path": "x.mp4", "tracks": bad})
