@@ -119,6 +119,8 @@ class Item:
     results: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     enqueued_at: float = 0.0
+    last_stage: str = ""
+    """The stage that passed the item on last (a join tells its branches apart by it)."""
 
     def add_time(self, key: str, ms: float) -> None:
         self.timings_ms[key] = self.timings_ms.get(key, 0.0) + ms
@@ -133,6 +135,7 @@ class Item:
             results=dict(self.results),
             timings_ms=dict(self.timings_ms),
             enqueued_at=self.enqueued_at,
+            last_stage=self.last_stage,
         )
 
 
@@ -157,6 +160,8 @@ class EndOfStream:
     stream_id: str
     reason: EndReason = "eof"
     error: str | None = None
+    via: str = ""
+    """The stage that passed this end on (set by the runner): which input of a stage ended."""
 
 
 Control = StreamStarted | EndOfStream

@@ -9,6 +9,7 @@ that every decoded frame is either published or counted as dropped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,9 @@ class Runner:
             elif isinstance(message, EndOfStream):
                 self._origins[message.stream_id] = node.name
                 open_streams.pop(message.stream_id, None)
+                message = dataclasses.replace(message, via=node.name)
+            else:
+                message.last_stage = node.name
             await fan_out(message, outputs)
 
         try:

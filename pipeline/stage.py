@@ -108,6 +108,10 @@ class Stage:
         """A stream ended; return items still held for it (a decoder's last frames)."""
         return ()
 
+    async def on_input_ended(self, eos: EndOfStream) -> None:
+        """A stream read through several inputs ended on one of them (``eos.via``) but goes on
+        through the others. Called as it arrives, even while items before it are in flight."""
+
     async def process(self, item: Item) -> Sequence[Item]:
         return (item,)
 

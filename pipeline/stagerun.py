@@ -14,6 +14,7 @@ the error, the sources are asked to stop the stream, and its later ends are swal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -132,6 +133,16 @@ class StageRun:
                     continue  # announced already, through another of this stage's inputs
                 slot = _Slot(message, error=await self._add_stream(message))
             elif isinstance(message, EndOfStream):
+                entry = self._entry(message.stream_id)
+                entry.ended += 1
+                if entry.end is None or _SEVERITY[message.reason] > _SEVERITY[entry.end.reason]:
+                    entry.end = message
+                if entry.ended < entry.inputs:
+                    # Another input still carries the stream: tell the stage now (a join must
+                    # not wait for that branch), end nothing yet.
+                    if not entry.failed:
+                        await self._input_ended(message)
+                    continue
                 slot = _Slot(message)
             elif (known := self.streams.get(message.stream_id)) is not None and known.failed:
                 self.stats.drop_item(message, f"failed:{self.node.name}")
@@ -145,6 +156,12 @@ class StageRun:
                 slot = _Slot(message, task=asyncio.create_task(self._process(message)))
             self._unfinished.append(slot)
             ordered.put_nowait(slot)
+
+    async def _input_ended(self, eos: EndOfStream) -> None:
+        try:
+            await self.stage.on_input_ended(eos)
+        except Exception:
+            log.exception("stage %s failed on the end of one input of stream %s", self.node.name, eos.stream_id)
 
     async def _add_stream(self, started: StreamStarted) -> str | None:
         try:
@@ -200,6 +217,8 @@ class StageRun:
             for lost in outcome:  # finished after its stream failed
                 self.stats.drop_item(lost, f"failed:{self.node.name}")
         else:
+            for result in outcome:
+                result.last_stage = self.node.name
             await emit_all(outcome, self.outputs, self.stats)
 
     def _entry(self, stream_id: str) -> StreamEntry:
@@ -214,7 +233,7 @@ class StageRun:
         counters = self.stats.stream(stream_id)
         counters.error = counters.error or error
         self._stop_stream(stream_id, error)
-        eos = EndOfStream(stream_id, "error", error)
+        eos = EndOfStream(stream_id, "error", error, via=self.node.name)
         try:
             tail = await self.stage.on_stream_ended(eos)
         except Exception:
@@ -226,15 +245,11 @@ class StageRun:
 
     async def _end_stream(self, eos: EndOfStream) -> None:
         entry = self._entry(eos.stream_id)
-        entry.ended += 1
-        if entry.end is None or _SEVERITY[eos.reason] > _SEVERITY[entry.end.reason]:
-            entry.end = eos
-        if entry.ended < entry.inputs:
-            return  # another of this stage's inputs still carries the stream
         del self.streams[eos.stream_id]
         if entry.failed:
             return  # its end already went downstream when it failed
-        eos = entry.end
+        assert entry.end is not None
+        eos = dataclasses.replace(entry.end, via=self.node.name)
         began = time.perf_counter()
         tail: Sequence[Item] = ()
         try:
@@ -243,7 +258,9 @@ class StageRun:
         except Exception as exc:
             error = self._describe(eos.stream_id, exc)
             self.stats.stream(eos.stream_id).error = error
-            eos = EndOfStream(eos.stream_id, "error", error)
+            eos = EndOfStream(eos.stream_id, "error", error, via=self.node.name)
+        for result in tail:
+            result.last_stage = self.node.name
         await emit_all(tail, self.outputs, self.stats)
         await fan_out(eos, self.outputs)
 

@@ -85,6 +85,7 @@ class Recorder(Stage):
         self.events: list[tuple] = []
         self.items: list[Item] = []
         self.seen_results: list[set[str]] = []
+        self.via: list[str] = []
         self.ends: list[EndOfStream] = []
 
     async def on_stream_added(self, info: StreamInfo) -> None:
@@ -93,11 +94,15 @@ class Recorder(Stage):
     async def process(self, item: Item) -> Sequence[Item]:
         self.events.append(("item", item.stream_id, item.seq))
         self.items.append(item)
+        self.via.append(item.last_stage)
         self.seen_results.append(set(item.results))
         if self.params.mark:
             item.results[self.name] = {"type": "mark"}
             item.tensors[self.name] = object()
         return (item,) if self.params.forward else ()
+
+    async def on_input_ended(self, eos: EndOfStream) -> None:
+        self.events.append(("input_ended", eos.stream_id, eos.via))
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         self.events.append(("ended", eos.stream_id, eos.reason))
@@ -387,7 +392,14 @@ async def test_diamond_merge_starts_and_ends_a_stream_once(tmp_path):
     await make_runner(graph, tmp_path).run()
     merge, sink = stage_of(graph, "merge"), stage_of(graph, "sink")
     assert sorted(merge.seqs("s")) == [0, 0, 1, 1, 2, 2]
-    assert [e for e in merge.events if e[0] != "item"] == [("added", "s"), ("ended", "s", "eof")]
+    # Each item says which branch it came through (a join tells its inputs apart by it).
+    assert sorted(merge.via) == ["left"] * 3 + ["right"] * 3
+    assert set(stage_of(graph, "left").via) == {"src"}
+    control = [e for e in merge.events if e[0] != "item"]
+    # The first branch to end is reported as it arrives; the stream ends with the last.
+    assert control[0] == ("added", "s") and control[-1] == ("ended", "s", "eof")
+    assert control[1][:2] == ("input_ended", "s") and control[1][2] in ("left", "right")
+    assert len(control) == 3
     assert sink.events[0] == ("added", "s")
     assert sink.events[-1] == ("ended", "s", "eof")
     assert len(sink.ends) == 1
