@@ -27,6 +27,7 @@ from pipeline.errors import StreamError
 from pipeline.media import AudioChunk, EncodedPacket, EndOfStream, Item, StreamInfo
 from pipeline.stage import Stage, StageParams, register_stage
 
+from .decoding import count_decode_error
 from .vision import PreparedTensor
 
 
@@ -98,13 +99,9 @@ class AudioDecode(Stage):
                 _decode, state.codec, state.resampler, packet.payload, self.params.sample_rate
             )
         except av.FFmpegError as exc:
-            state.errors_in_row += 1
-            self.ctx.stats.stream(item.stream_id).packets_dropped += 1
-            if state.errors_in_row >= self.params.max_consecutive_errors:
-                raise StreamError(
-                    item.stream_id, f"corrupt audio: {state.errors_in_row} packets in a row failed to decode ({exc})"
-                ) from None
-            self.ctx.logger.warning("stream %s: audio packet failed to decode: %s", item.stream_id, exc)
+            state.errors_in_row = count_decode_error(
+                self.ctx, item.stream_id, state.errors_in_row, self.params.max_consecutive_errors, "audio", exc
+            )
             return ()
         state.errors_in_row = 0
         self._add(state, first_pts, samples)

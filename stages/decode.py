@@ -17,6 +17,8 @@ from pipeline.errors import StreamError
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.stage import Stage, StageParams, register_stage
 
+from .decoding import count_decode_error
+
 
 class DecodeParams(StageParams):
     device: Literal["auto", "cpu"] = "auto"
@@ -70,13 +72,9 @@ class Decode(Stage):
         try:
             frames = await self.ctx.run_blocking(_decode, state.codec, packet.payload, packet.time_base)
         except av.FFmpegError as exc:
-            state.errors_in_row += 1
-            self.ctx.stats.stream(item.stream_id).packets_dropped += 1
-            if state.errors_in_row >= self.params.max_consecutive_errors:
-                raise StreamError(
-                    item.stream_id, f"corrupt video: {state.errors_in_row} packets in a row failed to decode ({exc})"
-                ) from None
-            self.ctx.logger.warning("stream %s: packet failed to decode: %s", item.stream_id, exc)
+            state.errors_in_row = count_decode_error(
+                self.ctx, item.stream_id, state.errors_in_row, self.params.max_consecutive_errors, "video", exc
+            )
             return ()
         state.errors_in_row = 0
         return self._to_items(item.stream_id, state, frames)

@@ -23,12 +23,11 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from pipeline.errors import ConfigError
 from pipeline.media import Item, VideoFrame
-from pipeline.modelcard import Preprocess, load_model_card
+from pipeline.modelcard import Preprocess
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-from .vision import PreparedTensor, prepare_image
+from .vision import PreparedTensor, load_preprocess, prepare_image
 
 VERTICAL_RATIO = 1.5
 """A crop this many times taller than wide is vertical text: PaddleOCR turns it 90° first."""
@@ -62,12 +61,9 @@ class TextCrops(Stage):
         self.detections_key = self.params.detections or ctx.input_stages[0]
 
     def _configure(self, base_dir: Path) -> None:
-        card = load_model_card(self.params.model, base_dir)
-        if card.preprocess is None:
-            raise ConfigError("params.model", f"model card {card.name!r} has no preprocess section")
-        self.spec = card.preprocess
-        self.height = card.preprocess.size[0]
-        self.max_width = self.params.max_width or card.preprocess.size[1]
+        _, self.spec = load_preprocess(self.params.model, base_dir)
+        self.height = self.spec.size[0]
+        self.max_width = self.params.max_width or self.spec.size[1]
 
     async def process(self, item: Item) -> Sequence[Item]:
         frame = item.media

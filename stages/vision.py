@@ -17,7 +17,7 @@ from pydantic import Field
 
 from pipeline.errors import ConfigError
 from pipeline.media import Item, VideoFrame
-from pipeline.modelcard import Preprocess, load_model_card
+from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 
@@ -71,16 +71,13 @@ class Prepare(Stage):
         self._configure(ctx.base_dir)
 
     def _configure(self, base_dir: Path) -> None:
-        card = load_model_card(self.params.model, base_dir)
-        if card.preprocess is None:
-            raise ConfigError("params.model", f"model card {card.name!r} has no preprocess section")
-        self.spec = card.preprocess
-        height, width = self.params.size or card.preprocess.size
-        multiple = card.preprocess.multiple_of
+        card, self.spec = load_preprocess(self.params.model, base_dir)
+        height, width = self.params.size or self.spec.size
+        multiple = self.spec.multiple_of
         if height % multiple or width % multiple:
             raise ConfigError("params.size", f"[{height}, {width}]: model {card.name!r} needs multiples of {multiple}")
         self.size = (height, width)
-        self.resize = self.params.resize or card.preprocess.resize
+        self.resize = self.params.resize or self.spec.resize
 
     async def process(self, item: Item) -> Sequence[Item]:
         frame = item.media
@@ -90,6 +87,14 @@ class Prepare(Stage):
             prepare_image, frame.data, self.size, self.resize, self.spec
         )
         return (item,)
+
+
+def load_preprocess(model: str, base_dir: Path) -> tuple[ModelCard, Preprocess]:
+    """A stage's model card and its ``preprocess`` section (a ``ConfigError`` at params.model without)."""
+    card = load_model_card(model, base_dir)
+    if card.preprocess is None:
+        raise ConfigError("params.model", f"model card {card.name!r} has no preprocess section")
+    return card, card.preprocess
 
 
 def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preprocess) -> PreparedTensor:
