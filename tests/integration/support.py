@@ -89,6 +89,25 @@ async def finish(process: asyncio.subprocess.Process, recording: Recording, time
     recording.stdout, recording.stderr = stdout.decode(), stderr.decode()
 
 
+async def run_to_end(
+    url: str,
+    config: str,
+    pipeline: str,
+    streams: tuple[str, ...] = ("sample",),
+    *,
+    env: dict[str, str],
+    timeout_s: float = 240,
+) -> Recording:
+    """``streamgraph run CONFIG`` against ``url`` until it exits, recording what it published
+    until every stream in ``streams`` has sent its ``ended`` event."""
+    async with Recorder(url, pipeline) as recorder:
+        process = await start_cli("run", config, "--nats-url", url, "--no-progress", env=env)
+        await finish(process, recorder.recording, timeout_s=timeout_s)
+        for stream_id in streams:
+            await asyncio.wait_for(recorder.ended(stream_id).wait(), timeout=30)
+    return recorder.recording
+
+
 def iou(a: list[float], b: list[float]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

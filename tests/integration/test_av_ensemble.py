@@ -5,24 +5,19 @@ Real nats-server, real models, real subscriber; every message is checked against
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .support import ROOT, Recorder, Recording, finish, start_cli
+from .support import ROOT, Recording, run_to_end
 
 CONFIG = str(ROOT / "configs" / "av-ensemble.yaml")
 
 
 async def run_ensemble(nats_server: Any, cli_env: dict[str, str], **env: str) -> Recording:
-    async with Recorder(nats_server.url, "av-ensemble") as recorder:
-        process = await start_cli("run", CONFIG, "--nats-url", nats_server.url, "--no-progress", env={**cli_env, **env})
-        await finish(process, recorder.recording)
-        await asyncio.wait_for(recorder.ended("sample").wait(), timeout=30)
-    return recorder.recording
+    return await run_to_end(nats_server.url, CONFIG, "av-ensemble", env={**cli_env, **env})
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .support import ROOT, Recorder, finish, iou, start_cli
+from .support import ROOT, iou, run_to_end
 
 CONFIG = str(ROOT / "configs" / "ocr.yaml")
 MIN_EXACT = 0.9
@@ -38,11 +37,7 @@ def read_line(truth_box: list[float], lines: list[dict[str, Any]]) -> str:
 async def test_ocr_reads_the_rendered_text_in_every_frame(
     nats_server: Any, sample_video: Path, ground_truth: dict[str, Any], cli_env: dict[str, str]
 ) -> None:
-    async with Recorder(nats_server.url, "ocr") as recorder:
-        process = await start_cli("run", CONFIG, "--nats-url", nats_server.url, "--no-progress", env=cli_env)
-        await finish(process, recorder.recording, timeout_s=840)
-        await asyncio.wait_for(recorder.ended("sample").wait(), timeout=30)
-    recording = recorder.recording
+    recording = await run_to_end(nats_server.url, CONFIG, "ocr", env=cli_env, timeout_s=840)
     assert recording.returncode == 0, recording.stderr
     frames = ground_truth["frames"]
     assert f"{frames} frames decoded, {frames} messages published, 0 dropped" in recording.stdout

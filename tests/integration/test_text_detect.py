@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .support import ROOT, Recorder, finish, iou, start_cli
+from .support import ROOT, Recorder, finish, iou, run_to_end, start_cli
 
 CONFIG = str(ROOT / "configs" / "text-detect.yaml")
 
@@ -17,11 +17,7 @@ CONFIG = str(ROOT / "configs" / "text-detect.yaml")
 async def test_publishes_one_valid_message_per_frame_with_real_detections(
     nats_server: Any, sample_video: Path, ground_truth: dict[str, Any], cli_env: dict[str, str]
 ) -> None:
-    async with Recorder(nats_server.url, "text-detect") as recorder:
-        process = await start_cli("run", CONFIG, "--nats-url", nats_server.url, "--no-progress", env=cli_env)
-        await finish(process, recorder.recording)
-        await asyncio.wait_for(recorder.ended("sample").wait(), timeout=30)
-    recording = recorder.recording
+    recording = await run_to_end(nats_server.url, CONFIG, "text-detect", env=cli_env)
     assert recording.returncode == 0, recording.stderr
     frames = ground_truth["frames"]
     assert f"{frames} frames decoded, {frames} messages published, 0 dropped" in recording.stdout
