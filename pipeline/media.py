@@ -2,7 +2,7 @@
 
 Timestamps follow PyAV: an integer ``pts`` in units of a ``Fraction`` ``time_base`` is the truth;
 the wall-clock capture time (``time.time()`` seconds) is kept apart for latency.
-Control items (``StreamStarted``, ``EndOfStream``) travel in-band, in order with the data, so
+Control items (``StreamStarted``, ``StreamStatus``, ``EndOfStream``) travel in-band, in order with the data, so
 every stage sees a stream begin before its first item and end after its last.
 """
 
@@ -164,5 +164,23 @@ class EndOfStream:
     """The stage that passed this end on (set by the runner): which input of a stage ended."""
 
 
-Control = StreamStarted | EndOfStream
+StatusName = Literal["connecting", "connected", "stalled", "reconnecting"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """A live source's connection state changed (``connecting``, ``connected``, ``stalled``,
+    ``reconnecting``); ``detail`` says why (the reason, the attempt and its delay). In order with
+    the stream's items, like ``EndOfStream``; it may come before the stream's ``StreamStarted``
+    (a camera is ``connecting`` before anything about its media is known)."""
+
+    stream_id: str
+    status: StatusName
+    detail: str | None = None
+    via: str = ""
+    """The stage that passed this status on (set by the runner): a stage behind several inputs
+    passes each status on once."""
+
+
+Control = StreamStarted | StreamStatus | EndOfStream
 Message = Item | Control

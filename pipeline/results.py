@@ -89,6 +89,8 @@ def build_event(
         body["frames"] = {"decoded": counters.decoded, "published": counters.published, "dropped": counters.dropped}
         if counters.consumed:
             body["frames"]["consumed"] = counters.consumed
+        if counters.reconnects:
+            body["reconnects"] = counters.reconnects
     return body
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .edges import Edge
 from .graph import Graph, Node
-from .media import EndOfStream, Message, StreamStarted
+from .media import EndOfStream, Message, StreamStarted, StreamStatus
 from .stage import Source, StageContext
 from .stagerun import StageRun, fan_out
 from .stats import StreamStats
@@ -167,6 +167,9 @@ class Runner:
             elif isinstance(message, EndOfStream):
                 self._origins[message.stream_id] = node.name
                 open_streams.pop(message.stream_id, None)
+                message = dataclasses.replace(message, via=node.name)
+            elif isinstance(message, StreamStatus):
+                self._origins[message.stream_id] = node.name
                 message = dataclasses.replace(message, via=node.name)
             else:
                 message.last_stage = node.name

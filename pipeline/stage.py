@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from .config import StrictModel
 from .errors import ConfigError
-from .media import EndOfStream, Item, Message, StreamInfo
+from .media import EndOfStream, Item, Message, StreamInfo, StreamStatus
 from .stats import StreamStats
 
 if TYPE_CHECKING:
@@ -107,6 +107,11 @@ class Stage:
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         """A stream ended; return items still held for it (a decoder's last frames)."""
         return ()
+
+    async def on_stream_status(self, status: StreamStatus) -> None:
+        """A live source's connection state changed (``connecting``, ``stalled``, ...); called in
+        order with the stream's items, once per status even behind several inputs, possibly
+        before ``on_stream_added`` (a camera connects before its media is known)."""
 
     async def on_input_ended(self, eos: EndOfStream) -> None:
         """A stream read through several inputs ended on one of them (``eos.via``) but goes on

@@ -9,6 +9,15 @@ and ends on the last ``EndOfStream`` (a stage behind a diamond gets one through 
 carries the stream). A stream that fails in this stage (``StreamError``, or any exception while
 it is added) is ended here at once: the stage still gets ``on_stream_ended``, downstream gets
 the error, the sources are asked to stop the stream, and its later ends are swallowed.
+
+A ``StreamStatus`` (a live source connecting, stalled, reconnecting) is an ordered slot like an
+end: the stage's ``on_stream_status`` sees it after the items before it and before the items
+after it, then it goes downstream (a status before the stream's start, "connecting", is handled
+before the stream is added). Behind several inputs it is passed on once: every input
+carries the same statuses in the same order (control messages are never dropped), so the n-th
+status of a stream through any input is the n-th status the source sent, and the stage passes it
+on when the first input delivers it. Counting per input (not comparing contents) keeps a status
+the source repeats ("stalled" twice) and never swallows one.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from dataclasses import dataclass
 from .edges import Edge, EdgeClosed
 from .errors import StreamError
 from .graph import Node
-from .media import EndOfStream, Item, Message, StreamStarted
+from .media import EndOfStream, Item, Message, StreamStarted, StreamStatus
 from .stats import StreamStats
 
 log = logging.getLogger("streamgraph.runner")
@@ -59,6 +68,11 @@ class StreamEntry:
     failed: bool = False
     end: EndOfStream | None = None
     """The most telling end received so far: an error over a stop over a plain end of file."""
+    statuses_passed: int = 0
+    statuses_from: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Statuses received per input (``via``): the n-th is passed on when the first input brings it."""
+    last_status: asyncio.Event | None = None
+    """Set once the writer has handled the stream's latest status (a stream is added only then)."""
 
 
 _SEVERITY = {"eof": 0, "stopped": 1, "error": 2}
@@ -79,6 +93,8 @@ class _Slot:
     task: asyncio.Task[Sequence[Item] | _Failure] | None = None
     error: str | None = None
     """For a ``StreamStarted``: why adding the stream failed."""
+    handled: asyncio.Event | None = None
+    """For a ``StreamStatus``: set once the writer has passed it on."""
 
 
 class StageRun:
@@ -131,6 +147,9 @@ class StageRun:
                 entry.started += 1
                 if entry.started > 1:
                     continue  # announced already, through another of this stage's inputs
+                if entry.last_status is not None:
+                    # A live source's status came first ("connecting"): the stage sees it first.
+                    await entry.last_status.wait()
                 slot = _Slot(message, error=await self._add_stream(message))
             elif isinstance(message, EndOfStream):
                 entry = self._entry(message.stream_id)
@@ -144,6 +163,11 @@ class StageRun:
                         await self._input_ended(message)
                     continue
                 slot = _Slot(message)
+            elif isinstance(message, StreamStatus):
+                if not self._first_arrival(message):
+                    continue
+                slot = _Slot(message, handled=asyncio.Event())
+                self._entry(message.stream_id).last_status = slot.handled
             elif (known := self.streams.get(message.stream_id)) is not None and known.failed:
                 self.stats.drop_item(message, f"failed:{self.node.name}")
                 continue
@@ -156,6 +180,16 @@ class StageRun:
                 slot = _Slot(message, task=asyncio.create_task(self._process(message)))
             self._unfinished.append(slot)
             ordered.put_nowait(slot)
+
+    def _first_arrival(self, status: StreamStatus) -> bool:
+        entry = self._entry(status.stream_id)
+        if entry.failed:
+            return False
+        count = entry.statuses_from[status.via] = entry.statuses_from.get(status.via, 0) + 1
+        if count <= entry.statuses_passed:
+            return False  # passed on already, when another input brought it
+        entry.statuses_passed = count
+        return True
 
     async def _input_ended(self, eos: EndOfStream) -> None:
         try:
@@ -202,10 +236,27 @@ class StageRun:
                 await fan_out(message, self.outputs)
                 if slot.error is not None:
                     await self._fail_stream(message.stream_id, slot.error)
+            elif isinstance(message, StreamStatus):
+                self._unfinished.popleft()
+                try:
+                    await self._pass_status(message)
+                finally:
+                    assert slot.handled is not None
+                    slot.handled.set()
             else:
                 assert isinstance(message, EndOfStream)
                 self._unfinished.popleft()
                 await self._end_stream(message)
+
+    async def _pass_status(self, status: StreamStatus) -> None:
+        entry = self.streams.get(status.stream_id)
+        if entry is not None and entry.failed:
+            return  # the stream already ended here with its error
+        try:
+            await self.stage.on_stream_status(status)
+        except Exception:
+            log.exception("stage %s failed on status %s of stream %s", self.node.name, status.status, status.stream_id)
+        await fan_out(dataclasses.replace(status, via=self.node.name), self.outputs)
 
     async def _pass_on(self, item: Item, outcome: Sequence[Item] | _Failure) -> None:
         entry = self.streams.get(item.stream_id)

@@ -25,6 +25,8 @@ class StreamCounters:
     ``stream_error`` (the frame a stage gave up on the stream at), ``failed:<stage>``."""
     packets_dropped: int = 0
     """Compressed packets discarded before decoding (at shutdown, or by a full edge)."""
+    reconnects: int = 0
+    """Times a live source connected again after losing its stream (``rtsp``)."""
     frame_count: int | None = None
     error: str | None = None
     ended: bool = False

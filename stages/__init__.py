@@ -1,5 +1,18 @@
 """Stage implementations. Importing this package registers every built-in stage type."""
 
-from . import audio, decode, infer, join, publish, sources, textcrop, textdet, textrec, vad, vision
+from . import audio, decode, infer, join, publish, rtsp, sources, textcrop, textdet, textrec, vad, vision
 
-__all__ = ["audio", "decode", "infer", "join", "publish", "sources", "textcrop", "textdet", "textrec", "vad", "vision"]
+__all__ = [
+    "audio",
+    "decode",
+    "infer",
+    "join",
+    "publish",
+    "rtsp",
+    "sources",
+    "textcrop",
+    "textdet",
+    "textrec",
+    "vad",
+    "vision",
+]

@@ -1,4 +1,5 @@
-"""``publish``: one JSON result per item to NATS, and stream lifecycle events."""
+"""``publish``: one JSON result per item to NATS, and stream lifecycle events (``started``,
+a live source's ``connecting``/``connected``/``stalled``/``reconnecting``, ``error``, ``ended``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 
 from pipeline.bus import Bus
 from pipeline.errors import ConfigError
-from pipeline.media import EndOfStream, Item, StreamInfo
+from pipeline.media import EndOfStream, Item, StreamInfo, StreamStatus
 from pipeline.results import build_event, build_result, encode, events_subject, message_id, result_subject
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
@@ -31,6 +32,9 @@ class Publish(Stage):
 
     async def on_stream_added(self, info: StreamInfo) -> None:
         await self._event(info.stream_id, "started")
+
+    async def on_stream_status(self, status: StreamStatus) -> None:
+        await self._event(status.stream_id, status.status, message=status.detail)
 
     async def process(self, item: Item) -> Sequence[Item]:
         began = time.perf_counter()

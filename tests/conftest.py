@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,90 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# --- a real RTSP server (gst-rtsp-server, run by the system Python) ---------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SERVER = ROOT / "tests" / "rtsp_server.py"
+_GST_PROBE = (
+    "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
+    "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
+    "needed = ('videotestsrc', 'clockoverlay', 'x264enc', 'rtph264pay');"
+    "missing = [e for e in needed if not Gst.ElementFactory.find(e)];"
+    "assert not missing, f'missing GStreamer elements: {missing}'"
+)
+_APT = (
+    "apt-get install -y python3-gi gir1.2-gst-rtsp-server-1.0 "
+    "gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly"
+)
+
+
+class RtspServer:
+    """tests/rtsp_server.py as a child process: start, pause (SIGSTOP: a camera that hangs),
+    kill, and start again on the same port."""
+
+    def __init__(self, port: int, mount: str = "/cam") -> None:
+        self.port = port
+        self.mount = mount
+        self.url = f"rtsp://127.0.0.1:{port}{mount}"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 30) -> None:
+        assert self.process is None, "already running"
+        process = subprocess.Popen(
+            [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), "--mount", self.mount],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.process = process
+        ready = threading.Event()
+
+        def wait_for_ready() -> None:
+            if process.stdout is not None and process.stdout.readline().strip() == "ready":
+                ready.set()
+
+        threading.Thread(target=wait_for_ready, daemon=True).start()
+        if not ready.wait(timeout_s):
+            self.kill()
+            raise RuntimeError(f"the RTSP server did not start on port {self.port}")
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        self.process.kill()  # SIGKILL also ends a stopped process
+        self.process.wait(timeout=10)
+        self.process = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def gst_rtsp_available() -> None:
+    """Skip (with the fix) where the system Python has no gst-rtsp-server."""
+    if not Path(SYSTEM_PYTHON).is_file():
+        pytest.skip(f"no {SYSTEM_PYTHON}: the RTSP test server runs on the system Python")
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", _GST_PROBE], capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"{SYSTEM_PYTHON} cannot run gst-rtsp-server ({last}); install it: {_APT}")
+
+
+@pytest.fixture()
+def rtsp_server(gst_rtsp_available: None) -> Any:
+    """A real RTSP server (live H.264) on a free loopback port, started; stopped after the test."""
+    server = RtspServer(_free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -17,7 +17,7 @@ from pydantic import Field
 from pipeline.config import parse_config
 from pipeline.errors import StreamError
 from pipeline.graph import Graph, build_graph
-from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, StreamStarted
+from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, StreamStarted, StreamStatus
 from pipeline.runner import Runner, RunSummary
 from pipeline.stage import Source, Stage, StageParams
 
@@ -68,6 +68,32 @@ class ListSource(Source):
             await emit(EndOfStream(sid, reason))
 
 
+class StatusSourceParams(StageParams):
+    script: list[str] = Field(default_factory=lambda: ["connecting", "start", "0", "1", "stalled", "2", "end"])
+    """``start``/``end``: the stream's start and end; a number: an item with that seq; anything
+    else: a status (``name`` or ``name:detail``)."""
+
+
+class StatusSource(Source):
+    """Plays a script of starts, items, statuses and ends for stream 's' (a live source)."""
+
+    Params = StatusSourceParams
+    params: StatusSourceParams
+
+    async def run(self, emit) -> None:
+        for step in self.params.script:
+            if step == "start":
+                await emit(StreamStarted(StreamInfo(stream_id="s", uri="test://s", live=True)))
+            elif step == "end":
+                await emit(EndOfStream("s", "stopped"))
+            elif step.isdigit():
+                media = EncodedPacket(None, int(step), Fraction(1, 30), True)
+                await emit(Item(stream_id="s", media=media, capture_time=1000.0, seq=int(step)))
+            else:
+                status, _, detail = step.partition(":")
+                await emit(StreamStatus("s", status, detail or None))  # type: ignore[arg-type]
+
+
 class RecorderParams(StageParams):
     mark: bool = False
     """Write this stage's name into each item's results and tensors (as a branch would)."""
@@ -103,6 +129,9 @@ class Recorder(Stage):
 
     async def on_input_ended(self, eos: EndOfStream) -> None:
         self.events.append(("input_ended", eos.stream_id, eos.via))
+
+    async def on_stream_status(self, status: StreamStatus) -> None:
+        self.events.append(("status", status.stream_id, status.status, status.detail))
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         self.events.append(("ended", eos.stream_id, eos.reason))
@@ -193,6 +222,13 @@ class Stuck(Stage):
         self.entered.set()
         await asyncio.Event().wait()
         return (item,)
+
+
+class BadStatusHook(Stage):
+    """Its status hook raises (a bug): the status must still go on."""
+
+    async def on_stream_status(self, status: StreamStatus) -> None:
+        raise RuntimeError("bug in the status hook")
 
 
 class FailOnAdd(Stage):
@@ -489,3 +525,75 @@ async def test_runner_builds_one_edge_per_non_source_stage(tmp_path):
     assert list(edges) == ["sink"]
     assert (edges["sink"].capacity, edges["sink"].policy) == (3, "drop_oldest")
     assert edges["sink"].closed
+
+
+# --- stream status (live sources) ---------------------------------------------------------------
+
+
+def timeline(recorder) -> list[tuple]:
+    return [e[:3] if e[0] == "status" else e for e in recorder.events]
+
+
+async def test_status_passes_every_stage_in_order_with_the_items(tmp_path):
+    graph = make_graph(
+        node("src", "StatusSource"),
+        node("jitter", "Jitter", ["src"], edge={"capacity": 1}),
+        node("mid", "Recorder", ["jitter"], params={"forward": True}),
+        node("sink", "Recorder", ["mid"]),
+    )
+    await make_runner(graph, tmp_path).run()
+    expected = [
+        ("status", "s", "connecting"),
+        ("added", "s"),
+        ("item", "s", 0),
+        ("item", "s", 1),
+        ("status", "s", "stalled"),
+        ("item", "s", 2),
+        ("ended", "s", "stopped"),
+    ]
+    assert timeline(stage_of(graph, "mid")) == expected
+    assert timeline(stage_of(graph, "sink")) == expected
+
+
+async def test_status_behind_a_diamond_is_passed_on_once_and_a_repeated_one_again(tmp_path):
+    script = ["connecting", "start", "0", "stalled:x", "stalled:x", "1", "reconnecting:1", "2", "end"]
+    graph = make_graph(
+        node("src", "StatusSource", params={"script": script}),
+        node("left", "Recorder", ["src"], params={"forward": True}),
+        node("slow", "Jitter", ["src"], edge={"capacity": 1}),
+        node("merge", "Recorder", ["left", "slow"], params={"forward": True}),
+        node("sink", "Recorder", ["merge"]),
+    )
+    await make_runner(graph, tmp_path).run()
+    for name in ("merge", "sink"):
+        statuses = [e[2:] for e in stage_of(graph, name).events if e[0] == "status"]
+        assert statuses == [("connecting", None), ("stalled", "x"), ("stalled", "x"), ("reconnecting", "1")], name
+    sink = stage_of(graph, "sink")
+    # Each status comes after the items the source sent before it (from the first branch to bring it).
+    events = [e for e in sink.events if e[0] in ("status", "item")]
+    assert events.index(("status", "s", "reconnecting", "1")) > events.index(("item", "s", 1))
+
+
+async def test_a_failing_status_hook_still_passes_the_status_on(tmp_path):
+    graph = make_graph(
+        node("src", "StatusSource"),
+        node("bad", "BadStatusHook", ["src"]),
+        node("sink", "Recorder", ["bad"]),
+    )
+    summary = await make_runner(graph, tmp_path).run()
+    sink = stage_of(graph, "sink")
+    assert [e[2] for e in sink.events if e[0] == "status"] == ["connecting", "stalled"]
+    assert sink.seqs("s") == [0, 1, 2]
+    assert summary.failed_streams == []
+
+
+async def test_statuses_of_a_stream_that_failed_in_a_stage_stop_there(tmp_path):
+    script = ["start", "0", "1", "stalled", "2", "end"]
+    graph = make_graph(
+        node("src", "StatusSource", params={"script": script}),
+        node("faulty", "Faulty", ["src"], params={"fail_seq": 0, "kind": "stream_error"}),
+        node("sink", "Recorder", ["faulty"]),
+    )
+    await make_runner(graph, tmp_path).run()
+    sink = stage_of(graph, "sink")
+    assert timeline(sink) == [("added", "s"), ("ended", "s", "error")]

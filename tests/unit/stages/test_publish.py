@@ -18,7 +18,7 @@ import pytest
 from pipeline.bus import Bus
 from pipeline.config import NatsConfig
 from pipeline.errors import ConfigError
-from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
+from pipeline.media import EndOfStream, Item, StreamInfo, StreamStatus, VideoFrame
 from pipeline.results import EVENT_SCHEMA, RESULT_SCHEMA, SCHEMA_VERSION
 from pipeline.stage import StageContext
 from stages.publish import Publish, PublishParams
@@ -218,6 +218,31 @@ async def test_stopped_stream_ends_with_reason_stopped(make_ctx, bus, subscriber
     await finish(subscriber, bus, f"{prefix}.sentinel")
     events = [m.body for m in subscriber.on(f"{prefix}.unit.cam.events")]
     assert [(e["event"], e.get("reason")) for e in events] == [("started", None), ("ended", "stopped")]
+
+
+async def test_live_connection_statuses_become_events_and_ended_counts_reconnects(make_ctx, bus, subscriber, prefix):
+    publish = await started_publish(make_ctx, bus)
+    await publish.on_stream_status(StreamStatus("cam", "connecting", "rtsp://camera/1 over tcp"))
+    await publish.on_stream_added(StreamInfo("cam", "rtsp://camera/1", live=True))
+    await publish.on_stream_status(StreamStatus("cam", "connected", "rtsp://camera/1: h264 640x360"))
+    await publish.on_stream_status(StreamStatus("cam", "stalled", "no packet for 5.0 s"))
+    await publish.on_stream_status(StreamStatus("cam", "reconnecting", "no packet for 5.0 s; attempt 1 in 0.31 s"))
+    publish.ctx.stats.stream("cam").reconnects = 1
+    await publish.on_stream_ended(EndOfStream("cam", "stopped"))
+    await finish(subscriber, bus, f"{prefix}.sentinel")
+
+    events = [m.body for m in subscriber.on(f"{prefix}.unit.cam.events")]
+    for event in events:
+        EVENT_VALIDATOR.validate(event)
+    assert [(e["event"], e.get("message")) for e in events] == [
+        ("connecting", "rtsp://camera/1 over tcp"),
+        ("started", None),
+        ("connected", "rtsp://camera/1: h264 640x360"),
+        ("stalled", "no packet for 5.0 s"),
+        ("reconnecting", "no packet for 5.0 s; attempt 1 in 0.31 s"),
+        ("ended", None),
+    ]
+    assert events[-1]["reconnects"] == 1
 
 
 async def test_events_false_publishes_results_only(make_ctx, bus, subscriber, prefix):
