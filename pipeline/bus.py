@@ -195,6 +195,10 @@ class Bus:
         try:
             if not self.client.is_closed:
                 await self.client.drain()  # flushes what is buffered before closing
+        except NatsError as exc:
+            # Mid-reconnect (the server went away) there is nothing left to flush to.
+            log.warning("NATS: could not flush before closing: %s", exc or type(exc).__name__)
+            await self.client.close()
         finally:
             if self._server is not None:
                 await asyncio.to_thread(self._server.stop)

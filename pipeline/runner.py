@@ -63,6 +63,7 @@ class Runner:
         self._origins: dict[str, str] = {}
         """stream id -> the source that produces it."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._stage_runs: list[StageRun] = []
         self._stopping = False
         self._drain_timer: asyncio.TimerHandle | None = None
         self.started = asyncio.Event()
@@ -107,6 +108,8 @@ class Runner:
                 self._drain_timer.cancel()
             for edge in self._edges.values():
                 edge.discard_all("shutdown")
+            for run in self._stage_runs:  # in graph order: publishers say the streams ended
+                await run.end_abandoned_streams()
             await self._stop_stages()
             executor.shutdown(wait=False, cancel_futures=True)
         return RunSummary(self.graph.pipeline, time.monotonic() - started_at, self.stats, self._stopping)
@@ -201,6 +204,7 @@ class Runner:
             inputs_carrying=inputs_carrying,
             stop_stream=self._stop_stream,
         )
+        self._stage_runs.append(run)
         try:
             await run.run()
         finally:

@@ -134,6 +134,21 @@ class StageRun:
                     self.stats.drop_item(slot.message, "shutdown")
             raise
 
+    async def end_abandoned_streams(self) -> None:
+        """After an aborted drain: end every stream still open here as ``stopped``, so the stage
+        releases it and a publisher still sends its ``ended`` event. What it hands back is dropped."""
+        for stream_id, entry in list(self.streams.items()):
+            del self.streams[stream_id]
+            if entry.failed or entry.started == 0:
+                continue
+            try:
+                tail = await self.stage.on_stream_ended(EndOfStream(stream_id, "stopped", via=self.node.name))
+            except Exception:
+                log.exception("stage %s failed ending stream %s at shutdown", self.node.name, stream_id)
+                continue
+            for lost in tail:
+                self.stats.drop_item(lost, "shutdown")
+
     # --- reader: starts work in arrival order ---------------------------------------------------
 
     async def _read(self, ordered: asyncio.Queue[_Slot | None]) -> None:

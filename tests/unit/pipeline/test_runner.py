@@ -496,6 +496,9 @@ async def test_stuck_stage_is_cancelled_after_the_drain_timeout(tmp_path):
     assert summary.stats.stream("s").drops == {"shutdown": 3}
     assert stage_of(graph, "sink").items == []
     assert all(edge.depth == 0 for edge in runner.edges.values())
+    # The stream's end never got through the stuck stage: every stage still ends it, as stopped
+    # (a publisher sends its `ended` event even after an aborted drain).
+    assert [(e.stream_id, e.reason) for e in stage_of(graph, "sink").ends] == [("s", "stopped")]
 
 
 @pytest.mark.timeout(30)
