@@ -111,15 +111,22 @@ class AdaptiveSize:
     """Chooses a batch size from measured run times: most items per second within the budget.
 
     Sizes are powers of two up to ``limit``. The cost of each size is a moving average of its
-    run time. After ``probe_every`` batches the next size up (or down) is tried once, so the
-    choice follows the load and the machine.
+    run time; the first run of each size is left out (a new batch shape warms up the engine,
+    and the first runs happen while the pipeline is still starting). A bigger size must give
+    ``margin`` more items per second than a smaller one to be chosen: bigger batches cost
+    latency, so a gain within measurement noise is not worth it. After ``probe_every`` batches
+    the next size up (or down) is tried once, so the choice follows the load and the machine.
     """
 
-    def __init__(self, limit: int, *, budget_ms: float | None = None, probe_every: int = 16) -> None:
+    def __init__(
+        self, limit: int, *, budget_ms: float | None = None, probe_every: int = 16, margin: float = 0.1
+    ) -> None:
         self.sizes = [1 << k for k in range(int(math.log2(max(1, limit))) + 1)]
         self.budget_ms = budget_ms
         self.probe_every = probe_every
+        self.margin = margin
         self.cost_s: dict[int, float] = {}
+        self._runs: dict[int, int] = {}
         self.current = 1
         self._target = 1
         self._since_probe = 0
@@ -131,7 +138,8 @@ class AdaptiveSize:
 
     def record(self, size: int, seconds: float) -> None:
         """A batch of ``size`` took ``seconds``; only sizes of the ladder count."""
-        if size in self.sizes:
+        runs = self._runs[size] = self._runs.get(size, 0) + 1
+        if size in self.sizes and runs > 1:
             old = self.cost_s.get(size)
             self.cost_s[size] = seconds if old is None else 0.7 * old + 0.3 * seconds
         self.current = self._best()
@@ -148,7 +156,10 @@ class AdaptiveSize:
         measured = [s for s in self.sizes if s in self.cost_s and self._fits(s)]
         if not measured:
             return 1
-        best = max(measured, key=lambda s: s / self.cost_s[s])
+        best = measured[0]
+        for size in measured[1:]:
+            if size / self.cost_s[size] > (1 + self.margin) * best / self.cost_s[best]:
+                best = size
         # While the biggest size tried is also the best, the next size up gets its turn.
         untried = [s for s in self.sizes if s > best and s not in self.cost_s]
         return untried[0] if best == measured[-1] and untried else best
