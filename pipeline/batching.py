@@ -92,6 +92,9 @@ class Request(Generic[P]):
     started_at: float = 0.0
     finished_at: float = 0.0
     batch_size: int = 0
+    model_s: float | None = None
+    """Seconds the model itself took for this request's batch, if the run function measured it
+    (``auto`` prefers it: the clock around a run also counts waiting for a free thread)."""
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -334,7 +337,8 @@ class Batcher(Generic[P]):
         outcomes = await self._run_isolated(batch)
         finished = self.clock.now()
         if self.adaptive is not None:
-            self.adaptive.record(len(batch), finished - started)
+            measured = [r.model_s for r in batch if r.model_s is not None]
+            self.adaptive.record(len(batch), max(measured) if measured else finished - started)
         self.batches += 1
         self.batched_items += len(batch)
         for request, outcome in zip(batch, outcomes, strict=True):

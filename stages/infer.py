@@ -194,7 +194,11 @@ class Infer(Stage):
         feeds: dict[str, Any] = {self._data_input: np.stack([r.payload.tensor for r in requests])}
         feeds.update(self._constants)
         feeds.update(self._state.gather(streams))
+        began = time.perf_counter()
         outputs = self.engine.infer(feeds)
+        model_s = time.perf_counter() - began
+        for request in requests:
+            request.model_s = model_s
         self._state.scatter(streams, outputs)
         return [
             {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}

@@ -308,6 +308,24 @@ def test_auto_follows_a_change_in_cost():
     assert adaptive.current == 1
 
 
+async def test_auto_uses_the_models_own_time_when_the_run_reports_it():
+    clock = ManualClock()
+
+    async def run(batch: list[Request[Any]]) -> Sequence[Any]:
+        clock.advance(1.0)  # waited for a free thread: not the model's cost
+        for request in batch:
+            request.model_s = 0.01 * len(batch)  # the model gains nothing from batching
+        return [None] * len(batch)
+
+    batcher: Batcher[Any] = Batcher(run, BatchPolicy(max_size=None, size_limit=8), clock=clock)
+    for i in range(200):
+        batcher.submit(Request(f"s{i % 8}", i))
+    await batcher.close()
+    assert batcher.adaptive is not None
+    assert batcher.adaptive.cost_s[1] == pytest.approx(0.01)
+    assert batcher.adaptive.current == 1
+
+
 async def test_batcher_with_auto_size_settles_by_measurement():
     batcher, model, _ = make(BatchPolicy(max_size=None, max_delay_ms=5, size_limit=8), cost=lambda n: 0.01 + 0.001 * n)
     futures = [submit(batcher, f"s{i % 8}", i) for i in range(400)]
