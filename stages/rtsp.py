@@ -31,7 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import av
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from pipeline.media import (
     AudioCodecParams,
@@ -46,12 +46,14 @@ from pipeline.media import (
     TrackKind,
     VideoCodecParams,
 )
-from pipeline.stage import Source, StageParams, register_stage
+from pipeline.stage import Source, register_stage
+
+from .sources import TrackSelection
 
 Emit = Callable[[Message], Awaitable[None]]
 
 
-class RtspParams(StageParams):
+class RtspParams(TrackSelection):
     url: str = Field(pattern=r"^rtsps?://\S+$")
     """``rtsp://[user:password@]host[:port]/path``; the password never appears in events or logs."""
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -71,15 +73,6 @@ class RtspParams(StageParams):
     max_reconnects: int | None = Field(default=None, ge=0)
     """Reconnect attempts in a row (since the stream last delivered packets) before the stream
     ends with an error; null: forever."""
-    tracks: list[TrackKind] = Field(default_factory=lambda: list[TrackKind](["video"]), min_length=1)
-    """Which tracks to read (the first of each kind), as the ``file`` source."""
-
-    @field_validator("tracks")
-    @classmethod
-    def _distinct(cls, tracks: list[TrackKind]) -> list[TrackKind]:
-        if len(set(tracks)) != len(tracks):
-            raise ValueError(f"each track at most once, got {tracks}")
-        return tracks
 
     @model_validator(mode="after")
     def _backoff_order(self) -> RtspParams:

@@ -32,7 +32,21 @@ from pipeline.stage import Source, StageParams, register_stage
 Emit = Callable[[Message], Awaitable[None]]
 
 
-class FileParams(StageParams):
+class TrackSelection(StageParams):
+    """The ``tracks`` parameter every media source takes."""
+
+    tracks: list[TrackKind] = Field(default_factory=lambda: list[TrackKind](["video"]), min_length=1)
+    """Which tracks to read (the first of each kind), interleaved as they arrive."""
+
+    @field_validator("tracks")
+    @classmethod
+    def _distinct(cls, tracks: list[TrackKind]) -> list[TrackKind]:
+        if len(set(tracks)) != len(tracks):
+            raise ValueError(f"each track at most once, got {tracks}")
+        return tracks
+
+
+class FileParams(TrackSelection):
     path: str
     """Media file; relative paths are relative to the pipeline YAML."""
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -41,15 +55,6 @@ class FileParams(StageParams):
     """Start again at the end, forever, with timestamps that keep increasing."""
     rate: Literal["native", "max"] = "max"
     """``native`` paces packets by their timestamps, like a live camera; ``max`` reads flat out."""
-    tracks: list[TrackKind] = Field(default_factory=lambda: list[TrackKind](["video"]), min_length=1)
-    """Which tracks to demux (the first of each kind), interleaved as the file stores them."""
-
-    @field_validator("tracks")
-    @classmethod
-    def _distinct(cls, tracks: list[TrackKind]) -> list[TrackKind]:
-        if len(set(tracks)) != len(tracks):
-            raise ValueError(f"each track at most once, got {tracks}")
-        return tracks
 
 
 class _Demuxer:
