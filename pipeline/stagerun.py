@@ -1,8 +1,10 @@
-"""Runs one stage: reads its edge, processes items, and passes results on in arrival order.
+"""Runs one stage: reads its edge, processes items, and passes each stream's results on in order.
 
 A stage may work on up to ``stage.max_in_flight`` items at once (an ``infer`` stage needs many in
-flight to fill a batch across streams); a reader starts them, a writer awaits them in the order
-they arrived and emits their results, so per-stream order never changes.
+flight to fill a batch across streams); a reader starts them, and one writer per stream awaits
+that stream's items in the order they arrived and emits their results. Per-stream order never
+changes, and a slow item holds back only its own stream (a batcher serves streams round-robin,
+so a global order would make every stream wait for the slowest).
 
 Stream lifecycle, per stage: a stream starts on the first ``StreamStarted`` through any input
 and ends on the last ``EndOfStream`` (a stage behind a diamond gets one through each input that
@@ -26,7 +28,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -116,16 +117,19 @@ class StageRun:
         self._inputs_carrying = inputs_carrying
         self._stop_stream = stop_stream
         self.streams: dict[str, StreamEntry] = {}
-        self._unfinished: deque[_Slot] = deque()
+        self._unfinished: set[_Slot] = set()
+        self._lanes: dict[str, asyncio.Queue[_Slot | None]] = {}
+        """One ordered queue and writer per stream: a stream's results wait only for its own."""
+        self._group: asyncio.TaskGroup | None = None
         self._room = asyncio.Semaphore(max(1, self.stage.max_in_flight))
 
     async def run(self) -> None:
-        ordered: asyncio.Queue[_Slot | None] = asyncio.Queue()
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._write(ordered), name=f"{self.node.name}:write")
-                await self._read(ordered)
-                await ordered.put(None)
+                self._group = group
+                await self._read()
+                for lane in self._lanes.values():
+                    lane.put_nowait(None)
         except asyncio.CancelledError:
             for slot in self._unfinished:
                 if slot.task is not None:
@@ -151,7 +155,7 @@ class StageRun:
 
     # --- reader: starts work in arrival order ---------------------------------------------------
 
-    async def _read(self, ordered: asyncio.Queue[_Slot | None]) -> None:
+    async def _read(self) -> None:
         while True:
             try:
                 message = await self.edge.get()
@@ -193,8 +197,16 @@ class StageRun:
                     self.stats.drop_item(message, "shutdown")
                     raise
                 slot = _Slot(message, task=asyncio.create_task(self._process(message)))
-            self._unfinished.append(slot)
-            ordered.put_nowait(slot)
+            self._unfinished.add(slot)
+            self._lane(message.stream_id).put_nowait(slot)
+
+    def _lane(self, stream_id: str) -> asyncio.Queue[_Slot | None]:
+        lane = self._lanes.get(stream_id)
+        if lane is None:
+            assert self._group is not None
+            lane = self._lanes[stream_id] = asyncio.Queue()
+            self._group.create_task(self._write(stream_id, lane), name=f"{self.node.name}:{stream_id}")
+        return lane
 
     def _first_arrival(self, status: StreamStatus) -> bool:
         entry = self._entry(status.stream_id)
@@ -235,8 +247,8 @@ class StageRun:
 
     # --- writer: passes results on in the same order --------------------------------------------
 
-    async def _write(self, ordered: asyncio.Queue[_Slot | None]) -> None:
-        while (slot := await ordered.get()) is not None:
+    async def _write(self, stream_id: str, lane: asyncio.Queue[_Slot | None]) -> None:
+        while (slot := await lane.get()) is not None:
             message = slot.message
             if slot.task is not None:
                 assert isinstance(message, Item)
@@ -244,15 +256,15 @@ class StageRun:
                     outcome = await slot.task
                 finally:
                     self._room.release()
-                self._unfinished.popleft()
+                self._unfinished.discard(slot)
                 await self._pass_on(message, outcome)
             elif isinstance(message, StreamStarted):
-                self._unfinished.popleft()
+                self._unfinished.discard(slot)
                 await fan_out(message, self.outputs)
                 if slot.error is not None:
                     await self._fail_stream(message.stream_id, slot.error)
             elif isinstance(message, StreamStatus):
-                self._unfinished.popleft()
+                self._unfinished.discard(slot)
                 try:
                     await self._pass_status(message)
                 finally:
@@ -260,8 +272,11 @@ class StageRun:
                     slot.handled.set()
             else:
                 assert isinstance(message, EndOfStream)
-                self._unfinished.popleft()
+                self._unfinished.discard(slot)
                 await self._end_stream(message)
+                if lane.empty() and stream_id not in self.streams:
+                    del self._lanes[stream_id]  # ended here; a stream of the same id gets a new lane
+                    return
 
     async def _pass_status(self, status: StreamStatus) -> None:
         entry = self.streams.get(status.stream_id)
