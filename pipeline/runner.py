@@ -9,7 +9,6 @@ that every decoded frame is either published or counted as dropped.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .edges import Edge
 from .graph import Graph, Node
-from .media import EndOfStream, Message, StreamStarted, StreamStatus
+from .media import EndOfStream, Item, Message, StreamStarted
 from .stage import Source, StageContext
 from .stagerun import StageRun, fan_out
 from .stats import StreamStats
@@ -164,19 +163,13 @@ class Runner:
         open_streams: dict[str, None] = {}  # started and not yet ended, in start order
 
         async def emit(message: Message) -> None:
-            if isinstance(message, StreamStarted):
+            if not isinstance(message, Item):
                 self._origins[message.stream_id] = node.name
+            if isinstance(message, StreamStarted):
                 open_streams[message.stream_id] = None
             elif isinstance(message, EndOfStream):
-                self._origins[message.stream_id] = node.name
                 open_streams.pop(message.stream_id, None)
-                message = dataclasses.replace(message, via=node.name)
-            elif isinstance(message, StreamStatus):
-                self._origins[message.stream_id] = node.name
-                message = dataclasses.replace(message, via=node.name)
-            else:
-                message.last_stage = node.name
-            await fan_out(message, outputs)
+            await fan_out(message, outputs, via=node.name)
 
         try:
             await node.stage.run(emit)

@@ -40,19 +40,26 @@ from .stats import StreamStats
 log = logging.getLogger("streamgraph.runner")
 
 
-async def fan_out(message: Message, outputs: Sequence[Edge]) -> None:
-    """Put ``message`` on every output; each branch after the first gets its own copy of an item."""
-    # Every branch's copy is made before any branch can see (and change) the item.
-    copies = [message, *(message.fork() for _ in outputs[1:])] if isinstance(message, Item) else None
-    for index, edge in enumerate(outputs):
-        await edge.put(copies[index] if copies is not None else message)
+async def fan_out(message: Message, outputs: Sequence[Edge], *, via: str) -> None:
+    """Put ``message`` on every output, stamped with the stage it passes through (``via``);
+    each branch after the first gets its own copy of an item."""
+    if isinstance(message, Item):
+        message.last_stage = via
+        # Every branch's copy is made before any branch can see (and change) the item.
+        copies: list[Message] = [message, *(message.fork() for _ in outputs[1:])]
+    else:
+        if isinstance(message, EndOfStream | StreamStatus):
+            message = dataclasses.replace(message, via=via)
+        copies = [message] * len(outputs)
+    for edge, copy in zip(outputs, copies, strict=True):
+        await edge.put(copy)
 
 
-async def emit_all(items: Sequence[Item], outputs: Sequence[Edge], stats: StreamStats) -> None:
+async def emit_all(items: Sequence[Item], outputs: Sequence[Edge], stats: StreamStats, *, via: str) -> None:
     """Emit ``items`` in order; on cancellation the ones not yet passed on are counted as dropped."""
     for index, item in enumerate(items):
         try:
-            await fan_out(item, outputs)
+            await fan_out(item, outputs, via=via)
         except asyncio.CancelledError:
             for lost in items[index:]:
                 stats.drop_item(lost, "shutdown")
@@ -143,15 +150,18 @@ class StageRun:
         releases it and a publisher still sends its ``ended`` event. What it hands back is dropped."""
         for stream_id, entry in list(self.streams.items()):
             del self.streams[stream_id]
-            if entry.failed or entry.started == 0:
-                continue
-            try:
-                tail = await self.stage.on_stream_ended(EndOfStream(stream_id, "stopped", via=self.node.name))
-            except Exception:
-                log.exception("stage %s failed ending stream %s at shutdown", self.node.name, stream_id)
-                continue
-            for lost in tail:
-                self.stats.drop_item(lost, "shutdown")
+            if not entry.failed and entry.started:
+                await self._release(EndOfStream(stream_id, "stopped", via=self.node.name), "shutdown")
+
+    async def _release(self, eos: EndOfStream, lost_as: str) -> None:
+        """End a stream in this stage only: ``on_stream_ended``, and what it hands back is dropped."""
+        try:
+            tail = await self.stage.on_stream_ended(eos)
+        except Exception:
+            log.exception("stage %s failed ending stream %s", self.node.name, eos.stream_id)
+            return
+        for lost in tail:
+            self.stats.drop_item(lost, lost_as)
 
     # --- reader: starts work in arrival order ---------------------------------------------------
 
@@ -260,7 +270,7 @@ class StageRun:
                 await self._pass_on(message, outcome)
             elif isinstance(message, StreamStarted):
                 self._unfinished.discard(slot)
-                await fan_out(message, self.outputs)
+                await fan_out(message, self.outputs, via=self.node.name)
                 if slot.error is not None:
                     await self._fail_stream(message.stream_id, slot.error)
             elif isinstance(message, StreamStatus):
@@ -286,7 +296,7 @@ class StageRun:
             await self.stage.on_stream_status(status)
         except Exception:
             log.exception("stage %s failed on status %s of stream %s", self.node.name, status.status, status.stream_id)
-        await fan_out(dataclasses.replace(status, via=self.node.name), self.outputs)
+        await fan_out(status, self.outputs, via=self.node.name)
 
     async def _pass_on(self, item: Item, outcome: Sequence[Item] | _Failure) -> None:
         entry = self.streams.get(item.stream_id)
@@ -298,9 +308,7 @@ class StageRun:
             for lost in outcome:  # finished after its stream failed
                 self.stats.drop_item(lost, f"failed:{self.node.name}")
         else:
-            for result in outcome:
-                result.last_stage = self.node.name
-            await emit_all(outcome, self.outputs, self.stats)
+            await emit_all(outcome, self.outputs, self.stats, via=self.node.name)
 
     def _entry(self, stream_id: str) -> StreamEntry:
         entry = self.streams.get(stream_id)
@@ -315,14 +323,8 @@ class StageRun:
         counters.error = counters.error or error
         self._stop_stream(stream_id, error)
         eos = EndOfStream(stream_id, "error", error, via=self.node.name)
-        try:
-            tail = await self.stage.on_stream_ended(eos)
-        except Exception:
-            log.exception("stage %s failed ending stream %s", self.node.name, stream_id)
-            tail = ()
-        for lost in tail:
-            self.stats.drop_item(lost, f"failed:{self.node.name}")
-        await fan_out(eos, self.outputs)
+        await self._release(eos, f"failed:{self.node.name}")
+        await fan_out(eos, self.outputs, via=self.node.name)
 
     async def _end_stream(self, eos: EndOfStream) -> None:
         entry = self._entry(eos.stream_id)
@@ -330,7 +332,7 @@ class StageRun:
         if entry.failed:
             return  # its end already went downstream when it failed
         assert entry.end is not None
-        eos = dataclasses.replace(entry.end, via=self.node.name)
+        eos = entry.end
         began = time.perf_counter()
         tail: Sequence[Item] = ()
         try:
@@ -339,11 +341,9 @@ class StageRun:
         except Exception as exc:
             error = self._describe(eos.stream_id, exc)
             self.stats.stream(eos.stream_id).error = error
-            eos = EndOfStream(eos.stream_id, "error", error, via=self.node.name)
-        for result in tail:
-            result.last_stage = self.node.name
-        await emit_all(tail, self.outputs, self.stats)
-        await fan_out(eos, self.outputs)
+            eos = EndOfStream(eos.stream_id, "error", error)
+        await emit_all(tail, self.outputs, self.stats, via=self.node.name)
+        await fan_out(eos, self.outputs, via=self.node.name)
 
     def _add_latency(self, items: Sequence[Item], began: float) -> None:
         key = self.stage.latency_key
