@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .control import StreamControl, StreamHost
 from .edges import Edge
 from .graph import Graph, Node
-from .media import EndOfStream, Item, Message, StreamStarted
+from .media import Item, Message
+from .sourcerun import run_source
 from .stage import Source, StageContext
 from .stagerun import StageRun, fan_out
 from .stats import StreamStats
@@ -70,6 +72,12 @@ class Runner:
     @property
     def edges(self) -> dict[str, Edge]:
         return dict(self._edges)
+
+    @property
+    def control(self) -> StreamControl:
+        """Add, remove and list streams of the graph's ``streams`` sources while it runs."""
+        hosts = {n.name: n.stage for n in self.graph.sources if isinstance(n.stage, StreamHost)}
+        return StreamControl(hosts)
 
     @property
     def stopping(self) -> bool:
@@ -160,27 +168,13 @@ class Runner:
     async def _run_source(self, node: Node, outputs: list[Edge]) -> None:
         assert isinstance(node.stage, Source)
 
-        open_streams: dict[str, None] = {}  # started and not yet ended, in start order
-
         async def emit(message: Message) -> None:
             if not isinstance(message, Item):
                 self._origins[message.stream_id] = node.name
-            if isinstance(message, StreamStarted):
-                open_streams[message.stream_id] = None
-            elif isinstance(message, EndOfStream):
-                open_streams.pop(message.stream_id, None)
             await fan_out(message, outputs, via=node.name)
 
         try:
-            await node.stage.run(emit)
-        except Exception as exc:
-            # A broken source ends its own streams with the error; the other sources go on.
-            log.error("source %s failed", node.name, exc_info=exc)
-            error = f"source {node.name}: {type(exc).__name__}: {exc}"
-            for stream_id in list(open_streams):
-                counters = self.stats.stream(stream_id)
-                counters.error = counters.error or error
-                await emit(EndOfStream(stream_id, "error", error))
+            await run_source(node.stage, emit, self.stats, node.name)
         finally:
             for edge in outputs:
                 edge.producer_done()

@@ -124,6 +124,16 @@ class Stage:
 class Source(Stage):
     """A stage with no inputs: it produces streams until they end or ``stop`` is asked."""
 
+    uri_schemes: ClassVar[tuple[str, ...]] = ()
+    """URI schemes this source takes for a stream added at run time (``rtsp``); ``""`` is a bare
+    path. Sources that list schemes implement ``params_for_uri``."""
+
+    @classmethod
+    def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The parameters (before validation) of one source of this type producing ``uri`` as
+        ``stream_id``; ``options`` are the caller's other parameters."""
+        raise NotImplementedError(f"{cls.__name__} takes no streams by URI")
+
     def __init__(self, name: str, params: Any) -> None:
         super().__init__(name, params)
         self.stopping = asyncio.Event()
@@ -157,6 +167,18 @@ def register_stage(type_name: str) -> Callable[[type[Stage]], type[Stage]]:
 
 def registered_types() -> dict[str, type[Stage]]:
     return dict(_REGISTRY)
+
+
+def source_class_for_uri(uri: str) -> type[Source]:
+    """The registered source type that takes ``uri`` (by its scheme; a bare path is a file)."""
+    scheme = uri.partition("://")[0].lower() if "://" in uri else uri.partition(":")[0].lower()
+    if ":" not in uri or len(scheme) == 1:  # no scheme, or a Windows drive letter: a path
+        scheme = ""
+    for cls in _REGISTRY.values():
+        if issubclass(cls, Source) and scheme in cls.uri_schemes:
+            return cls
+    known = sorted(s for c in _REGISTRY.values() if issubclass(c, Source) for s in c.uri_schemes if s)
+    raise ConfigError("uri", f"no source takes {scheme or 'bare'!r} URIs; known schemes: {', '.join(known)}")
 
 
 def stage_class_for(type_name: str | None, class_path: str | None, path: str) -> type[Stage]:

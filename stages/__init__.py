@@ -1,6 +1,6 @@
 """Stage implementations. Importing this package registers every built-in stage type."""
 
-from . import audio, decode, infer, join, publish, rtsp, sources, textcrop, textdet, textrec, vad, vision
+from . import audio, decode, infer, join, publish, rtsp, sources, streams, textcrop, textdet, textrec, vad, vision
 
 __all__ = [
     "audio",
@@ -10,6 +10,7 @@ __all__ = [
     "publish",
     "rtsp",
     "sources",
+    "streams",
     "textcrop",
     "textdet",
     "textrec",

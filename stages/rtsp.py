@@ -194,6 +194,11 @@ _HALTED = _Halted()
 class RtspSource(Source):
     Params = RtspParams
     params: RtspParams
+    uri_schemes = ("rtsp", "rtsps")
+
+    @classmethod
+    def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:
+        return {**options, "url": uri, "id": stream_id}
 
     def __init__(self, name: str, params: RtspParams, *, rand: Callable[[], float] = random.random) -> None:
         super().__init__(name, params)

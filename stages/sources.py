@@ -113,6 +113,11 @@ class _Demuxer:
 class FileSource(Source):
     Params = FileParams
     params: FileParams
+    uri_schemes = ("", "file")
+
+    @classmethod
+    def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:
+        return {**options, "path": uri.removeprefix("file://"), "id": stream_id}
 
     def __init__(self, name: str, params: FileParams) -> None:
         super().__init__(name, params)

@@ -1,0 +1,115 @@
+"""Streams added and removed while a pipeline runs: the operations behind ``/streams`` and the
+NATS ``<prefix>.control.streams.*`` subjects.
+
+A pipeline takes streams at run time through a source that hosts them (``type: streams``, a
+``StreamHost``): each added stream becomes a child source chosen by its URI's scheme (``rtsp://``
+-> ``rtsp``, ``whip:`` -> ``whip``, a path or ``file://`` -> ``file``) and feeds the same stages as
+every other stream of that host. Removing a stream stops its child source, which ends the stream
+(``ended`` event, reason ``stopped``) like any other; the other streams never notice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import Field, ValidationError
+
+from .config import StrictModel, config_error_from
+from .errors import PipelineError
+from .stage import Source
+
+STREAM_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class StreamSpec(StrictModel):
+    """One stream to add: ``{"id": "cam1", "uri": "rtsp://...", "options": {"transport": "udp"}}``."""
+
+    id: str = Field(pattern=STREAM_ID_PATTERN, max_length=128)
+    uri: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Parameters of the source type the URI picks (``rate``, ``loop``, ``transport``...)."""
+    source: str | None = None
+    """Which ``streams`` stage takes it, where a pipeline has several."""
+
+
+class StreamControlError(PipelineError):
+    """A stream operation that cannot be done; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@runtime_checkable
+class SdpAnswerer(Protocol):
+    """A source that negotiates its media over WebRTC (WHIP): takes an SDP offer, gives the answer."""
+
+    async def answer(self, offer_sdp: str) -> str: ...
+
+
+class StreamHost(Source):
+    """A source whose streams come and go at run time (``type: streams``)."""
+
+    async def add_stream(self, spec: StreamSpec) -> Source:
+        """Start the stream; returns the child source that produces it. Raises
+        ``StreamControlError`` (409 for a duplicate id, 400 for bad options)."""
+        raise NotImplementedError
+
+    async def remove_stream(self, stream_id: str) -> None:
+        """Stop the stream and wait until it has ended; ``StreamControlError`` 404 if unknown."""
+        raise NotImplementedError
+
+    def describe_streams(self) -> list[dict[str, Any]]:
+        """The streams running now: ``[{"id", "uri", "type", "state"}]``."""
+        raise NotImplementedError
+
+
+class StreamControl:
+    """Stream operations on a running graph's stream hosts, for the HTTP API and NATS."""
+
+    def __init__(self, hosts: dict[str, StreamHost]) -> None:
+        self._hosts = hosts
+
+    @property
+    def available(self) -> bool:
+        return bool(self._hosts)
+
+    def parse(self, body: Any) -> StreamSpec:
+        """A request body as a ``StreamSpec``; a 400 error that names the field at fault."""
+        if not isinstance(body, dict):
+            raise StreamControlError(400, f"expected a JSON object, got {type(body).__name__}")
+        try:
+            return StreamSpec.model_validate(body)
+        except ValidationError as exc:
+            raise StreamControlError(400, str(config_error_from(exc, model=StreamSpec))) from None
+
+    async def add(self, spec: StreamSpec) -> Source:
+        host = self._host(spec.source)
+        if any(spec.id in {s["id"] for s in h.describe_streams()} for h in self._hosts.values()):
+            raise StreamControlError(409, f"stream {spec.id!r} already exists")
+        return await host.add_stream(spec)
+
+    async def remove(self, stream_id: str) -> None:
+        for host in self._hosts.values():
+            if any(s["id"] == stream_id for s in host.describe_streams()):
+                await host.remove_stream(stream_id)
+                return
+        raise StreamControlError(404, f"no stream {stream_id!r}")
+
+    def list(self) -> list[dict[str, Any]]:
+        return [{**stream, "source": name} for name, host in self._hosts.items() for stream in host.describe_streams()]
+
+    def _host(self, name: str | None) -> StreamHost:
+        if not self._hosts:
+            raise StreamControlError(
+                409, "this pipeline takes no streams at run time: give it a source of 'type: streams'"
+            )
+        if name is None:
+            if len(self._hosts) > 1:
+                raise StreamControlError(400, f"source: name one of {sorted(self._hosts)}")
+            return next(iter(self._hosts.values()))
+        host = self._hosts.get(name)
+        if host is None:
+            raise StreamControlError(400, f"source: no 'streams' stage {name!r}; known: {sorted(self._hosts)}")
+        return host
