@@ -183,6 +183,10 @@ class Bus:
         bus._events = events
         return bus
 
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.is_connected)
+
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None) -> None:
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         if self._js is not None:

@@ -60,6 +60,21 @@ class EdgeConfig(StrictModel):
     policy: Literal["block", "drop_oldest"] = "block"
 
 
+class ApiConfig(StrictModel):
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^\S*:\d{1,5}$")
+    """``host:port`` the HTTP control plane listens on (port 0: any free port)."""
+    token: str = ""
+    """With a token, every route but ``/healthz`` needs ``Authorization: Bearer <token>``."""
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0] or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class StageConfig(StrictModel):
     name: str = Field(pattern=_NAME_PATTERN)
     type: str | None = None
@@ -76,6 +91,8 @@ class PipelineConfig(StrictModel):
     pipeline: str = Field(pattern=_NAME_PATTERN)
     nats: NatsConfig = NatsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    api: ApiConfig | None = None
+    """The HTTP control plane (streams, WHIP, metrics, health); off unless given."""
     stages: list[StageConfig] = Field(min_length=1)
     base_dir: Path = Field(default=Path("."), exclude=True)
     """Directory relative paths in params resolve against (the YAML file's own)."""

@@ -8,8 +8,10 @@ import logging
 import signal
 from collections.abc import Callable
 
+from .api import ApiServer, build_app
 from .bus import Bus
 from .config import PipelineConfig
+from .control_nats import NatsControl
 from .graph import Graph, build_graph
 from .runner import Runner, RunSummary
 
@@ -32,6 +34,7 @@ async def run_pipeline(
     nats_url: str | None = None,
     source: str | None = None,
     on_started: Callable[[Runner], None] | None = None,
+    on_api: Callable[[ApiServer], None] | None = None,
     handle_signals: bool = True,
 ) -> RunSummary:
     """Run until every finite stream ends or SIGINT/SIGTERM asks to stop (then drain)."""
@@ -49,11 +52,22 @@ async def run_pipeline(
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, runner.request_stop)
+    api: ApiServer | None = None
+    control = NatsControl(bus, runner)
     try:
+        await control.start()
+        if config.api is not None:
+            api = ApiServer(build_app(runner, bus=bus, token=config.api.token), config.api.host, config.api.port)
+            await api.start()
+            if on_api is not None:
+                on_api(api)
         if on_started is not None:
             on_started(runner)
         return await runner.run()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if api is not None:
+            await api.stop()
+        await control.close()
         await bus.close()
