@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -199,10 +200,11 @@ class Bus:
         try:
             if not self.client.is_closed:
                 await self.client.drain()  # flushes what is buffered before closing
-        except NatsError as exc:
+        except (NatsError, OSError) as exc:
             # Mid-reconnect (the server went away) there is nothing left to flush to.
             log.warning("NATS: could not flush before closing: %s", exc or type(exc).__name__)
-            await self.client.close()
+            with contextlib.suppress(NatsError, OSError):
+                await self.client.close()
         finally:
             if self._server is not None:
                 await asyncio.to_thread(self._server.stop)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.bus import NatsServer
+from pipeline.bus import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -92,16 +91,17 @@ class RtspServer:
     """tests/rtsp_server.py as a child process: start, pause (SIGSTOP: a camera that hangs),
     kill, and start again on the same port."""
 
-    def __init__(self, port: int, mount: str = "/cam") -> None:
+    def __init__(self, port: int, mount: str = "/cam", fps: int = 25) -> None:
         self.port = port
         self.mount = mount
+        self.fps = fps
         self.url = f"rtsp://127.0.0.1:{port}{mount}"
         self.process: subprocess.Popen[str] | None = None
 
     def start(self, timeout_s: float = 30) -> None:
         assert self.process is None, "already running"
         process = subprocess.Popen(
-            [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), "--mount", self.mount],
+            [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), "--mount", self.mount, "--fps", str(self.fps)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -129,13 +129,6 @@ class RtspServer:
         self.process = None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def gst_rtsp_available() -> None:
     """Skip (with the fix) where the system Python has no gst-rtsp-server."""
@@ -148,9 +141,20 @@ def gst_rtsp_available() -> None:
 
 
 @pytest.fixture()
+def camera_30fps(gst_rtsp_available: None) -> Any:
+    """Like ``rtsp_server``, at 30 frames per second."""
+    server = RtspServer(free_port(), fps=30)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture()
 def rtsp_server(gst_rtsp_available: None) -> Any:
     """A real RTSP server (live H.264) on a free loopback port, started; stopped after the test."""
-    server = RtspServer(_free_port())
+    server = RtspServer(free_port())
     server.start()
     try:
         yield server
