@@ -4,9 +4,12 @@ Requests wait in one queue per stream. A batch goes out when it is full or when 
 waiting request has waited ``max_delay_ms`` (never later than the next moment the model is free),
 taking requests round-robin across streams so a flooding stream cannot starve a slow one. Only
 requests of one *group* (e.g. one tensor shape) share a batch; the group of the oldest request
-goes first. With ``latency_budget_ms`` a request that has already missed its budget is failed with
-``DeadlineMissed`` before it costs a model run. ``one_per_stream`` keeps a stream's requests in
-separate batches, in order, as a recurrent model's state demands.
+goes first. With ``latency_budget_ms`` a request that cannot finish within its budget (its age
+since capture plus the measured run time of a batch) is failed with ``DeadlineMissed`` before it
+costs a model run. With ``max_waiting_per_stream`` (live streams) a stream keeps at most that many
+items waiting: a newer item supersedes the oldest waiting one (``Superseded``), so what waits in
+front of the model is bounded in time, not only in count. ``one_per_stream`` keeps a stream's
+requests in separate batches, in order, as a recurrent model's state demands.
 
 Exactly one outcome per request: its result or its own exception. If a whole batch raises, its
 requests are retried one by one, so one bad input fails only itself.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -34,12 +38,27 @@ P = TypeVar("P")
 
 
 class DeadlineMissed(PipelineError, TimeoutError):
-    """A request had used up its latency budget before a model run could start."""
+    """A request could not finish within its latency budget: its age plus a model run is over it."""
 
-    def __init__(self, waited_ms: float, budget_ms: float) -> None:
+    def __init__(self, waited_ms: float, budget_ms: float, run_ms: float = 0.0) -> None:
         self.waited_ms = waited_ms
         self.budget_ms = budget_ms
-        super().__init__(f"waited {waited_ms:.1f} ms, over the {budget_ms:.1f} ms budget")
+        self.run_ms = run_ms
+        super().__init__(f"waited {waited_ms:.1f} ms (+ a {run_ms:.1f} ms run), over the {budget_ms:.1f} ms budget")
+
+
+class Superseded(PipelineError, RuntimeError):
+    """A newer item of the same stream took this request's place while it waited (live streams:
+    the freshest frame matters, not every frame)."""
+
+
+def overdue_ms(capture_time: float, budget_ms: float | None, *, now: float | None = None) -> float | None:
+    """How long ago (ms) an item captured at ``capture_time`` (wall clock) was, if that is over
+    ``budget_ms``; ``None`` while it is within the budget or there is no budget."""
+    if budget_ms is None:
+        return None
+    age_ms = ((time.time() if now is None else now) - capture_time) * 1000.0
+    return age_ms if age_ms > budget_ms else None
 
 
 class BatcherClosed(PipelineError, RuntimeError):
@@ -73,7 +92,10 @@ class BatchPolicy:
     """Largest batch; ``None`` lets ``AdaptiveSize`` choose up to ``size_limit``."""
     max_delay_ms: float = 0.0
     latency_budget_ms: float | None = None
-    """Age (from capture) past which a request is dropped before inference."""
+    """Age (from capture) by which a request's run must be over; one that cannot make it is
+    dropped before inference."""
+    max_waiting_per_stream: int | None = None
+    """Items a stream may have waiting (``None``: no bound; ``limit_waiting`` sets it per stream)."""
     one_per_stream: bool = False
     size_limit: int = 16
     """The largest size ``auto`` may try."""
@@ -86,6 +108,9 @@ class Request(Generic[P]):
     stream_id: str
     payload: P
     group: Hashable = None
+    item: Hashable = None
+    """Requests with the same ``item`` are one unit for ``max_waiting_per_stream`` (the tensors of
+    one frame); ``None``: the request alone."""
     captured_at: float | None = None
     """Clock time the item was captured (for the latency budget); ``None``: no budget applies."""
     queued_at: float = 0.0
@@ -153,7 +178,8 @@ class AdaptiveSize:
             self._target = self._neighbour()
 
     def _fits(self, size: int) -> bool:
-        return self.budget_ms is None or self.cost_s[size] * 1000.0 <= self.budget_ms
+        # A request may wait for the run before its own, then its own: two runs must fit.
+        return self.budget_ms is None or 2.0 * self.cost_s[size] * 1000.0 <= self.budget_ms
 
     def _best(self) -> int:
         measured = [s for s in self.sizes if s in self.cost_s and self._fits(s)]
@@ -192,9 +218,21 @@ class Batcher(Generic[P]):
         self._changed = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._waiting_limits: dict[str, int | None] = {}
+        self._run_s: dict[int, float] = {}
+        """Moving average of the run time by batch size (the clock around it, waiting for a thread
+        included): how long a batch about to start will take."""
         self.batches = 0
         self.batched_items = 0
+        self.model_s_total = 0.0
         self.deadline_drops = 0
+        self.superseded = 0
+        """Items (not requests) superseded by a newer item of their stream."""
+
+    @property
+    def mean_model_ms(self) -> float | None:
+        """The mean time of a model run so far (the model's own time where the run measured it)."""
+        return self.model_s_total * 1000.0 / self.batches if self.batches else None
 
     @property
     def target_size(self) -> int:
@@ -231,13 +269,34 @@ class Batcher(Generic[P]):
             raise BatcherClosed("the batcher is closed")
         self.start()
         request.queued_at = self.clock.now()
-        self._queues.setdefault(request.stream_id, deque()).append(request)
+        queue = self._queues.setdefault(request.stream_id, deque())
+        queue.append(request)
         self._pending += 1
+        limit = self._waiting_limits.get(request.stream_id, self.policy.max_waiting_per_stream)
+        if limit is not None:
+            self._supersede(queue, limit)
         self._changed.set()
         return request.future
 
+    def limit_waiting(self, stream_id: str, items: int | None) -> None:
+        """At most ``items`` of this stream wait (``None``: no bound), whatever the policy says."""
+        if items is not None and items < 1:
+            raise ValueError(f"a stream must be allowed at least one waiting item, got {items}")
+        self._waiting_limits[stream_id] = items
+
+    def _supersede(self, queue: deque[Request[P]], limit: int) -> None:
+        units = list(dict.fromkeys(_unit(r) for r in queue))
+        for unit in units[: max(0, len(units) - limit)]:
+            self.superseded += 1
+            for request in [r for r in queue if _unit(r) == unit]:
+                queue.remove(request)
+                self._pending -= 1
+                if not request.future.done():
+                    request.future.set_exception(Superseded("a newer item of the stream took its place"))
+
     def forget_stream(self, stream_id: str) -> None:
         """Cancel a stream's waiting requests (it ended or failed)."""
+        self._waiting_limits.pop(stream_id, None)
         for request in self._queues.pop(stream_id, deque()):
             self._pending -= 1
             if not request.future.done():
@@ -285,18 +344,28 @@ class Batcher(Generic[P]):
         if budget is None:
             return
         now = self.clock.now()
+        run_ms = self._expected_run_s() * 1000.0
         for stream_id, queue in list(self._queues.items()):
             kept: deque[Request[P]] = deque()
             for request in queue:
-                waited_ms = (now - request.captured_at) * 1000.0 if request.captured_at is not None else 0.0
-                if waited_ms > budget:
+                if request.captured_at is None:
+                    kept.append(request)
+                    continue
+                waited_ms = (now - request.captured_at) * 1000.0
+                if waited_ms + run_ms > budget:
                     self._pending -= 1
                     self.deadline_drops += 1
                     if not request.future.done():
-                        request.future.set_exception(DeadlineMissed(waited_ms, budget))
+                        request.future.set_exception(DeadlineMissed(waited_ms, budget, run_ms))
                 else:
                     kept.append(request)
             self._queues[stream_id] = kept
+
+    def _expected_run_s(self) -> float:
+        """The measured run time of the batch size about to run (or the closest smaller one)."""
+        size = min(self.target_size, self._pending)
+        measured = [s for s in self._run_s if s <= size]
+        return self._run_s[max(measured)] if measured else 0.0
 
     def _take(self, group: Hashable, size: int) -> list[Request[P]]:
         """Round-robin over streams, one request per stream per round, oldest streams first."""
@@ -336,9 +405,14 @@ class Batcher(Generic[P]):
             request.batch_size = len(batch)
         outcomes = await self._run_isolated(batch)
         finished = self.clock.now()
+        measured = [r.model_s for r in batch if r.model_s is not None]
+        model_s = max(measured) if measured else finished - started
         if self.adaptive is not None:
-            measured = [r.model_s for r in batch if r.model_s is not None]
-            self.adaptive.record(len(batch), max(measured) if measured else finished - started)
+            self.adaptive.record(len(batch), model_s)
+        old = self._run_s.get(len(batch))
+        run_s = finished - started
+        self._run_s[len(batch)] = run_s if old is None else 0.7 * old + 0.3 * run_s
+        self.model_s_total += model_s
         self.batches += 1
         self.batched_items += len(batch)
         for request, outcome in zip(batch, outcomes, strict=True):
@@ -362,3 +436,7 @@ class Batcher(Generic[P]):
             error = RuntimeError(f"batch of {len(batch)} returned {len(outcomes)} results")
             return [error] * len(batch)
         return outcomes
+
+
+def _unit(request: Request[Any]) -> Hashable:
+    return request if request.item is None else request.item

@@ -5,7 +5,13 @@ to the stream-aware batcher (``pipeline.batching``), and the item gets one ``Mod
 tensor, in the same order. Tensors of different shapes never share a batch, so results do not
 depend on what else was in it. A recurrent model's state (declared in its card) is gathered per
 stream into each batch and scattered back afterwards; it is reset when the stream starts, ends,
-or skips items (a seq gap), and one batch never holds two items of one stream.
+or skips items (a seq gap between the item that ran last and this one: dropped upstream or here),
+and one batch never holds two items of one stream.
+
+On a live stream (or with ``latency_budget_ms``) at most one item per stream waits for the model:
+a newer one takes the older one's place, which is dropped and counted (``stale:<stage>``), so a
+slow model makes the stage drop frames instead of falling further behind. An item that cannot be
+through the model within its budget is dropped before inference (``deadline:<stage>``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request
+from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request, Superseded
 from pipeline.engines import Engine, EngineOptions, create_engine
 from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, StreamInfo
@@ -45,7 +51,8 @@ class BatchParams(StageParams):
     max_delay_ms: float = Field(default=0.0, ge=0)
     """How long the oldest request may wait for the batch to fill."""
     latency_budget_ms: float | None = Field(default=None, gt=0)
-    """Requests older than this (since capture) are dropped before inference, and counted."""
+    """Items that cannot be through the model this long after capture are dropped before
+    inference, and counted; with a budget each stream keeps only its newest item waiting."""
     size_limit: int = Field(default=16, ge=1, le=256)
 
 
@@ -62,10 +69,14 @@ class InferParams(StageParams):
     batch: BatchParams = BatchParams()
 
 
+LIVE_WAITING = 1
+"""Items per live stream that may wait for the model: only the newest frame is worth running."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Work:
     tensor: np.ndarray
-    reset_state: bool
+    seq: int
 
 
 @register_stage("infer")
@@ -113,7 +124,8 @@ class Infer(Stage):
             if spec.name in card.constants
         }
         self._state = _StreamStates(card)
-        self._last_seq: dict[str, int] = {}
+        self._ran_seq: dict[str, int] = {}
+        """The seq of each stream's item that ran last: a later one that does not follow it resets the state."""
         batch = self.params.batch
         self.batcher: Batcher[_Work] = Batcher(
             self._run_batch,
@@ -121,6 +133,7 @@ class Infer(Stage):
                 max_size=None if batch.max_size == "auto" else batch.max_size,
                 max_delay_ms=batch.max_delay_ms,
                 latency_budget_ms=batch.latency_budget_ms,
+                max_waiting_per_stream=None if batch.latency_budget_ms is None else LIVE_WAITING,
                 one_per_stream=bool(card.state),
                 size_limit=batch.size_limit,
             ),
@@ -132,13 +145,15 @@ class Infer(Stage):
             self.batcher.cancel()  # every item is through or counted by now: nobody awaits the rest
 
     async def on_stream_added(self, info: StreamInfo) -> None:
+        if info.live:
+            self.batcher.limit_waiting(info.stream_id, LIVE_WAITING)
         self._state.reset(info.stream_id)
-        self._last_seq.pop(info.stream_id, None)
+        self._ran_seq.pop(info.stream_id, None)
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         self.batcher.forget_stream(eos.stream_id)
         self._state.reset(eos.stream_id)
-        self._last_seq.pop(eos.stream_id, None)
+        self._ran_seq.pop(eos.stream_id, None)
         return ()
 
     async def process(self, item: Item) -> Sequence[Item]:
@@ -150,11 +165,13 @@ class Infer(Stage):
             tensors = prepared
         else:
             raise ValueError(f"no tensor from stage {self.tensor_key!r} on this item (is it a preparing stage?)")
-        requests = [self._request(item, tensor.data) for tensor in tensors]
+        unit = object()  # the item's tensors wait, and are superseded, together
+        requests = [self._request(item, tensor.data, unit) for tensor in tensors]
         outcomes = await asyncio.gather(*(self.batcher.submit(r) for r in requests), return_exceptions=True)
-        if any(isinstance(o, DeadlineMissed) for o in outcomes):
-            self.ctx.stats.drop_item(item, f"deadline:{self.name}")
-            return ()
+        for missed, reason in ((Superseded, "stale"), (DeadlineMissed, "deadline")):
+            if any(isinstance(o, missed) for o in outcomes):
+                self.ctx.stats.drop_item(item, f"{reason}:{self.name}")
+                return ()
         results: list[dict[str, np.ndarray]] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -170,15 +187,13 @@ class Infer(Stage):
         item.tensors[self.name] = found[0] if isinstance(prepared, PreparedTensor) else found
         return (item,)
 
-    def _request(self, item: Item, tensor: np.ndarray) -> Request[_Work]:
-        last = self._last_seq.get(item.stream_id)
-        self._last_seq[item.stream_id] = item.seq
-        gap = last is not None and item.seq != last + 1
+    def _request(self, item: Item, tensor: np.ndarray, unit: object) -> Request[_Work]:
         clock = self.batcher.clock
         return Request(
             item.stream_id,
-            _Work(tensor, reset_state=gap),
+            _Work(tensor, item.seq),
             group=(tensor.shape, tensor.dtype.str),
+            item=unit,
             # The budget counts from capture (wall clock), the batcher from its own clock.
             captured_at=clock.now() - max(0.0, time.time() - item.capture_time),
         )
@@ -189,8 +204,10 @@ class Infer(Stage):
     def _infer(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
         streams = [r.stream_id for r in requests]
         for request in requests:
-            if request.payload.reset_state:
+            last = self._ran_seq.get(request.stream_id)
+            if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
                 self._state.reset(request.stream_id)
+            self._ran_seq[request.stream_id] = request.payload.seq
         feeds: dict[str, Any] = {self._data_input: np.stack([r.payload.tensor for r in requests])}
         feeds.update(self._constants)
         feeds.update(self._state.gather(streams))

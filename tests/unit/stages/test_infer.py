@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigError
-from pipeline.media import Item, VideoFrame
+from pipeline.media import Item, StreamInfo, VideoFrame
 from stages.infer import Infer, InferParams, ModelOutput
 from stages.vision import Prepare, PreparedTensor, PrepareParams
 
@@ -153,3 +155,41 @@ async def test_non_prepared_media_never_reaches_the_model(make_ctx):
     frame = VideoFrame(np.zeros((8, 8, 3), np.uint8), 0, Fraction(1, 25), 8, 8)
     with pytest.raises(ValueError, match="is it a preparing stage"):
         await infer.process(Item(stream_id="cam", media=frame, capture_time=0.0))
+
+
+async def prepared_items(make_ctx, frame: VideoFrame, count: int) -> list[Item]:
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep"))
+    items = []
+    for seq in range(count):
+        item = Item(stream_id="cam", media=frame, capture_time=time.time(), seq=seq)
+        items.extend(await prepare.process(item))
+    return items
+
+
+@pytest.mark.parametrize("live", [True, False])
+async def test_on_a_live_stream_a_newer_frame_takes_a_waiting_ones_place(make_ctx, sample_frame, live):
+    infer = await started_infer(make_ctx)
+    await infer.on_stream_added(StreamInfo("cam", "test://", live=live))
+    first, second = await prepared_items(make_ctx, sample_frame, 2)
+    # Both reach the batcher before its first batch: a live stream keeps only the newer one.
+    outs = await asyncio.gather(infer.process(first), infer.process(second))
+    counters = infer.ctx.stats.stream("cam")
+    if live:
+        assert outs == [(), (second,)]
+        assert counters.drops == {"stale:det": 1} and infer.batcher.superseded == 1
+    else:  # a file loses nothing
+        assert outs == [(first,), (second,)]
+        assert counters.drops == {}
+    assert "det" in second.tensors
+    await infer.stop()
+
+
+async def test_with_a_budget_every_stream_keeps_only_its_newest_frame_waiting(make_ctx, sample_frame):
+    infer = await started_infer(make_ctx, batch={"max_size": 1, "latency_budget_ms": 60_000})
+    await infer.on_stream_added(StreamInfo("cam", "test://", live=False))
+    items = await prepared_items(make_ctx, sample_frame, 3)
+    outs = await asyncio.gather(*(infer.process(item) for item in items))
+    assert outs == [(), (), (items[2],)]
+    assert infer.ctx.stats.stream("cam").drops == {"stale:det": 2}
+    await infer.stop()
