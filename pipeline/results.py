@@ -20,7 +20,8 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 RESULT_SCHEMA = SCHEMA_DIR / "result.schema.json"
 EVENT_SCHEMA = SCHEMA_DIR / "event.schema.json"
 
-LATENCY_KEYS = ("decode", "queue", "prepare", "batch_wait", "infer", "post", "publish")
+LATENCY_KEYS = ("decode", "queue", "blocked", "prepare", "batch_wait", "infer", "ordering", "post", "publish")
+"""The fields of a result's latency breakdown; together they account for (nearly) all of ``total``."""
 
 
 def result_subject(prefix: str, pipeline: str, stream_id: str) -> str:

@@ -20,6 +20,10 @@ carries the same statuses in the same order (control messages are never dropped)
 status of a stream through any input is the n-th status the source sent, and the stage passes it
 on when the first input delivers it. Counting per input (not comparing contents) keeps a status
 the source repeats ("stalled" twice) and never swallows one.
+
+Time an item spends outside edges and stages is measured too, so its latency breakdown adds up:
+``blocked`` (waiting to get into a full ``block`` edge, or for a free in-flight slot of a stage)
+and ``ordering`` (done in a stage, held back until its stream's earlier items were passed on).
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ async def fan_out(message: Message, outputs: Sequence[Edge], *, via: str) -> Non
         if isinstance(message, EndOfStream | StreamStatus):
             message = dataclasses.replace(message, via=via)
         copies = [message] * len(outputs)
+    began = time.perf_counter()
     for edge, copy in zip(outputs, copies, strict=True):
         await edge.put(copy)
+        if isinstance(copy, Item):
+            # put() does not yield once the item is in, so nobody has read its timings yet.
+            copy.add_time("blocked", (time.perf_counter() - began) * 1000.0)
 
 
 async def emit_all(items: Sequence[Item], outputs: Sequence[Edge], stats: StreamStats, *, via: str) -> None:
@@ -103,6 +111,11 @@ class _Slot:
     """For a ``StreamStarted``: why adding the stream failed."""
     handled: asyncio.Event | None = None
     """For a ``StreamStatus``: set once the writer has passed it on."""
+    done_at: float | None = None
+    """``perf_counter`` when ``task`` finished (how long its results then waited for their turn)."""
+
+    def mark_done(self, _: object) -> None:
+        self.done_at = time.perf_counter()
 
 
 class StageRun:
@@ -201,12 +214,16 @@ class StageRun:
                 self.stats.drop_item(message, f"failed:{self.node.name}")
                 continue
             else:
+                waiting = time.perf_counter()
                 try:
                     await self._room.acquire()
                 except asyncio.CancelledError:
                     self.stats.drop_item(message, "shutdown")
                     raise
-                slot = _Slot(message, task=asyncio.create_task(self._process(message)))
+                message.add_time("blocked", (time.perf_counter() - waiting) * 1000.0)
+                task = asyncio.create_task(self._process(message))
+                slot = _Slot(message, task=task)
+                task.add_done_callback(slot.mark_done)
             self._unfinished.add(slot)
             self._lane(message.stream_id).put_nowait(slot)
 
@@ -267,6 +284,10 @@ class StageRun:
                 finally:
                     self._room.release()
                 self._unfinished.discard(slot)
+                if slot.done_at is not None and not isinstance(outcome, _Failure):
+                    held_ms = (time.perf_counter() - slot.done_at) * 1000.0
+                    for result in outcome:
+                        result.add_time("ordering", held_ms)
                 await self._pass_on(message, outcome)
             elif isinstance(message, StreamStarted):
                 self._unfinished.discard(slot)

@@ -195,3 +195,15 @@ def test_encode_is_compact_json_and_rejects_nan():
     assert encode({"a": [1, 2], "b": "x"}) == b'{"a":[1,2],"b":"x"}'
     with pytest.raises(ValueError):
         encode({"score": float("nan")})
+
+
+def test_result_schema_requires_every_latency_field_including_blocked_and_ordering(result_validator):
+    item = frame_item()
+    item.timings_ms.update({"blocked": 4.0, "ordering": 2.5})
+    message = roundtrip(build_result("p", item, StreamCounters(), publish_ms=0.0))
+    result_validator.validate(message)
+    assert (message["latency_ms"]["blocked"], message["latency_ms"]["ordering"]) == (4.0, 2.5)
+    schema = json.loads(RESULT_SCHEMA.read_text())
+    assert set(schema["properties"]["latency_ms"]["required"]) == {*LATENCY_KEYS, "total"}
+    del message["latency_ms"]["ordering"]
+    assert not result_validator.is_valid(message)
