@@ -1,18 +1,25 @@
 """``decode``: compressed video packets to BGR frames with PyAV (FFmpeg), in the thread pool.
 
 Packets of other tracks (audio) are consumed without a trace: ``audio_decode`` reads those.
+
+A frame carries its packet's capture time and timings; its ``decode`` time runs from its packet
+reaching the decoder to the frame coming out (a B-frame waits there for later references). With
+``latency_budget_ms`` a frame already older than that when it comes out is dropped
+(``late:<stage>``) without being converted to pixels. Every packet is still decoded: a skipped
+packet would break every frame that refers to it, up to the next keyframe.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import av
 from pydantic import Field
 
+from pipeline.batching import overdue_ms
 from pipeline.errors import StreamError
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.stage import Stage, StageParams, register_stage
@@ -27,6 +34,18 @@ class DecodeParams(StageParams):
     """FFmpeg decoder threads per stream; 0 lets FFmpeg choose."""
     max_consecutive_errors: int = Field(default=10, ge=1)
     """Packets in a row that fail to decode before the stream is declared broken."""
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    """Frames older than this (since capture) when decoded are dropped, not converted (live)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """What a frame inherits from its packet."""
+
+    capture_time: float
+    timings_ms: dict[str, float]
+    arrived: float
+    """``perf_counter`` when the packet reached the decoder."""
 
 
 @dataclass
@@ -35,14 +54,15 @@ class _StreamDecoder:
     time_base: Any = None
     next_seq: int = 0
     errors_in_row: int = 0
-    capture_times: dict[int, float] = field(default_factory=dict)
+    sent: dict[int, _Sent] = field(default_factory=dict)
+    """By pts: the packets whose frames have not come out yet."""
 
 
 @register_stage("decode")
 class Decode(Stage):
     Params = DecodeParams
     params: DecodeParams
-    latency_key = "decode"
+    latency_key = None  # measured per frame, from its packet's arrival (see _to_items)
 
     def __init__(self, name: str, params: DecodeParams) -> None:
         super().__init__(name, params)
@@ -67,10 +87,12 @@ class Decode(Stage):
         state = self._streams.get(item.stream_id)
         if state is None:
             raise StreamError(item.stream_id, "decode: packet for a stream that has no video codec")
-        state.capture_times[packet.pts or 0] = item.capture_time
+        state.sent[packet.pts or 0] = _Sent(item.capture_time, item.timings_ms, time.perf_counter())
         state.time_base = packet.time_base
         try:
-            frames = await self.ctx.run_blocking(_decode, state.codec, packet.payload, packet.time_base)
+            frames = await self.ctx.run_blocking(
+                _decode, state.codec, packet.payload, packet.time_base, self._wanted(state)
+            )
         except av.FFmpegError as exc:
             state.errors_in_row = count_decode_error(
                 self.ctx, item.stream_id, state.errors_in_row, self.params.max_consecutive_errors, "video", exc
@@ -85,32 +107,55 @@ class Decode(Stage):
             return ()
         # Flush even after a source error (a truncated file): the frames it already read are real.
         try:
-            frames = await self.ctx.run_blocking(_decode, state.codec, None, state.time_base)
+            frames = await self.ctx.run_blocking(_decode, state.codec, None, state.time_base, self._wanted(state))
         except av.FFmpegError as exc:
             self.ctx.logger.warning("stream %s: flushing the decoder failed: %s", eos.stream_id, exc)
             return ()
         return self._to_items(eos.stream_id, state, frames)
 
-    def _to_items(self, stream_id: str, state: _StreamDecoder, frames: list[VideoFrame]) -> list[Item]:
+    def _wanted(self, state: _StreamDecoder) -> Callable[[int], bool]:
+        """Whether the frame of a pts is worth converting: not with its budget already spent."""
+        budget = self.params.latency_budget_ms
+        sent = state.sent
+
+        def wanted(pts: int) -> bool:
+            packet = sent.get(pts)
+            return packet is None or overdue_ms(packet.capture_time, budget) is None
+
+        return wanted
+
+    def _to_items(self, stream_id: str, state: _StreamDecoder, frames: list[VideoFrame | int]) -> list[Item]:
         items = []
         counters = self.ctx.stats.stream(stream_id)
+        now = time.perf_counter()
         for frame in frames:
-            capture = state.capture_times.pop(frame.pts, None)
-            items.append(
-                Item(stream_id=stream_id, media=frame, capture_time=capture or time.time(), seq=state.next_seq)
-            )
+            seq = state.next_seq
             state.next_seq += 1
             counters.decoded += 1
-        if len(state.capture_times) > 64:  # pts the decoder never returned (dropped by FFmpeg)
-            for pts in sorted(state.capture_times)[:-64]:
-                del state.capture_times[pts]
+            packet = state.sent.pop(frame if isinstance(frame, int) else frame.pts, None)
+            if isinstance(frame, int):  # too late to be worth its pixels
+                self.ctx.stats.count_drop(stream_id, f"late:{self.name}")
+                continue
+            item = Item(stream_id=stream_id, media=frame, capture_time=time.time(), seq=seq)
+            if packet is not None:
+                item.capture_time = packet.capture_time
+                item.timings_ms.update(packet.timings_ms)
+                item.add_time("decode", (now - packet.arrived) * 1000.0)
+            items.append(item)
+        if len(state.sent) > 64:  # pts the decoder never returned (dropped by FFmpeg)
+            for pts in sorted(state.sent)[:-64]:
+                del state.sent[pts]
         return items
 
 
-def _decode(codec: Any, packet: Any, time_base: Any) -> list[VideoFrame]:
-    frames = []
+def _decode(codec: Any, packet: Any, time_base: Any, wanted: Callable[[int], bool]) -> list[VideoFrame | int]:
+    """The frames ``packet`` completes; a frame not ``wanted`` is only its pts (never converted)."""
+    frames: list[VideoFrame | int] = []
     for frame in codec.decode(packet):
         pts = frame.pts if frame.pts is not None else 0
+        if not wanted(pts):
+            frames.append(pts)
+            continue
         frames.append(
             VideoFrame(
                 data=frame.to_ndarray(format="bgr24"),

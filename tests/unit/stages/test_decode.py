@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -187,3 +188,50 @@ async def test_audio_packets_of_a_stream_without_video_are_ignored_too(make_ctx)
     assert list(await decoder.process(packet_item(audio, "mic"))) == []
     assert list(await decoder.on_stream_ended(EndOfStream("mic"))) == []
     assert decoder.ctx.stats.stream("mic").packets_dropped == 0
+
+
+async def test_a_frame_carries_its_packets_timings_and_its_time_in_the_decoder(make_ctx, h264_file):
+    info, packets = demux(h264_file)
+    decoder = await started_decoder(make_ctx)
+    await decoder.on_stream_added(info)
+    items: list[Item] = []
+    for packet in packets:
+        sent = packet_item(packet)
+        sent.timings_ms.update({"queue": 2.0, "blocked": 3.0})  # what its packet waited upstream
+        items.extend(await decoder.process(sent))
+    items.extend(await decoder.on_stream_ended(EndOfStream("cam")))
+    assert len(items) == FRAMES
+    for item in items:
+        assert item.capture_time == 1000.0 + item.media.pts  # its own packet's, found by pts
+        assert item.timings_ms["queue"] == 2.0 and item.timings_ms["blocked"] == 3.0
+        assert item.timings_ms["decode"] > 0
+
+
+async def test_frames_over_the_budget_are_decoded_but_dropped_unconverted(make_ctx, h264_file, monkeypatch):
+    info, packets = demux(h264_file)
+    decoder = await started_decoder(make_ctx, latency_budget_ms=100)
+    await decoder.on_stream_added(info)
+    converted: list[int] = []
+    real = av.VideoFrame.to_ndarray
+
+    def spy(frame, *args, **kwargs):
+        converted.append(frame.pts)
+        return real(frame, *args, **kwargs)
+
+    monkeypatch.setattr(av.VideoFrame, "to_ndarray", spy)
+    items: list[Item] = []
+    now = time.time()
+    for index, packet in enumerate(packets):
+        item = packet_item(packet)
+        item.capture_time = now - 1.0 if index < 5 else now + 60.0  # the first five are a second old
+        items.extend(await decoder.process(item))
+    items.extend(await decoder.on_stream_ended(EndOfStream("cam")))
+    counters = decoder.ctx.stats.stream("cam")
+    assert counters.decoded == FRAMES
+    late = counters.drops.get("late:decode", 0)
+    assert late > 0 and late + len(items) == FRAMES
+    assert len(converted) == len(items)  # a dropped frame never became pixels
+    # Every packet was decoded (references kept): the frames that came through are the right ones.
+    for item in items:
+        level = 20 * item.seq
+        assert abs(float(item.media.data.mean()) - level) < 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -168,3 +169,28 @@ async def test_prepare_stage_adds_its_tensor(make_ctx):
     packet = Item(stream_id="s", media=EncodedPacket(None, 0, Fraction(1, 30), True), capture_time=0.0)
     assert list(await stage.process(packet)) == [packet]
     assert packet.tensors == {}
+
+
+async def test_prepare_stage_drops_a_frame_already_over_its_budget(make_ctx):
+    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], latency_budget_ms=50))
+    await stage.start(make_ctx("prep"))
+    frame = VideoFrame(solid(48, 64), 0, Fraction(1, 30), 64, 48)
+    late = Item(stream_id="s", media=frame, capture_time=time.time() - 1.0, seq=0)
+    fresh = Item(stream_id="s", media=frame, capture_time=time.time() + 60.0, seq=1)  # fresh for a minute
+    assert list(await stage.process(late)) == []
+    assert late.tensors == {}
+    assert list(await stage.process(fresh)) == [fresh] and "prep" in fresh.tensors
+    assert stage.ctx.stats.stream("s").drops == {"late:prep": 1}
+
+
+def test_per_channel_normalization_matches_the_formula_in_both_layouts():
+    image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    for layout in ("NCHW", "NHWC"):
+        card = spec(size=[32, 48], layout=layout, color="rgb", mean=[0.1, 0.2, 0.3], std=[0.5, 0.6, 0.7])
+        prepared = prepare_image(image, (32, 48), "stretch", card).data
+        rgb = image[..., ::-1].astype(np.float32)
+        gain = np.float32(card.scale) / np.asarray(card.std, np.float32)
+        expected = rgb * gain - np.asarray(card.mean, np.float32) / np.asarray(card.std, np.float32)
+        if layout == "NCHW":
+            expected = expected.transpose(2, 0, 1)
+        np.testing.assert_allclose(prepared, expected, rtol=1e-6, atol=1e-6)
