@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from pipeline.config import StrictModel, config_error_from
 from pipeline.control import STREAM_ID_PATTERN, StreamControlError, StreamHost, StreamSpec
@@ -49,13 +49,14 @@ class StreamsParams(StageParams):
     max_streams: int = Field(default=64, ge=1)
     """Streams running at once; adding one more is refused (409)."""
 
-    @model_validator(mode="after")
-    def _distinct_ids(self) -> StreamsParams:
-        ids = [entry.id for entry in self.streams]
+    @field_validator("streams")
+    @classmethod
+    def _distinct_ids(cls, streams: list[StreamEntry]) -> list[StreamEntry]:
+        ids = [entry.id for entry in streams]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"stream ids must be distinct; repeated: {', '.join(duplicates)}")
-        return self
+        return streams
 
 
 @dataclass
