@@ -4,6 +4,11 @@ An edge holds at most ``capacity`` data items. When full, ``block`` makes the pr
 lose nothing) and ``drop_oldest`` discards the oldest waiting item (live: keep latency bounded).
 Every drop is counted against the item's stream. Control items (stream started/ended) are never
 dropped and never wait, so a full edge cannot lose or stall a stream's end.
+
+Compressed video is a chain: a packet decodes only with the packets before it back to a keyframe.
+So once an edge drops a stream's video packet, it also drops that stream's video packets after it
+up to its next keyframe (counted the same way): the decoder resumes on a clean picture instead of
+decoding garbage and errors.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import time
 from collections import deque
 from typing import Literal
 
-from .media import Item, Message
+from .media import EncodedPacket, EndOfStream, Item, Message
 from .stats import StreamStats
 
 OverflowPolicy = Literal["block", "drop_oldest"]
@@ -45,6 +50,8 @@ class Edge:
         self._producers = 0
         self._closed = False
         self._changed = asyncio.Event()
+        self._awaiting_keyframe: set[str] = set()
+        """Streams that lost a video packet here: their packets are dropped up to a keyframe."""
         self.max_depth = 0
 
     @property
@@ -69,6 +76,8 @@ class Edge:
         if self._closed:
             raise EdgeClosed(self.name)
         if isinstance(message, Item):
+            if self._skip_to_keyframe(message):
+                return
             while self._data_count >= self.capacity:
                 if self.policy == "drop_oldest":
                     self._drop_oldest()
@@ -78,6 +87,8 @@ class Edge:
             self._data_count += 1
             self.max_depth = max(self.max_depth, self._data_count)
             message.enqueued_at = time.monotonic()
+        elif isinstance(message, EndOfStream):
+            self._awaiting_keyframe.discard(message.stream_id)
         self._queue.append(message)
         self._wake()
 
@@ -90,6 +101,9 @@ class Edge:
         message = self._queue.popleft()
         if isinstance(message, Item):
             self._data_count -= 1
+            self._wake()
+            if self._skip_to_keyframe(message):
+                return await self.get()
             message.add_time("queue", (time.monotonic() - message.enqueued_at) * 1000.0)
         self._wake()
         return message
@@ -111,10 +125,31 @@ class Edge:
             if isinstance(waiting, Item):
                 del self._queue[index]
                 self._data_count -= 1
-                self._stats.drop_item(waiting, f"edge:{self.name}")
+                self._drop(waiting)
                 return
+
+    def _drop(self, item: Item) -> None:
+        self._stats.drop_item(item, f"edge:{self.name}")
+        if _is_video_packet(item):
+            self._awaiting_keyframe.add(item.stream_id)
+
+    def _skip_to_keyframe(self, item: Item) -> bool:
+        """Drop (and count) ``item`` if it is a video packet that cannot decode: its stream lost a
+        packet here and this is not the keyframe that starts a new chain."""
+        if item.stream_id not in self._awaiting_keyframe or not _is_video_packet(item):
+            return False
+        assert isinstance(item.media, EncodedPacket)
+        if item.media.is_keyframe:
+            self._awaiting_keyframe.discard(item.stream_id)
+            return False
+        self._stats.drop_item(item, f"edge:{self.name}")
+        return True
 
     def _wake(self) -> None:
         # One event serves both sides: producers wait for room, the consumer for items. Waking
         # both is cheap (one consumer, few producers) and keeps the state machine obvious.
         self._changed.set()
+
+
+def _is_video_packet(item: Item) -> bool:
+    return isinstance(item.media, EncodedPacket) and item.media.kind == "video"

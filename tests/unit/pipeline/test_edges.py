@@ -226,3 +226,43 @@ async def test_discard_all_makes_room_for_a_blocked_producer():
     edge.discard_all("shutdown")
     await producer
     assert (await edge.get()).seq == 1
+
+
+def packet(pts: int, *, key: bool, stream: str = "s", kind: str = "video") -> Item:
+    media = EncodedPacket(None, pts, Fraction(1, 30), key, kind)  # type: ignore[arg-type]
+    return Item(stream_id=stream, media=media, capture_time=0.0)
+
+
+async def drain(edge: Edge) -> list[tuple[str, int]]:
+    got = []
+    while edge.depth:
+        message = await edge.get()
+        assert isinstance(message, Item)
+        got.append((message.stream_id, message.media.pts))
+    return got
+
+
+async def test_after_dropping_a_video_packet_the_stream_skips_to_its_next_keyframe():
+    stats = StreamStats()
+    edge = make_edge(capacity=3, policy="drop_oldest", stats=stats)
+    for pts, key in [(0, True), (1, False), (2, False), (3, False)]:  # 3 pushes 0 (the keyframe) out
+        await edge.put(packet(pts, key=key))
+    await edge.put(packet(4, key=False))  # its chain is broken too: dropped on arrival
+    await edge.put(packet(0, key=False, stream="other"))  # pushes 1 out; 'other' itself is intact
+    assert await drain(edge) == [("other", 0)]  # 2 and 3 could not decode: dropped when taken
+    await edge.put(packet(5, key=True))
+    await edge.put(packet(6, key=False))
+    await edge.put(packet(1, key=False, stream="other"))
+    assert await drain(edge) == [("s", 5), ("s", 6), ("other", 1)]
+    assert stats.stream("s").packets_dropped == 5  # 0, 1 (pushed out), 4 (on arrival), 2, 3 (taken)
+    assert stats.stream("other").packets_dropped == 0
+
+
+async def test_audio_packets_are_dropped_alone():
+    stats = StreamStats()
+    edge = make_edge(capacity=1, policy="drop_oldest", stats=stats)
+    await edge.put(packet(0, key=True, kind="audio"))
+    await edge.put(packet(1, key=False, kind="audio"))  # pushes 0 out; 1 still decodes
+    await edge.put(packet(2, key=False, kind="audio"))
+    assert await drain(edge) == [("s", 2)]
+    assert stats.stream("s").packets_dropped == 2
