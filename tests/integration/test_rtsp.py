@@ -14,6 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import parse_config
+from pipeline.control import StreamSpec
+from pipeline.runner import Runner
+from pipeline.service import run_pipeline
+
 from .support import Recorder, finish, start_cli
 
 GUARD_S = 60
@@ -114,3 +119,50 @@ async def test_rtsp_stream_survives_a_hung_then_restarted_camera(
     assert summary, recording.stdout
     decoded, published, dropped = map(int, summary.groups())
     assert decoded == published + dropped and published == len(seqs)
+
+
+async def test_an_rtsp_camera_over_udp_added_and_removed_at_run_time(nats_server: Any, rtsp_server: Any) -> None:
+    """RTP over UDP, from a camera added through the stream control while the pipeline runs."""
+    config = parse_config(
+        {
+            "pipeline": "rtsp-udp",
+            "stages": [
+                {"name": "cameras", "type": "streams"},
+                {"name": "decode", "type": "decode", "inputs": ["cameras"], "edge": {"policy": "drop_oldest"}},
+                {"name": "publish", "type": "publish", "inputs": ["decode"]},
+            ],
+        },
+        base_dir=Path("."),
+    )
+    runners: list[Runner] = []
+    async with Recorder(nats_server.url, "rtsp-udp") as recorder:
+        task = asyncio.create_task(
+            run_pipeline(config, nats_url=nats_server.url, on_started=runners.append, handle_signals=False)
+        )
+        try:
+            while not runners:
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(runners[0].started.wait(), GUARD_S)
+            control = runners[0].control
+            spec = StreamSpec(id="yard", uri=rtsp_server.url, options={"transport": "udp", "open_timeout_s": 10})
+            await control.add(spec)
+            assert control.list()[0]["type"] == "rtsp"
+
+            async def enough() -> None:
+                while len(recorder.recording.results.get("yard", [])) < 10:
+                    assert not task.done(), "the pipeline ended early"
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(enough(), GUARD_S)
+            await control.remove("yard")
+            await asyncio.wait_for(recorder.ended("yard").wait(), GUARD_S)
+        finally:
+            if runners:
+                runners[0].request_stop()
+            await asyncio.wait_for(task, GUARD_S)
+
+    names = recorder.recording.event_names("yard")
+    assert names[:3] == ["connecting", "started", "connected"], names
+    assert names[-1] == "ended" and recorder.recording.events["yard"][-1]["reason"] == "stopped"
+    seqs = [r["seq"] for r in recorder.recording.results["yard"]]
+    assert seqs == sorted(set(seqs)) and len(seqs) >= 10
