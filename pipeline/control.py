@@ -10,6 +10,7 @@ every other stream of that host. Removing a stream stops its child source, which
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import Field, ValidationError
@@ -68,8 +69,12 @@ class StreamHost(Source):
 class StreamControl:
     """Stream operations on a running graph's stream hosts, for the HTTP API and NATS."""
 
-    def __init__(self, hosts: dict[str, StreamHost]) -> None:
+    def __init__(
+        self, hosts: dict[str, StreamHost], *, open_streams: Callable[[], Collection[str]] = frozenset
+    ) -> None:
         self._hosts = hosts
+        self._open_streams = open_streams
+        """Every stream running now, from any source (a YAML ``file`` source's too)."""
 
     @property
     def available(self) -> bool:
@@ -86,7 +91,8 @@ class StreamControl:
 
     async def add(self, spec: StreamSpec) -> Source:
         host = self._host(spec.source)
-        if any(spec.id in {s["id"] for s in h.describe_streams()} for h in self._hosts.values()):
+        running = {s["id"] for h in self._hosts.values() for s in h.describe_streams()}
+        if spec.id in running or spec.id in self._open_streams():
             raise StreamControlError(409, f"stream {spec.id!r} already exists")
         return await host.add_stream(spec)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .control import StreamControl, StreamHost
 from .edges import Edge
 from .graph import Graph, Node
-from .media import Item, Message
+from .media import EndOfStream, Item, Message, StreamStarted
 from .sourcerun import run_source
 from .stage import Source, StageContext
 from .stagerun import StageRun, fan_out
@@ -63,6 +63,8 @@ class Runner:
         self._inputs_from = _inputs_from_sources(graph)
         self._origins: dict[str, str] = {}
         """stream id -> the source that produces it."""
+        self._open_streams: set[str] = set()
+        """Streams a source started and has not ended yet."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stage_runs: list[StageRun] = []
         self._stopping = False
@@ -77,7 +79,7 @@ class Runner:
     def control(self) -> StreamControl:
         """Add, remove and list streams of the graph's ``streams`` sources while it runs."""
         hosts = {n.name: n.stage for n in self.graph.sources if isinstance(n.stage, StreamHost)}
-        return StreamControl(hosts)
+        return StreamControl(hosts, open_streams=lambda: self._open_streams)
 
     @property
     def stopping(self) -> bool:
@@ -171,6 +173,10 @@ class Runner:
         async def emit(message: Message) -> None:
             if not isinstance(message, Item):
                 self._origins[message.stream_id] = node.name
+            if isinstance(message, StreamStarted):
+                self._open_streams.add(message.stream_id)
+            elif isinstance(message, EndOfStream):
+                self._open_streams.discard(message.stream_id)
             await fan_out(message, outputs, via=node.name)
 
         try:

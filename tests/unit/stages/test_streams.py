@@ -107,3 +107,32 @@ async def test_max_streams_and_a_stopping_pipeline_refuse_new_streams(sample_vid
     summary = await asyncio.wait_for(task, 30)
     assert summary.stats.stream("only").ended is False  # no publisher here; the sink counted instead
     assert summary.stats.stream("only").decoded == summary.stats.stream("only").published
+
+
+async def test_an_id_a_yaml_source_already_runs_is_refused(sample_video: Path) -> None:
+    config = parse_config(
+        {
+            "pipeline": "streams-test",
+            "stages": [
+                {
+                    "name": "fixed",
+                    "type": "file",
+                    "params": {"path": sample_video.name, "id": "clip", "rate": "native"},
+                },
+                {"name": "src", "type": "streams"},
+                {"name": "decode", "type": "decode", "inputs": ["fixed", "src"]},
+                {"name": "sink", "class": f"{__name__}:Sink", "inputs": ["decode"]},
+            ],
+        },
+        base_dir=sample_video.parent,
+    )
+    runner = Runner(build(config), base_dir=sample_video.parent)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(runner.started.wait(), 30)
+    while runner.stats.stream("clip").decoded == 0:
+        await asyncio.sleep(0.01)
+    with pytest.raises(StreamControlError) as duplicate:
+        await runner.control.add(StreamSpec(id="clip", uri=sample_video.name))
+    assert duplicate.value.status == 409
+    runner.request_stop()
+    await asyncio.wait_for(task, 30)
