@@ -5,11 +5,12 @@ waiting request has waited ``max_delay_ms`` (never later than the next moment th
 taking requests round-robin across streams so a flooding stream cannot starve a slow one. Only
 requests of one *group* (e.g. one tensor shape) share a batch; the group of the oldest request
 goes first. With ``latency_budget_ms`` a request that cannot finish within its budget (its age
-since capture plus the measured run time of a batch) is failed with ``DeadlineMissed`` before it
-costs a model run. With ``max_waiting_per_stream`` (live streams) a stream keeps at most that many
-items waiting: a newer item supersedes the oldest waiting one (``Superseded``), so what waits in
-front of the model is bounded in time, not only in count. ``one_per_stream`` keeps a stream's
-requests in separate batches, in order, as a recurrent model's state demands.
+since capture plus the measured run time of a batch; only its age while one run alone takes longer
+than the budget) is failed with ``DeadlineMissed`` before it costs a model run. With
+``max_waiting_per_stream`` (live streams) a stream keeps at most that many items waiting: a newer
+item supersedes the oldest waiting one (``Superseded``), so what waits in front of the model is
+bounded in time, not only in count. ``one_per_stream`` keeps a stream's requests in separate
+batches, in order, as a recurrent model's state demands.
 
 Exactly one outcome per request: its result or its own exception. If a whole batch raises, its
 requests are retried one by one, so one bad input fails only itself.
@@ -345,6 +346,10 @@ class Batcher(Generic[P]):
             return
         now = self.clock.now()
         run_ms = self._expected_run_s() * 1000.0
+        if run_ms >= budget:
+            # No request could make it (the model is slower than the budget): drop only those
+            # already over it, so the freshest still run instead of none at all.
+            run_ms = 0.0
         for stream_id, queue in list(self._queues.items()):
             kept: deque[Request[P]] = deque()
             for request in queue:

@@ -206,6 +206,20 @@ async def test_a_request_that_cannot_finish_within_its_budget_is_not_run():
     await batcher.close()
 
 
+async def test_a_model_slower_than_the_budget_still_runs_the_requests_not_yet_over_it():
+    batcher, model, clock = make(BatchPolicy(max_size=1, latency_budget_ms=50), cost=lambda n: 0.080)
+    first = submit(batcher, "a", "first", captured_at=clock.now())
+    await settle()
+    assert first.result() == "out:first"  # and a run is now known to take 80 ms, over the budget
+    fresh = submit(batcher, "a", "fresh", captured_at=clock.now() - 0.010)
+    stale = submit(batcher, "b", "stale", captured_at=clock.now() - 0.060)
+    await settle()
+    assert fresh.result() == "out:fresh"
+    assert isinstance(stale.exception(), DeadlineMissed)
+    assert model.batches == [[("a", "first")], [("a", "fresh")]]
+    await batcher.close()
+
+
 async def test_a_newer_item_of_a_live_stream_supersedes_the_waiting_one():
     batcher, model, clock = make(BatchPolicy(max_size=4, max_delay_ms=100, max_waiting_per_stream=1))
     old = submit(batcher, "a", "a0")
