@@ -1,14 +1,161 @@
-"""WebRTC ingest over WHIP: ``POST /whip/{stream_id}`` and the ``/publish`` page (placeholder)."""
+"""WebRTC ingest over WHIP, the ``/publish`` page, and live results as server-sent events.
+
+* ``POST /whip/{stream_id}`` (``Content-Type: application/sdp``, the body an SDP offer) adds the
+  stream ``{stream_id}`` with URI ``whip:`` to the pipeline's ``streams`` source and answers
+  ``201 Created`` with the SDP answer and ``Location: /whip/{stream_id}/{session}``. Query
+  ``?tracks=video,audio`` asks for the peer's audio too (default: video only). A duplicate id is a
+  409, a pipeline without a ``streams`` source a 409, an offer that cannot be answered a 400.
+* ``DELETE /whip/{stream_id}/{session}`` ends the stream (``stopped``) and answers 200 once it
+  has ended; an unknown session is a 404.
+* ``GET /publish`` a page that publishes the browser's camera and microphone over WHIP and shows
+  the stream's results (``?stream=<id>&autostart=1`` starts it without a click).
+* ``GET /streams/{id}/results`` the stream's results and events as they are published on NATS, as
+  server-sent events (``event: result`` / ``event: event``, ``data:`` the JSON message); the
+  response ends after the stream's ``ended`` event, or when the client leaves.
+
+The source a WHIP stream gets must implement ``control.SdpAnswerer``: its ``answer`` raises
+``ValueError`` (with the reason) for an offer it cannot answer.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from .control import SdpAnswerer, StreamControlError
+from .results import events_subject, result_subject
 
 if TYPE_CHECKING:
     from .runner import Runner
 
+log = logging.getLogger("streamgraph.webrtc")
+
+SDP = "application/sdp"
+PUBLISH_PAGE = Path(__file__).resolve().parent / "static" / "publish.html"
+TRACK_KINDS = ("video", "audio")
+SSE_QUEUE = 256
+"""Messages a slow SSE client may have waiting; more drop the oldest (the page shows the latest)."""
+SSE_POLL_S = 1.0
+"""How often an idle SSE response checks that its client is still there."""
+SSE_HEARTBEAT_S = 15.0
+
 
 def add_routes(app: web.Application, runner: Runner) -> None:
-    """Nothing yet: WHIP lands in its own change."""
+    whip = _Whip(runner)
+    app.router.add_post("/whip/{stream_id}", whip.offer)
+    app.router.add_delete("/whip/{stream_id}/{session}", whip.delete)
+    app.router.add_get("/publish", _publish_page)
+    app.router.add_get("/streams/{id}/results", _results_events)
+
+
+class _Whip:
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._sessions: dict[str, str] = {}
+        """stream id -> its WHIP session: ``DELETE`` must name the current one."""
+
+    async def offer(self, request: web.Request) -> web.Response:
+        if request.content_type != SDP:
+            raise StreamControlError(415, f"a WHIP offer is Content-Type: {SDP}, got {request.content_type!r}")
+        stream_id = request.match_info["stream_id"]
+        offer = await request.text()
+        if not offer.strip():
+            raise StreamControlError(400, "the body is empty: expected an SDP offer")
+        control = self._runner.control
+        spec = control.parse({"id": stream_id, "uri": "whip:", "options": {"tracks": _tracks(request)}})
+        source = await control.add(spec)
+        if not isinstance(source, SdpAnswerer):
+            await control.remove(spec.id)
+            raise StreamControlError(500, f"the source for {spec.uri!r} streams does not answer SDP offers")
+        try:
+            answer = await source.answer(offer)
+        except ValueError as exc:
+            await control.remove(spec.id)
+            raise StreamControlError(400, str(exc)) from None
+        except BaseException:
+            await control.remove(spec.id)
+            raise
+        session = secrets.token_urlsafe(12)
+        self._sessions[stream_id] = session
+        location = f"/whip/{stream_id}/{session}"
+        return web.Response(status=201, text=answer, content_type=SDP, headers={"Location": location})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        stream_id, session = request.match_info["stream_id"], request.match_info["session"]
+        if self._sessions.get(stream_id) != session:
+            raise StreamControlError(404, f"no WHIP session {session!r} for stream {stream_id!r}")
+        del self._sessions[stream_id]
+        if not any(s["id"] == stream_id and s["type"] == "whip" for s in self._runner.control.list()):
+            raise StreamControlError(404, f"WHIP session {session!r}: stream {stream_id!r} has ended already")
+        await self._runner.control.remove(stream_id)
+        return web.json_response({"id": stream_id, "removed": True})
+
+
+def _tracks(request: web.Request) -> list[str]:
+    given = request.query.get("tracks", "video")
+    tracks = [t.strip() for t in given.split(",") if t.strip()]
+    unknown = [t for t in tracks if t not in TRACK_KINDS]
+    if unknown or not tracks:
+        raise StreamControlError(
+            400, f"tracks: expected a comma-separated list of {', '.join(TRACK_KINDS)}, got {given!r}"
+        )
+    return tracks
+
+
+async def _publish_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(PUBLISH_PAGE, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def _results_events(request: web.Request) -> web.StreamResponse:
+    from .api import BUS, RUNNER  # api imports this module
+
+    stream_id = request.match_info["id"]
+    request.app[RUNNER].control.parse({"id": stream_id, "uri": "-"})  # the usual id rules (400 otherwise)
+    bus = request.app[BUS]
+    if bus is None:
+        raise StreamControlError(503, "this pipeline has no NATS connection to relay results from")
+    pipeline = request.app[RUNNER].graph.pipeline
+    messages: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(SSE_QUEUE)
+
+    def relay(kind: str) -> Any:
+        async def on_message(msg: Any) -> None:
+            if messages.full():  # a slow client: keep the newest
+                messages.get_nowait()
+            messages.put_nowait((kind, msg.data))
+
+        return on_message
+
+    subscriptions = [
+        await bus.client.subscribe(result_subject(bus.prefix, pipeline, stream_id), cb=relay("result")),
+        await bus.client.subscribe(events_subject(bus.prefix, pipeline, stream_id), cb=relay("event")),
+    ]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    try:
+        await response.prepare(request)
+        await response.write(b": relaying " + stream_id.encode() + b"\n\n")
+        idle = 0.0
+        while request.transport is not None and not request.transport.is_closing():
+            try:
+                kind, data = await asyncio.wait_for(messages.get(), SSE_POLL_S)
+            except TimeoutError:
+                idle += SSE_POLL_S
+                if idle >= SSE_HEARTBEAT_S:
+                    idle = 0.0
+                    await response.write(b": heartbeat\n\n")
+                continue
+            idle = 0.0
+            await response.write(f"event: {kind}\ndata: ".encode() + data + b"\n\n")
+            if kind == "event" and json.loads(data).get("event") == "ended":
+                break
+    except ConnectionError:
+        pass  # the client left
+    finally:
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+    return response

@@ -1,6 +1,6 @@
 """Stage implementations. Importing this package registers every built-in stage type."""
 
-from . import audio, decode, infer, join, publish, rtsp, sources, streams, textcrop, textdet, textrec, vad, vision
+from . import audio, decode, infer, join, publish, rtsp, sources, streams, textcrop, textdet, textrec, vad, vision, whip
 
 __all__ = [
     "audio",
@@ -16,4 +16,5 @@ __all__ = [
     "textrec",
     "vad",
     "vision",
+    "whip",
 ]

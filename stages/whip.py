@@ -1,0 +1,370 @@
+"""``whip``: a WebRTC peer publishing over WHIP (aiortc); one stream per peer connection.
+
+A ``streams`` source starts one per ``POST /whip/{id}`` (URI ``whip:``); the HTTP route hands it
+the peer's SDP offer (``answer``) and returns its answer. aiortc receives the tracks and decodes
+them in its own threads, so this source is the stream's decoder:
+
+* **video** leaves as decoded ``VideoFrame`` items (BGR, converted in the thread pool), numbered
+  ``seq`` 0, 1, 2... and counted as ``decoded`` here; ``decode`` passes decoded frames on as they are.
+* **audio** (``tracks: [video, audio]``) leaves as PCM packets (``pcm_s16le``, 48 kHz stereo)
+  that ``audio_decode`` windows like any other audio; ``decode`` ignores them.
+
+Latency stays bounded: frames wait in a small buffer per track (``video_buffer``,
+``audio_buffer``); when the graph is slower than the peer the oldest is dropped and counted
+(video: ``overflow:whip``; audio: ``packets_dropped``). Timestamps are each track's RTP clock,
+unwrapped and shifted so a track's first frame sits at its arrival time after the stream's
+first frame (the tracks' RTP clocks have unrelated origins).
+
+The stream ends ``stopped`` on a stop (``DELETE``, shutdown), ``eof`` when the peer goes away
+(connection ``failed`` or ``closed``, or every track ended), and ``error`` when no media arrives
+within ``connect_timeout_s`` of the answer. The peer connection is closed in every case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import av
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
+from pydantic import Field
+
+from pipeline.media import (
+    AudioCodecParams,
+    EncodedPacket,
+    EndOfStream,
+    EndReason,
+    Item,
+    Message,
+    StreamInfo,
+    StreamStarted,
+    TrackKind,
+    VideoCodecParams,
+    VideoFrame,
+)
+from pipeline.stage import Source, register_stage
+
+from .sources import TrackSelection
+
+Emit = Callable[[Message], Awaitable[None]]
+
+AUDIO_RATE = 48000
+AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
+AUDIO_CODEC = AudioCodecParams("pcm_s16le", AUDIO_RATE, 2)
+OVERFLOW = "overflow:whip"
+"""Where video frames dropped by a full buffer are counted (``drops``)."""
+
+
+class WhipParams(TrackSelection):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
+    """Stream id (the ``{stream_id}`` of ``POST /whip/{stream_id}``)."""
+    video_buffer: int = Field(default=2, ge=1)
+    """Decoded video frames waiting for the graph; one more drops the oldest."""
+    audio_buffer: int = Field(default=50, ge=1)
+    """Audio frames (20 ms each from Opus) waiting for the graph; one more drops the oldest."""
+    connect_timeout_s: float = Field(default=30.0, gt=0)
+    """From the answer to the first media frame; longer ends the stream with an error."""
+    ice_servers: list[str] = Field(default_factory=list)
+    """STUN/TURN URLs for the answer's candidates; none: host candidates only (a LAN, loopback)."""
+
+
+@dataclass(slots=True)
+class _Timeline:
+    """One track's RTP timestamps (32 bits, random origin) as pts that keep increasing."""
+
+    last_raw: int
+    pts: int
+
+    def advance(self, raw: int) -> int:
+        delta = (raw - self.last_raw) & 0xFFFFFFFF
+        if delta >= 1 << 31:  # reordered: a little before the last one
+            delta -= 1 << 32
+        self.last_raw = raw
+        self.pts += delta
+        return self.pts
+
+
+@dataclass(slots=True)
+class _Received:
+    order: int
+    arrived: float
+    media: Any
+    """video: the ``av.VideoFrame``; audio: an ``EncodedPacket`` of PCM."""
+    pts: int
+    time_base: Fraction
+
+
+@register_stage("whip")
+class WhipSource(Source):
+    """One WHIP publisher. Implements ``pipeline.control.SdpAnswerer``."""
+
+    Params = WhipParams
+    params: WhipParams
+    uri_schemes = ("whip",)
+
+    @classmethod
+    def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:
+        return {**options, "id": stream_id}
+
+    def __init__(self, name: str, params: WhipParams) -> None:
+        super().__init__(name, params)
+        self.pc: RTCPeerConnection | None = None
+        self._negotiated = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._buffers: dict[TrackKind, deque[_Received]] = {"video": deque(), "audio": deque()}
+        self._capacity: dict[TrackKind, int] = {"video": params.video_buffer, "audio": params.audio_buffer}
+        self._receiving: set[TrackKind] = set()
+        self._readers: set[asyncio.Task[None]] = set()
+        self._open_tracks = 0
+        self._peer_gone: str | None = None
+        self._stopped_reason: str | None = None
+        self._order = itertools.count()
+        self._origin: float | None = None
+        self._timelines: dict[TrackKind, _Timeline] = {}
+        self._resampler: Any = None
+        self._next_seq = 0
+        self._video_size = (0, 0)
+        self._video_codec = ""
+
+    @property
+    def stream_id(self) -> str:
+        return self.params.id
+
+    # --- negotiation (called by the WHIP route) -------------------------------------------------
+
+    async def answer(self, offer_sdp: str) -> str:
+        """The SDP answer to a WHIP offer; ``ValueError`` (with the reason) if it cannot be answered."""
+        if self.pc is not None:
+            raise ValueError("this stream has negotiated already")
+        if self.stopping.is_set():
+            raise ValueError("this stream is stopping")
+        servers = [RTCIceServer(urls=url) for url in self.params.ice_servers]
+        pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_connection_state)
+        wanted = set(self.params.tracks)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind not in wanted:
+                    transceiver.direction = "inactive"  # not asked for: the peer need not send it
+                elif transceiver.kind in ("video", "audio"):
+                    self._receiving.add(transceiver.kind)
+            if not self._receiving:
+                raise ValueError(f"the offer sends no {' or '.join(self.params.tracks)} track")
+            await pc.setLocalDescription(await pc.createAnswer())
+            self._video_codec = _video_codec(pc.localDescription.sdp)
+        except Exception as exc:  # aiortc rejects a bad offer with many exception types
+            reason = str(exc) or type(exc).__name__
+            raise ValueError(f"cannot answer the offer: {reason}") from exc
+        self._negotiated.set()
+        self.ctx.logger.info(
+            "stream %s: answered a WHIP offer (%s)", self.stream_id, ", ".join(sorted(self._receiving))
+        )
+        return str(pc.localDescription.sdp)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind not in self.params.tracks:
+            return
+        self._open_tracks += 1
+        task = asyncio.get_running_loop().create_task(self._read(track), name=f"whip:{self.stream_id}:{track.kind}")
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState if self.pc is not None else "closed"
+        self.ctx.logger.info("stream %s: peer connection %s", self.stream_id, state)
+        if state in ("failed", "closed"):
+            self._peer_gone = self._peer_gone or f"peer connection {state}"
+            self._wake.set()
+
+    # --- receiving (aiortc's tracks -> bounded buffers) -----------------------------------------
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        kind: TrackKind = "video" if track.kind == "video" else "audio"
+        try:
+            while True:
+                frame = await track.recv()
+                self._take(kind, frame)
+        except MediaStreamError:
+            pass  # the track ended (the peer closed it, or our connection closed)
+        finally:
+            self._open_tracks -= 1
+            if self._open_tracks == 0:
+                self._peer_gone = self._peer_gone or "every track ended"
+            self._wake.set()
+
+    def _take(self, kind: TrackKind, frame: Any) -> None:
+        arrived = time.time()
+        if self._origin is None:
+            self._origin = arrived
+        time_base = Fraction(frame.time_base) if frame.time_base else Fraction(1, 90000)
+        raw = int(frame.pts or 0)
+        timeline = self._timelines.get(kind)
+        if timeline is None:
+            first = round((arrived - self._origin) / time_base)
+            timeline = self._timelines[kind] = _Timeline(last_raw=raw, pts=first)
+            pts = first
+        else:
+            pts = timeline.advance(raw)
+        media: Any = frame
+        if kind == "audio":
+            pts, time_base = round(pts * time_base / AUDIO_TIME_BASE), AUDIO_TIME_BASE
+            media = self._pcm_packet(frame, pts)
+        elif self._video_size == (0, 0):
+            self._video_size = (frame.width, frame.height)
+        buffer = self._buffers[kind]
+        if len(buffer) >= self._capacity[kind]:
+            buffer.popleft()
+            self._count_lost(kind, OVERFLOW)
+        buffer.append(_Received(next(self._order), arrived, media, pts, time_base))
+        self._wake.set()
+
+    def _pcm_packet(self, frame: Any, pts: int) -> Any:
+        """An audio frame as one packet of 48 kHz stereo s16 PCM (``audio_decode`` reads it)."""
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE)
+        frame.pts = None  # the resampler would otherwise insist on continuous timestamps
+        data = b"".join(out.to_ndarray().tobytes() for out in self._resampler.resample(frame))
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.time_base = AUDIO_TIME_BASE
+        return packet
+
+    def _count_lost(self, kind: TrackKind, where: str, count: int = 1) -> None:
+        """A received frame that never enters the graph: a decoded frame dropped, or a packet."""
+        counters = self.ctx.stats.stream(self.stream_id)
+        if kind == "video":
+            counters.decoded += count
+            self.ctx.stats.count_drop(self.stream_id, where, count)
+        else:
+            counters.packets_dropped += count
+
+    def _next(self) -> tuple[TrackKind, _Received] | None:
+        """The earliest frame received and not yet sent, of any track."""
+        heads = [(buffer[0].order, kind) for kind, buffer in self._buffers.items() if buffer]
+        if not heads:
+            return None
+        kind = min(heads)[1]
+        return kind, self._buffers[kind].popleft()
+
+    # --- the stream ------------------------------------------------------------------------------
+
+    def stop_stream(self, stream_id: str, reason: str) -> None:
+        if stream_id == self.stream_id:
+            self._stopped_reason = reason
+            self._wake.set()
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        self._wake.set()
+
+    async def run(self, emit: Emit) -> None:
+        try:
+            stopped = asyncio.ensure_future(self.stopping.wait())
+            negotiated = asyncio.ensure_future(self._negotiated.wait())
+            await asyncio.wait({stopped, negotiated}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            negotiated.cancel()
+            if not self._negotiated.is_set():
+                return  # stopped before an offer was answered: no stream was started
+            await self._stream(emit)
+        finally:
+            await self._close()
+
+    async def _stream(self, emit: Emit) -> None:
+        started = False
+        deadline = time.monotonic() + self.params.connect_timeout_s
+        end: tuple[EndReason, str | None]
+        while True:
+            if self.stopping.is_set() or self._stopped_reason is not None:
+                end = ("stopped", None)
+                break
+            received = self._next()
+            if received is None:
+                if self._peer_gone is not None:
+                    end = ("eof", None)
+                    break
+                self._wake.clear()
+                timeout = None if started else deadline - time.monotonic()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    end = ("error", f"no media from the peer within {self.params.connect_timeout_s:g} s")
+                    break
+                continue
+            if not started:
+                await emit(StreamStarted(self._info()))
+                started = True
+            await emit(await self._item(*received))
+        if not started:  # announce it even so: subscribers see it start and end, with the reason
+            await emit(StreamStarted(self._info()))
+        self._drop_leftovers()
+        reason, error = end
+        if reason == "error":
+            self.ctx.logger.error("stream %s: %s", self.stream_id, error)
+            self.ctx.stats.stream(self.stream_id).error = error
+        else:
+            why = f"{reason}: {self._peer_gone}" if reason == "eof" else reason
+            self.ctx.logger.info("stream %s: ended (%s)", self.stream_id, why)
+        await emit(EndOfStream(self.stream_id, reason, error))
+
+    def _info(self) -> StreamInfo:
+        width, height = self._video_size
+        return StreamInfo(
+            stream_id=self.stream_id,
+            uri="whip:",
+            live=True,
+            video=VideoCodecParams(self._video_codec, width, height) if "video" in self._receiving else None,
+            audio=AUDIO_CODEC if "audio" in self._receiving else None,
+        )
+
+    async def _item(self, kind: TrackKind, received: _Received) -> Item:
+        if kind == "audio":
+            packet = EncodedPacket(received.media, received.pts, received.time_base, True, "audio")
+            return Item(stream_id=self.stream_id, media=packet, capture_time=received.arrived)
+        frame = received.media
+        data = await self.ctx.run_blocking(frame.to_ndarray, format="bgr24")
+        media = VideoFrame(
+            data=data, pts=received.pts, time_base=received.time_base, width=frame.width, height=frame.height
+        )
+        item = Item(stream_id=self.stream_id, media=media, capture_time=received.arrived, seq=self._next_seq)
+        self._next_seq += 1
+        self.ctx.stats.stream(self.stream_id).decoded += 1
+        return item
+
+    def _drop_leftovers(self) -> None:
+        for kind, buffer in self._buffers.items():
+            if buffer:
+                self._count_lost(kind, "shutdown", len(buffer))
+                buffer.clear()
+
+    async def _close(self) -> None:
+        """Close the peer connection and stop reading its tracks (idempotent)."""
+        self.stopping.set()
+        for task in list(self._readers):
+            task.cancel()
+        if self._readers:
+            await asyncio.gather(*self._readers, return_exceptions=True)
+        if self.pc is not None:
+            await self.pc.close()
+        self._buffers = {"video": deque(), "audio": deque()}
+
+    async def stop(self) -> None:
+        await self._close()
+
+
+def _video_codec(answer_sdp: str) -> str:
+    """The video codec an SDP answer settles on, as FFmpeg names it (``vp8``, ``h264``)."""
+    for media in SessionDescription.parse(answer_sdp).media:
+        if media.kind == "video" and media.rtp.codecs:
+            return str(media.rtp.codecs[0].mimeType).partition("/")[2].lower()
+    return ""

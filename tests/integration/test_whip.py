@@ -1,0 +1,261 @@
+"""WebRTC ingest over WHIP: a real aiortc peer publishes a file to a pipeline run in this process.
+
+The pipeline (``streams`` -> ``decode`` / ``audio_decode`` -> ``publish``) runs with its HTTP API
+on a free port against the session's nats-server; the peer posts its SDP offer to
+``/whip/<id>``, sends the sample's video (and audio) with aiortc's ``MediaPlayer``, and the test
+reads what arrives on NATS. No timing assertions: every wait is a hang guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+
+from pipeline.config import parse_config
+from pipeline.runner import Runner
+from pipeline.service import run_pipeline
+
+from .support import ROOT, Recorder
+
+PIPELINE = "whip-test"
+GUARD_S = 90.0
+
+
+def whip_config(**api: Any) -> dict[str, Any]:
+    """Video and audio of streams added at run time, decoded and published."""
+    return {
+        "pipeline": PIPELINE,
+        "api": {"listen": "127.0.0.1:0", **api},
+        "runtime": {"threads": 2},
+        "stages": [
+            {"name": "peers", "type": "streams"},
+            {"name": "decode", "type": "decode", "inputs": ["peers"]},
+            {"name": "audio", "type": "audio_decode", "inputs": ["peers"]},
+            {"name": "publish", "type": "publish", "inputs": ["decode", "audio"]},
+        ],
+    }
+
+
+@dataclass
+class Running:
+    url: str
+    runner: Runner
+
+
+@asynccontextmanager
+async def running_pipeline(nats_url: str, config: dict[str, Any]) -> AsyncIterator[Running]:
+    """``run_pipeline`` in this process until the block ends (then it drains and must finish)."""
+    apis: list[Any] = []
+    runners: list[Runner] = []
+    task = asyncio.create_task(
+        run_pipeline(
+            parse_config(config, base_dir=ROOT),
+            nats_url=nats_url,
+            on_api=apis.append,
+            on_started=runners.append,
+            handle_signals=False,
+        )
+    )
+    await until(lambda: bool(runners) or task.done(), "a started pipeline")
+    if task.done():
+        task.result()  # raises what stopped it
+    runner = runners[0]
+    await asyncio.wait_for(runner.started.wait(), GUARD_S)
+    try:
+        yield Running(apis[0].url, runner)
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, GUARD_S)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition`` (a hang guard, not a timing assertion)."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), GUARD_S)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {GUARD_S:g} s (hang guard)") from None
+
+
+def results_of(recorder: Recorder, stream_id: str) -> list[dict[str, Any]]:
+    return recorder.recording.results.get(stream_id, [])
+
+
+def whip_source(runner: Runner, stream_id: str) -> Any:
+    """The child source that runs ``stream_id`` (white box: to check its resources later)."""
+    for node in runner.graph.sources:
+        child = getattr(node.stage, "_children", {}).get(stream_id)
+        if child is not None:
+            return child.source
+    raise AssertionError(f"no source runs stream {stream_id!r}")
+
+
+def listed(runner: Runner, stream_id: str) -> bool:
+    return any(s["id"] == stream_id for s in runner.control.list())
+
+
+class Publisher:
+    """An aiortc peer publishing a media file over WHIP."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, media: Path) -> None:
+        self.http = http
+        self.base = base
+        self.player = MediaPlayer(str(media), loop=True)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.location: str | None = None
+
+    async def offer(self) -> str:
+        for track in (self.player.video, self.player.audio):
+            if track is not None:
+                self.pc.addTransceiver(track, direction="sendonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def publish(self, stream_id: str, *, tracks: str = "video,audio") -> None:
+        offer = await self.offer()
+        url = f"{self.base}/whip/{stream_id}?tracks={tracks}"
+        async with self.http.post(url, data=offer, headers={"Content-Type": "application/sdp"}) as response:
+            body = await response.text()
+            assert response.status == 201, body
+            assert response.content_type == "application/sdp"
+            self.location = response.headers["Location"]
+        assert self.location.startswith(f"/whip/{stream_id}/")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for track in (self.player.video, self.player.audio):
+            if track is not None:
+                track.stop()
+
+
+async def ended_reason(recorder: Recorder, stream_id: str) -> str:
+    await asyncio.wait_for(recorder.ended(stream_id).wait(), GUARD_S)
+    return str(recorder.recording.events[stream_id][-1]["reason"])
+
+
+async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Server-sent events as (event, JSON data)."""
+    kind = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield kind, json.loads(line.removeprefix("data: "))
+
+
+async def test_whip_publish_results_then_delete(nats_server: Any, av_sample: Path) -> None:
+    async with (
+        Recorder(nats_server.url, PIPELINE) as recorder,
+        running_pipeline(nats_server.url, whip_config()) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        peer = Publisher(http, running.url, av_sample)
+        try:
+            await peer.publish("cam1")
+            source = whip_source(running.runner, "cam1")
+            async with http.get(f"{running.url}/streams/cam1/results") as sse:
+                assert sse.status == 200 and sse.content_type == "text/event-stream"
+                await until(lambda: len(results_of(recorder, "cam1")) >= 20, "results for cam1")
+                await until(
+                    lambda: any(r["time_base"] == "1/16000" for r in results_of(recorder, "cam1")),
+                    "audio windows for cam1",
+                )
+                video = [r for r in results_of(recorder, "cam1") if "frame" in r]
+                assert video and video[0]["frame"] == {"width": 640, "height": 360}
+                assert [r["seq"] for r in video] == sorted(r["seq"] for r in video)
+                assert recorder.recording.event_names("cam1")[0] == "started"
+
+                # A duplicate id is the control's 409; a wrong session a 404; the stream goes on.
+                async with http.post(
+                    f"{running.url}/whip/cam1", data="v=0", headers={"Content-Type": "application/sdp"}
+                ) as response:
+                    assert response.status == 409, await response.text()
+                async with http.delete(f"{running.url}/whip/cam1/not-the-session") as response:
+                    assert response.status == 404
+                    assert "error" in await response.json()
+
+                async with http.delete(running.url + peer.location) as response:
+                    assert response.status == 200, await response.text()
+                assert await ended_reason(recorder, "cam1") == "stopped"
+                # The relay passed on the stream's messages and ends after its `ended` event.
+                relayed = [(kind, body) async for kind, body in read_events(sse)]
+            assert any(kind == "result" and body["stream_id"] == "cam1" for kind, body in relayed)
+            assert relayed[-1][0] == "event" and relayed[-1][1]["event"] == "ended"
+
+            # Every resource is released: the stream is gone, the peer connection closed.
+            assert not listed(running.runner, "cam1")
+            assert source.pc.connectionState == "closed"
+            assert not source._readers
+            counters = running.runner.stats.stream("cam1")
+            assert counters.decoded == counters.published + counters.dropped + counters.consumed
+            # Its session is gone with it.
+            async with http.delete(running.url + peer.location) as response:
+                assert response.status == 404
+        finally:
+            await peer.close()
+
+
+async def test_whip_peer_closes(nats_server: Any, sample_video: Path) -> None:
+    async with (
+        Recorder(nats_server.url, PIPELINE) as recorder,
+        running_pipeline(nats_server.url, whip_config()) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        peer = Publisher(http, running.url, sample_video)
+        try:
+            await peer.publish("cam2", tracks="video")
+            source = whip_source(running.runner, "cam2")
+            await until(lambda: len(results_of(recorder, "cam2")) >= 5, "results for cam2")
+        finally:
+            await peer.close()
+        assert await ended_reason(recorder, "cam2") == "eof"
+        await until(lambda: not listed(running.runner, "cam2"), "cam2 leaving /streams")
+        assert source.pc.connectionState == "closed"
+        assert not source._readers
+        # The id is free again.
+        assert recorder.recording.event_names("cam2") == ["started", "ended"]
+
+
+async def test_whip_refusals(nats_server: Any) -> None:
+    token = "s3cret"
+    auth = {"Authorization": f"Bearer {token}"}
+    async with (
+        running_pipeline(nats_server.url, whip_config(token=token)) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        url = running.url
+        async with http.post(f"{url}/whip/cam3", data="v=0", headers={**auth, "Content-Type": "text/plain"}) as r:
+            assert r.status == 415
+            assert "application/sdp" in (await r.json())["error"]
+        async with http.post(f"{url}/whip/cam3", data="v=0", headers={"Content-Type": "application/sdp"}) as r:
+            assert r.status == 401
+        sdp = {**auth, "Content-Type": "application/sdp"}
+        async with http.post(f"{url}/whip/cam3", data="not an offer", headers=sdp) as r:
+            assert r.status == 400
+            assert "cannot answer the offer" in (await r.json())["error"]
+        assert not listed(running.runner, "cam3")  # a failed negotiation leaves no stream behind
+        async with http.post(f"{url}/whip/cam3?tracks=smell", data="v=0", headers=sdp) as r:
+            assert r.status == 400
+        async with http.post(f"{url}/whip/bad%20id", data="v=0", headers=sdp) as r:
+            assert r.status == 400
+        async with http.delete(f"{url}/whip/cam3/nope", headers=auth) as r:
+            assert r.status == 404
+        # The page is open (it holds no data; its own requests carry the token).
+        async with http.get(f"{url}/publish") as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            assert "/whip/" in await r.text()
