@@ -2,7 +2,7 @@
 
 Routes: ``GET /healthz`` (the process is alive), ``GET /readyz`` (bus connected, models loaded,
 not stopping), ``GET|POST /streams``, ``DELETE /streams/{id}``, ``GET /metrics`` (Prometheus), and
-the WHIP routes of ``pipeline.webrtc``. With a token, every route but ``/healthz`` needs
+the WHIP routes of ``pipeline.webrtc``. With a token, every route but ``/healthz`` and ``/publish`` needs
 ``Authorization: Bearer <token>``. Every error is JSON ``{"error": "..."}`` with a 4xx status that
 says whose fault it is; a 500 means a bug of ours.
 """
@@ -31,7 +31,7 @@ log = logging.getLogger("streamgraph.api")
 RUNNER: web.AppKey[Runner] = web.AppKey("runner")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")
 MAX_BODY_BYTES = 1 << 20
-OPEN_ROUTES = frozenset({"/healthz"})
+OPEN_ROUTES = frozenset({"/healthz", "/publish"})  # the page holds no data; its requests carry the token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

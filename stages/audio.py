@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.errors import StreamError
-from pipeline.media import AudioChunk, EncodedPacket, EndOfStream, Item, StreamInfo
+from pipeline.media import AudioChunk, EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.stage import Stage, StageParams, register_stage
 
 from .decoding import count_decode_error
@@ -87,7 +87,7 @@ class AudioDecode(Stage):
     async def process(self, item: Item) -> Sequence[Item]:
         packet = item.media
         if not isinstance(packet, EncodedPacket):
-            return (item,)
+            return () if isinstance(packet, VideoFrame) else (item,)  # decoded video (whip) is decode's
         if packet.kind != "audio":
             return ()  # another track's packet (decode's): not a window, so not a drop either
         state = self._streams.get(item.stream_id)
