@@ -160,3 +160,26 @@ def rtsp_server(gst_rtsp_available: None) -> Any:
         yield server
     finally:
         server.kill()
+
+
+# --- GPU tests: run where an NVIDIA GPU is usable, skipped with the reason elsewhere ---------------
+
+
+def _gpu_unusable() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("cuda") is None:
+        return "no NVIDIA GPU stack here (cuda-python not installed: pip install -e '.[gpu]')"
+    from pipeline.engines import cuda_device_unusable
+
+    return cuda_device_unusable()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = _gpu_unusable()
+    if reason is not None:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=f"needs an NVIDIA GPU: {reason}"))

@@ -1,22 +1,118 @@
-"""Inference engines behind one interface; each imported lazily so the CPU path needs no CUDA."""
+"""Inference engines behind one interface; each imported lazily so the CPU path needs no CUDA.
+
+``engine: auto`` takes the first usable of TensorRT, ONNX Runtime with CUDA, ONNX Runtime on the
+CPU, and logs which it chose and why the better ones were passed over.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import ModelError
 from ..modelcard import ModelCard
 from .base import Engine, EngineOptions
 
-EngineKind = Literal["auto", "onnxruntime"]
+EngineKind = Literal["auto", "onnxruntime", "tensorrt"]
+
+log = logging.getLogger("streamgraph.engine")
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    kind: Literal["onnxruntime", "tensorrt"]
+    providers: tuple[str, ...] | None
+    """For ONNX Runtime: the providers to ask for (None: the best installed)."""
+    why: str
+
+
+def tensorrt_unusable() -> str | None:
+    """Why TensorRT cannot run here, or None if it can."""
+    missing = [m for m in ("tensorrt", "cupy", "cuda") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"not installed: {', '.join(missing)}"
+    return cuda_device_unusable()
+
+
+def cuda_device_unusable() -> str | None:
+    """Why no CUDA device can be used, or None if device 0 can."""
+    try:
+        from .cuda import cudart
+    except ImportError as exc:
+        return f"cuda-python: {exc}"
+    error, count = cudart.cudaGetDeviceCount()
+    if error != cudart.cudaError_t.cudaSuccess or count < 1:
+        return "no CUDA device"
+    return None
+
+
+def onnxruntime_cuda_unusable() -> str | None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    return cuda_device_unusable() if importlib.util.find_spec("cuda") else None
+
+
+def choose_engine(
+    kind: EngineKind,
+    *,
+    tensorrt: Callable[[], str | None] = tensorrt_unusable,
+    onnxruntime_cuda: Callable[[], str | None] = onnxruntime_cuda_unusable,
+) -> EngineChoice:
+    """The engine ``kind`` asks for; for ``auto``, the best usable one and why."""
+    if kind == "tensorrt":
+        return EngineChoice("tensorrt", None, "asked for")
+    if kind == "onnxruntime":
+        return EngineChoice("onnxruntime", None, "asked for")
+    passed_over = []
+    trt_problem = tensorrt()
+    if trt_problem is None:
+        return EngineChoice("tensorrt", None, "TensorRT and a CUDA device are usable")
+    passed_over.append(f"TensorRT: {trt_problem}")
+    cuda_problem = onnxruntime_cuda()
+    if cuda_problem is None:
+        why = "; ".join([*passed_over, "ONNX Runtime has CUDA"])
+        return EngineChoice("onnxruntime", ("CUDAExecutionProvider", "CPUExecutionProvider"), why)
+    passed_over.append(f"ONNX Runtime CUDA: {cuda_problem}")
+    return EngineChoice("onnxruntime", ("CPUExecutionProvider",), "; ".join(passed_over))
 
 
 def create_engine(kind: EngineKind, card: ModelCard, options: EngineOptions) -> Engine:
-    """Load ``card`` with the named engine; ``auto`` picks the best one installed."""
-    if kind in ("auto", "onnxruntime"):
-        from .onnxruntime import OnnxRuntimeEngine
+    """Load ``card`` with the named engine; ``auto`` picks the best one usable (and logs why)."""
+    if kind not in ("auto", "onnxruntime", "tensorrt"):
+        raise ValueError(f"unknown engine {kind!r}")
+    choice = choose_engine(kind)
+    if kind == "auto":
+        log.info("model %s: engine auto chose %s (%s)", card.name, choice.kind, choice.why)
+    if choice.kind == "tensorrt":
+        from .tensorrt import TensorRtEngine
 
-        return OnnxRuntimeEngine(card, options)
-    raise ValueError(f"unknown engine {kind!r}")
+        try:
+            return TensorRtEngine(card, options)
+        except ModelError as exc:
+            if kind != "auto":
+                raise
+            # A model TensorRT cannot take (a dynamic axis the card gives no range for) still runs.
+            log.warning("model %s: TensorRT cannot take it (%s); using ONNX Runtime", card.name, exc)
+            choice = choose_engine("auto", tensorrt=lambda: "cannot build this model")
+    from .onnxruntime import OnnxRuntimeEngine
+
+    if options.providers is None and choice.providers is not None:
+        options = dataclasses.replace(options, providers=choice.providers)
+    return OnnxRuntimeEngine(card, options)
 
 
-__all__ = ["Engine", "EngineKind", "EngineOptions", "create_engine"]
+__all__ = [
+    "Engine",
+    "EngineChoice",
+    "EngineKind",
+    "EngineOptions",
+    "choose_engine",
+    "create_engine",
+    "cuda_device_unusable",
+]

@@ -15,6 +15,12 @@ class EngineOptions:
     """ONNX Runtime execution providers in order; None: every usable one, best first."""
     intra_op_threads: int = 0
     """Threads one model run may use; 0 lets the engine decide."""
+    max_batch: int = 1
+    """The largest batch the stage sends (TensorRT builds its optimization profile up to it)."""
+    fp16: bool = False
+    """Let TensorRT use half precision where it is faster."""
+    device_outputs: bool = False
+    """GPU engines return device arrays (CuPy) instead of copying outputs to host numpy arrays."""
 
 
 class Engine(ABC):
