@@ -124,7 +124,8 @@ class Publisher:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return str(self.pc.localDescription.sdp)
 
-    async def publish(self, stream_id: str, *, tracks: str = "video,audio") -> None:
+    async def publish(self, stream_id: str, *, tracks: str = "video,audio") -> str:
+        """Offer, answer; returns the answer."""
         offer = await self.offer()
         url = f"{self.base}/whip/{stream_id}?tracks={tracks}"
         async with self.http.post(url, data=offer, headers={"Content-Type": "application/sdp"}) as response:
@@ -134,6 +135,7 @@ class Publisher:
             self.location = response.headers["Location"]
         assert self.location.startswith(f"/whip/{stream_id}/")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        return body
 
     async def close(self) -> None:
         await self.pc.close()
@@ -210,15 +212,18 @@ async def test_whip_publish_results_then_delete(nats_server: Any, av_sample: Pat
             await peer.close()
 
 
-async def test_whip_peer_closes(nats_server: Any, sample_video: Path) -> None:
+async def test_whip_peer_closes(nats_server: Any, av_sample: Path) -> None:
     async with (
         Recorder(nats_server.url, PIPELINE) as recorder,
         running_pipeline(nats_server.url, whip_config()) as running,
         aiohttp.ClientSession() as http,
     ):
-        peer = Publisher(http, running.url, sample_video)
+        peer = Publisher(http, running.url, av_sample)
         try:
-            await peer.publish("cam2", tracks="video")
+            answer = await peer.publish("cam2", tracks="video")
+            # Audio was not asked for: the peer is told not to send it.
+            audio_section = answer[answer.index("m=audio") :]
+            assert "a=inactive" in audio_section.split("m=video")[0]
             source = whip_source(running.runner, "cam2")
             await until(lambda: len(results_of(recorder, "cam2")) >= 5, "results for cam2")
         finally:
@@ -227,8 +232,8 @@ async def test_whip_peer_closes(nats_server: Any, sample_video: Path) -> None:
         await until(lambda: not listed(running.runner, "cam2"), "cam2 leaving /streams")
         assert source.pc.connectionState == "closed"
         assert not source._readers
-        # The id is free again.
         assert recorder.recording.event_names("cam2") == ["started", "ended"]
+        assert all("frame" in r for r in results_of(recorder, "cam2"))  # video only
 
 
 async def test_whip_refusals(nats_server: Any) -> None:
