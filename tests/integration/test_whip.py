@@ -260,6 +260,16 @@ async def test_whip_refusals(nats_server: Any) -> None:
             assert r.status == 400
         async with http.delete(f"{url}/whip/cam3/nope", headers=auth) as r:
             assert r.status == 404
+        # The results relay subscribes for its client and unsubscribes when the client leaves.
+        client = running.runner._bus.client  # white box: nats-py's subscriptions
+        before = len(client._subs)
+        async with http.get(f"{url}/streams/cam3/results", headers=auth) as sse:
+            assert sse.status == 200
+            assert (await sse.content.readline()).startswith(b": relaying cam3")
+            assert len(client._subs) == before + 2
+        await until(lambda: len(client._subs) == before, "the relay unsubscribing once its client left")
+        async with http.get(f"{url}/streams/bad%20id/results", headers=auth) as r:
+            assert r.status == 400
         # The page is open (it holds no data; its own requests carry the token).
         async with http.get(f"{url}/publish") as r:
             assert r.status == 200 and r.content_type == "text/html"
