@@ -20,6 +20,7 @@ from .control import StreamControl, StreamHost
 from .edges import Edge
 from .graph import Graph, Node
 from .media import EndOfStream, Item, Message, StreamStarted
+from .metrics import Metrics
 from .sourcerun import run_source
 from .stage import Source, StageContext
 from .stagerun import StageRun, fan_out
@@ -55,6 +56,8 @@ class Runner:
     ) -> None:
         self.graph = graph
         self.stats = StreamStats()
+        self.metrics = Metrics(graph.pipeline, stats=self.stats, edges=lambda: self._edges)
+        """What ``GET /metrics`` serves: this runner's own registry, never the process-wide one."""
         self._base_dir = base_dir
         self._bus = bus
         self._threads = threads
@@ -151,6 +154,7 @@ class Runner:
                 input_stages=node.inputs,
                 logger=logging.getLogger(f"streamgraph.stage.{name}"),
                 stop_stream=self._stop_stream,
+                metrics=self.metrics,
             )
             await node.stage.start(ctx)
 

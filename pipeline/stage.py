@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 from .config import StrictModel
 from .errors import ConfigError
 from .media import EndOfStream, Item, Message, StreamInfo, StreamStatus
+from .metrics import Metrics
 from .stats import StreamStats
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class StageContext:
     input_stages: tuple[str, ...] = ()
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamgraph"))
     stop_stream: Callable[[str, str], None] = lambda stream_id, reason: None
+    metrics: Metrics = field(default_factory=lambda: Metrics("detached"))
+    """The runner's metrics (``observe_batch``, ``observe_published``); a stage started outside a
+    runner gets one of its own that nothing scrapes."""
 
     async def run_blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

@@ -44,6 +44,7 @@ class Publish(Stage):
         subject = result_subject(self.bus.prefix, self.ctx.pipeline, item.stream_id)
         await self.bus.publish(subject, payload, msg_id=message_id(self.ctx.pipeline, item.stream_id, item.seq))
         counters.published += 1
+        self.ctx.metrics.observe_published(item, message["latency_ms"])
         return ()
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
