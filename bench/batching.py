@@ -20,11 +20,15 @@ baseline: the decoder handed the frame over) to its receipt by a NATS subscriber
 own thread and event loop. Throughput is frames received over the time from the first packet read
 (baseline: the first file opened) to the last message received, so model loading is left out.
 
-Then a live-like run: 16 streams at ``rate: native`` (25 frames/s each), ``drop_oldest`` edges of
-capacity 2 in front of prepare and infer, ``max_size: auto`` with a ``latency_budget_ms`` on infer,
-and the target check "p99 latency stays under 2x the model's batch inference time plus
-max_delay_ms" (the batch inference time: the mean ``latency_ms.infer`` of the messages); then the
-same run without the budget, to show what the edges alone bound.
+Then a live-like run: 16 streams at ``rate: native`` (25 frames/s each) of the sample re-encoded
+as a live camera sends it (H.264 without B-frames: with the file's B-pyramid a frame cannot leave
+the decoder until up to 5 later packets arrived, 200 ms at 25 frames/s, over the bound by itself),
+``drop_oldest`` edges of capacity 2 in front of prepare and infer, ``max_size: auto``, and the
+target's own bound (2 x a batch-1 run measured alone + max_delay_ms) as ``latency_budget_ms`` on
+decode, prepare and infer. It checks the target "p99 latency stays under 2x the model's batch
+inference time plus max_delay_ms", where the batch inference time is the mean time of the model's
+own runs (``session.run``) in that same run, and prints how many decoded frames were dropped, and
+where, next to p50/p99. Then the same run without the budget, to show what the edges alone bound.
 
 The ``latency_ms`` breakdown lines show the mean of each field and the part of ``total`` no field
 accounts for. ``--repeat R`` runs every contender R times, interleaved, and keeps the fastest run
@@ -61,6 +65,7 @@ from pipeline.config import parse_config
 from pipeline.engines.onnxruntime import choose_providers
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.modelstore import model_path
+from pipeline.results import LATENCY_KEYS
 from pipeline.runner import Runner
 from pipeline.service import run_pipeline
 from stages.infer import Infer
@@ -212,6 +217,8 @@ class Outcome:
     dropped: int = 0
     drops: dict[str, int] = field(default_factory=dict)
     auto_note: str = ""
+    model_ms: float | None = None
+    """The mean of the infer stage's model runs (``session.run`` alone, not its wait for a thread)."""
 
     @property
     def frames(self) -> int:
@@ -255,6 +262,7 @@ def pipeline_dict(
     native: bool = False,
 ) -> dict[str, Any]:
     live_edge = {"capacity": 2, "policy": "drop_oldest"}
+    budget = batch.get("latency_budget_ms")
     sources = [
         {
             "name": f"v{i}",
@@ -270,16 +278,22 @@ def pipeline_dict(
         "inputs": ["prep"],
         "params": {"model": MODEL, "intra_op_threads": setup.intra_op_threads, "batch": batch},
     }
+    decode: dict[str, Any] = {"name": "decode", "type": "decode", "inputs": [s["name"] for s in sources]}
     if native:
         prep["edge"] = live_edge
         det["edge"] = live_edge
+        # 16 streams share the cores: FFmpeg's frame threads would only hold each frame back.
+        decode["params"] = {"threads": 1}
+    if budget is not None:
+        decode.setdefault("params", {})["latency_budget_ms"] = budget
+        prep["params"]["latency_budget_ms"] = budget
     return {
         "pipeline": name,
         "nats": {"url": setup.nats_url, "prefix": PREFIX},
         "runtime": {"threads": setup.threads},
         "stages": [
             *sources,
-            {"name": "decode", "type": "decode", "inputs": [s["name"] for s in sources]},
+            decode,
             prep,
             det,
             {"name": "text", "type": "text_detection", "inputs": ["det"]},
@@ -307,10 +321,12 @@ async def run_streamgraph(
     messages = summarize_messages(received)
     stage = runners[0].graph.nodes["det"].stage
     mean_batch: float | None = None
+    model_ms: float | None = None
     auto_note = ""
     if isinstance(stage, Infer) and hasattr(stage, "batcher"):
         batcher = stage.batcher
         mean_batch = batcher.batched_items / batcher.batches if batcher.batches else None
+        model_ms = batcher.mean_model_ms
         adaptive = batcher.adaptive
         if adaptive is not None:
             costs = ", ".join(
@@ -329,6 +345,7 @@ async def run_streamgraph(
         dropped=summary.stats.dropped,
         drops=summary.stats.drops_by_reason(),
         auto_note=auto_note,
+        model_ms=model_ms,
     )
 
 
@@ -438,6 +455,23 @@ def cut_clip(source: Path, frames: int, out_dir: Path) -> tuple[Path, int]:
     return out, kept
 
 
+def live_clip(source: Path, out_dir: Path) -> Path:
+    """``source`` re-encoded as a live camera sends it: H.264 without B-frames, a keyframe every 2 s."""
+    out = out_dir / f"{source.stem}-live.mp4"
+    with av.open(str(source)) as src, av.open(str(out), "w") as dst:
+        video = src.streams.video[0]
+        stream = dst.add_stream("libx264", rate=video.average_rate or NATIVE_FPS)
+        stream.width, stream.height, stream.pix_fmt = video.width, video.height, "yuv420p"
+        stream.options = {"bf": "0", "g": str(2 * NATIVE_FPS), "preset": "veryfast"}
+        for frame in src.decode(video):
+            frame.pts = None
+            for packet in stream.encode(frame):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    return out
+
+
 def model_alone(card: ModelCard, intra_op_threads: int, sizes: Sequence[int], repeats: int) -> dict[int, float]:
     """ms per frame of ``session.run`` at each batch size, on a real prepared frame, nothing else running."""
     assert card.preprocess is not None
@@ -532,6 +566,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--native-budget-only", action="store_true", help="skip the native run without latency_budget_ms"
     )
+    parser.add_argument(
+        "--native-b-frames",
+        action="store_true",
+        help="play the sample as it is (B-frames) in the native run, not re-encoded as a camera sends",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     if args.quick:
@@ -601,7 +640,7 @@ async def bench(args: argparse.Namespace, server: NatsServer, collector: Collect
 
 def breakdown_text(messages: Messages) -> str:
     """Mean ``latency_ms`` fields, and the part of ``total`` that none of them accounts for."""
-    fields = ("decode", "queue", "prepare", "batch_wait", "infer", "post", "publish")
+    fields = LATENCY_KEYS
     means = messages.breakdown_ms
     parts = [f"{key} {means[key]:.0f}" for key in fields if key in means]
     accounted = sum(means.get(key, 0.0) for key in fields)
@@ -612,11 +651,16 @@ def breakdown_text(messages: Messages) -> str:
 async def native_run(args: argparse.Namespace, setup: Setup, collector: Collector, work_dir: Path) -> None:
     frames = max(1, round(args.native_seconds * NATIVE_FPS))
     clip, frames = cut_clip(SAMPLE, frames, work_dir)
+    if not args.native_b_frames:
+        clip = live_clip(clip, work_dir)
     n = args.native_streams
+    kind = "the file as it is, B-frames" if args.native_b_frames else "re-encoded without B-frames, as a camera sends"
     print()
     print(
         f"rate: native, {n} streams x {NATIVE_FPS} frames/s for {frames / NATIVE_FPS:.0f} s "
-        f"({n * NATIVE_FPS} frames/s offered); edge {{capacity: 2, policy: drop_oldest}} in front of prep and det; "
+        f"({n * NATIVE_FPS} frames/s offered) of {clip.name} "
+        f"({kind}); "
+        f"decode threads 1; edge {{capacity: 2, policy: drop_oldest}} in front of prep and det; "
         f"batch {{max_size: auto, max_delay_ms: {args.max_delay_ms:g}}} plus:",
         flush=True,
     )
@@ -629,22 +673,27 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
             print("- no latency_budget_ms (for contrast: what the edges alone bound)", flush=True)
         else:
             batch["latency_budget_ms"] = budget
-            print(f"- latency_budget_ms: {budget:g}{args.budget_note}", flush=True)
+            print(f"- latency_budget_ms: {budget:g} on decode, prep and det{args.budget_note}", flush=True)
         name = f"native-{n}-{'none' if budget is None else round(budget)}"
         row = await run_streamgraph("sg native", name, setup, collector, n, batch, clip=clip, native=True)
         print_native(row, frames)
-        if budget is not None:
-            print_target(row, args.max_delay_ms)
+        print_target(row, args.max_delay_ms, args.alone_batch1_ms)
 
 
 def print_native(row: Outcome, frames: int) -> None:
     drops = ", ".join(f"{where} {count}" for where, count in sorted(row.drops.items())) or "none"
-    print(f"  decoded {row.decoded}, published {row.frames} ({row.fps:.1f} frames/s), dropped {row.dropped} ({drops})")
+    share = 100.0 * row.dropped / max(1, row.decoded)
+    print(
+        f"  decoded {row.decoded}, published {row.frames} "
+        f"({row.fps:.1f} frames/s), dropped {row.dropped} = {share:.1f}% of decoded ({drops})"
+    )
     if row.frames:
         batch_text = f"{row.mean_batch:.2f}" if row.mean_batch is not None else "-"
+        model_text = f"{row.model_ms:.1f}" if row.model_ms is not None else "-"
         print(
             f"  latency p50 {row.percentile(50):.0f} ms, p99 {row.percentile(99):.0f} ms, max "
-            f"{row.percentile(100):.0f} ms; mean batch {batch_text}; mean latency_ms.infer {row.infer_ms:.1f} ms"
+            f"{row.percentile(100):.0f} ms ({row.frames} frames published, {share:.1f}% of decoded dropped); "
+            f"mean batch {batch_text}; model run {model_text} ms (mean latency_ms.infer {row.infer_ms:.1f} ms)"
         )
         print(f"  mean latency_ms of the published frames: {breakdown_text(row.messages)}")
         behind = row.messages.behind_live_ms
@@ -659,21 +708,27 @@ def print_native(row: Outcome, frames: int) -> None:
         print(f"  auto: {row.auto_note}")
 
 
-def print_target(row: Outcome, max_delay_ms: float) -> None:
+def print_target(row: Outcome, max_delay_ms: float, alone_ms: float) -> None:
+    """The target, with the batch inference time measured in this run (the model's own runs, not
+    their wait for a thread), and again with the stricter time of one batch-1 run measured alone."""
     claim = (
         f"target: p99 latency at {row.streams} streams with rate: native stays under 2x the model's batch "
         "inference time plus max_delay_ms"
     )
-    if not row.frames:
-        print(f"{claim}: no frame published, nothing to measure: FAIL")
+    if not row.frames or row.model_ms is None:
+        print(f"  {claim}: no frame published, nothing to measure: FAIL")
         return
-    target = 2.0 * row.infer_ms + max_delay_ms
     p99 = row.percentile(99)
-    verdict = "PASS" if p99 < target else "FAIL"
+    for label, run_ms in (("model runs in this run", row.model_ms), ("stricter, batch 1 alone", alone_ms)):
+        bound = 2.0 * run_ms + max_delay_ms
+        verdict = "PASS" if p99 < bound else "FAIL"
+        print(
+            f"  {claim} ({label}): p99 {p99:.0f} ms vs bound 2 x {run_ms:.1f} + {max_delay_ms:g} = {bound:.0f} ms: "
+            f"{verdict}"
+        )
     print(
-        f"{claim}: p99 {p99:.0f} ms vs 2 x {row.infer_ms:.1f} + {max_delay_ms:g} = {target:.0f} ms: {verdict} "
-        f"(measured on the {row.frames} of {row.decoded} decoded frames that were published, "
-        f"{100.0 * row.frames / max(1, row.decoded):.1f}%)"
+        f"  (on the {row.frames} published frames; {row.dropped} of {row.decoded} decoded frames, "
+        f"{100.0 * row.dropped / max(1, row.decoded):.1f}%, were dropped to keep it)"
     )
 
 
@@ -705,6 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     args.budget_note = ""
+    args.alone_batch1_ms = costs[1]
     if args.latency_budget_ms is None:
         # The latency the target allows, from the model's time measured alone: the budget a user would set.
         args.latency_budget_ms = round(2.0 * costs[1] + args.max_delay_ms)
