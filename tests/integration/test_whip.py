@@ -160,78 +160,88 @@ async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[s
             yield kind, json.loads(line.removeprefix("data: "))
 
 
-async def test_whip_publish_results_then_delete(nats_server: Any, av_sample: Path) -> None:
+@dataclass
+class Session:
+    recorder: Recorder
+    running: Running
+    http: aiohttp.ClientSession
+    peer: Publisher
+
+
+@asynccontextmanager
+async def publishing(nats_url: str, media: Path) -> AsyncIterator[Session]:
+    """A recorder on NATS, the pipeline, and a peer ready to publish ``media`` (closed after)."""
     async with (
-        Recorder(nats_server.url, PIPELINE) as recorder,
-        running_pipeline(nats_server.url, whip_config()) as running,
+        Recorder(nats_url, PIPELINE) as recorder,
+        running_pipeline(nats_url, whip_config()) as running,
         aiohttp.ClientSession() as http,
     ):
-        peer = Publisher(http, running.url, av_sample)
+        peer = Publisher(http, running.url, media)
         try:
-            await peer.publish("cam1")
-            source = whip_source(running.runner, "cam1")
-            async with http.get(f"{running.url}/streams/cam1/results") as sse:
-                assert sse.status == 200 and sse.content_type == "text/event-stream"
-                await until(lambda: len(results_of(recorder, "cam1")) >= 20, "results for cam1")
-                await until(
-                    lambda: any(r["time_base"] == "1/16000" for r in results_of(recorder, "cam1")),
-                    "audio windows for cam1",
-                )
-                video = [r for r in results_of(recorder, "cam1") if "frame" in r]
-                assert video and video[0]["frame"] == {"width": 640, "height": 360}
-                assert [r["seq"] for r in video] == sorted(r["seq"] for r in video)
-                assert recorder.recording.event_names("cam1")[0] == "started"
-
-                # A duplicate id is the control's 409; a wrong session a 404; the stream goes on.
-                async with http.post(
-                    f"{running.url}/whip/cam1", data="v=0", headers={"Content-Type": "application/sdp"}
-                ) as response:
-                    assert response.status == 409, await response.text()
-                async with http.delete(f"{running.url}/whip/cam1/not-the-session") as response:
-                    assert response.status == 404
-                    assert "error" in await response.json()
-
-                async with http.delete(running.url + peer.location) as response:
-                    assert response.status == 200, await response.text()
-                assert await ended_reason(recorder, "cam1") == "stopped"
-                # The relay passed on the stream's messages and ends after its `ended` event.
-                relayed = [(kind, body) async for kind, body in read_events(sse)]
-            assert any(kind == "result" and body["stream_id"] == "cam1" for kind, body in relayed)
-            assert relayed[-1][0] == "event" and relayed[-1][1]["event"] == "ended"
-
-            # Every resource is released: the stream is gone, the peer connection closed.
-            assert not listed(running.runner, "cam1")
-            assert source.pc.connectionState == "closed"
-            assert not source._readers
-            counters = running.runner.stats.stream("cam1")
-            assert counters.decoded == counters.published + counters.dropped + counters.consumed
-            # Its session is gone with it.
-            async with http.delete(running.url + peer.location) as response:
-                assert response.status == 404
+            yield Session(recorder, running, http, peer)
         finally:
             await peer.close()
+
+
+async def assert_released(runner: Runner, source: Any, stream_id: str) -> None:
+    """The stream is gone, its peer connection closed, its track readers done, every frame counted."""
+    await until(lambda: not listed(runner, stream_id), f"{stream_id} leaving /streams")
+    assert source.pc.connectionState == "closed"
+    assert not source._readers
+    counters = runner.stats.stream(stream_id)
+    assert counters.decoded == counters.published + counters.dropped + counters.consumed
+
+
+async def test_whip_publish_results_then_delete(nats_server: Any, av_sample: Path) -> None:
+    async with publishing(nats_server.url, av_sample) as session:
+        recorder, url, http, peer = session.recorder, session.running.url, session.http, session.peer
+        await peer.publish("cam1")
+        source = whip_source(session.running.runner, "cam1")
+        async with http.get(f"{url}/streams/cam1/results") as sse:
+            assert sse.status == 200 and sse.content_type == "text/event-stream"
+            await until(lambda: len(results_of(recorder, "cam1")) >= 20, "results for cam1")
+            await until(
+                lambda: any(r["time_base"] == "1/16000" for r in results_of(recorder, "cam1")),
+                "audio windows for cam1",
+            )
+            video = [r for r in results_of(recorder, "cam1") if "frame" in r]
+            assert video and video[0]["frame"] == {"width": 640, "height": 360}
+            assert [r["seq"] for r in video] == sorted(r["seq"] for r in video)
+            assert recorder.recording.event_names("cam1")[0] == "started"
+
+            # A duplicate id is the control's 409; a wrong session a 404; the stream goes on.
+            sdp = {"Content-Type": "application/sdp"}
+            async with http.post(f"{url}/whip/cam1", data="v=0", headers=sdp) as response:
+                assert response.status == 409, await response.text()
+            async with http.delete(f"{url}/whip/cam1/not-the-session") as response:
+                assert response.status == 404
+                assert "error" in await response.json()
+
+            async with http.delete(url + peer.location) as response:
+                assert response.status == 200, await response.text()
+            assert await ended_reason(recorder, "cam1") == "stopped"
+            # The relay passed on the stream's messages and ends after its `ended` event.
+            relayed = [(kind, body) async for kind, body in read_events(sse)]
+        assert any(kind == "result" and body["stream_id"] == "cam1" for kind, body in relayed)
+        assert relayed[-1][0] == "event" and relayed[-1][1]["event"] == "ended"
+        await assert_released(session.running.runner, source, "cam1")
+        # Its session is gone with it.
+        async with http.delete(url + peer.location) as response:
+            assert response.status == 404
 
 
 async def test_whip_peer_closes(nats_server: Any, av_sample: Path) -> None:
-    async with (
-        Recorder(nats_server.url, PIPELINE) as recorder,
-        running_pipeline(nats_server.url, whip_config()) as running,
-        aiohttp.ClientSession() as http,
-    ):
-        peer = Publisher(http, running.url, av_sample)
-        try:
-            answer = await peer.publish("cam2", tracks="video")
-            # Audio was not asked for: the peer is told not to send it.
-            audio_section = answer[answer.index("m=audio") :]
-            assert "a=inactive" in audio_section.split("m=video")[0]
-            source = whip_source(running.runner, "cam2")
-            await until(lambda: len(results_of(recorder, "cam2")) >= 5, "results for cam2")
-        finally:
-            await peer.close()
+    async with publishing(nats_server.url, av_sample) as session:
+        recorder = session.recorder
+        answer = await session.peer.publish("cam2", tracks="video")
+        # Audio was not asked for: the peer is told not to send it.
+        audio_section = answer[answer.index("m=audio") :]
+        assert "a=inactive" in audio_section.split("m=video")[0]
+        source = whip_source(session.running.runner, "cam2")
+        await until(lambda: len(results_of(recorder, "cam2")) >= 5, "results for cam2")
+        await session.peer.close()
         assert await ended_reason(recorder, "cam2") == "eof"
-        await until(lambda: not listed(running.runner, "cam2"), "cam2 leaving /streams")
-        assert source.pc.connectionState == "closed"
-        assert not source._readers
+        await assert_released(session.running.runner, source, "cam2")
         assert recorder.recording.event_names("cam2") == ["started", "ended"]
         assert all("frame" in r for r in results_of(recorder, "cam2"))  # video only
 
