@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import av
@@ -37,6 +38,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from pydantic import Field
 
+from pipeline.errors import ConfigError
 from pipeline.media import (
     AudioCodecParams,
     EncodedPacket,
@@ -137,6 +139,14 @@ class WhipSource(Source):
     @property
     def stream_id(self) -> str:
         return self.params.id
+
+    def check(self, base_dir: Path) -> None:
+        # Only a stage of the YAML is checked; a stream added at run time never is.
+        raise ConfigError(
+            "type",
+            "a whip peer arrives by POST /whip/<id>: give the pipeline a 'type: streams' source, "
+            "and each WHIP publisher becomes one of its streams",
+        )
 
     # --- negotiation (called by the WHIP route) -------------------------------------------------
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
 from pipeline.config import parse_config
+from pipeline.errors import ConfigError
 from pipeline.runner import Runner
-from pipeline.service import run_pipeline
+from pipeline.service import build, run_pipeline
 
 from .support import ROOT, Recorder
 
@@ -284,3 +286,10 @@ async def test_whip_refusals(nats_server: Any) -> None:
         async with http.get(f"{url}/publish") as r:
             assert r.status == 200 and r.content_type == "text/html"
             assert "/whip/" in await r.text()
+
+
+def test_whip_is_not_a_yaml_source() -> None:
+    config = whip_config()
+    config["stages"][0] = {"name": "peers", "type": "whip", "params": {"id": "cam"}}
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.type: .*type: streams"):
+        build(parse_config(config, base_dir=ROOT))
