@@ -82,6 +82,8 @@ class _Whip:
             await control.remove(spec.id)
             raise
         session = secrets.token_urlsafe(12)
+        running = {s["id"] for s in control.list()}  # forget the sessions of streams that ended
+        self._sessions = {sid: known for sid, known in self._sessions.items() if sid in running}
         self._sessions[stream_id] = session
         location = f"/whip/{stream_id}/{session}"
         return web.Response(status=201, text=answer, content_type=SDP, headers={"Location": location})
