@@ -206,11 +206,14 @@ async def test_video_packets_are_ignored_and_not_counted(make_ctx, ramp_wav):
     assert (counters.decoded, counters.dropped, counters.packets_dropped, counters.consumed) == (0, 0, 0, 0)
 
 
-async def test_non_packets_pass_through(make_ctx):
+async def test_decoded_audio_passes_through_and_decoded_video_is_left_to_decode(make_ctx):
     stage = await started(make_ctx)
-    frame = VideoFrame(np.zeros((2, 2, 3), np.uint8), 0, Fraction(1, 30), 2, 2)
-    item = Item(stream_id="cam", media=frame, capture_time=0.0, seq=3)
+    chunk = AudioChunk(np.zeros((1, 4), np.float32), 0, Fraction(1, 16000), 16000)
+    item = Item(stream_id="cam", media=chunk, capture_time=0.0, seq=3)
     assert list(await stage.process(item)) == [item]
+    # A source that decodes itself (whip) sends decoded frames: decode passes them on, not this.
+    frame = VideoFrame(np.zeros((2, 2, 3), np.uint8), 0, Fraction(1, 30), 2, 2)
+    assert list(await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=4))) == []
 
 
 async def test_audio_packet_for_a_stream_without_audio_is_a_stream_error(make_ctx, ramp_wav):
