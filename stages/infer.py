@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request, Superseded
-from pipeline.engines import Engine, EngineOptions, create_engine
+from pipeline.engines import Engine, EngineKind, EngineOptions, create_engine
 from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, StreamInfo
 from pipeline.modelcard import ModelCard, load_model_card
@@ -61,7 +62,10 @@ class InferParams(StageParams):
     """Model card name or path."""
     input: str | None = None
     """The stage whose tensor feeds the model; defaults to this stage's first input."""
-    engine: Literal["auto", "onnxruntime"] = "auto"
+    engine: EngineKind = "auto"
+    """``auto``: TensorRT, else ONNX Runtime with CUDA, else ONNX Runtime on the CPU (logged)."""
+    fp16: bool = False
+    """TensorRT only: let it use half precision where that is faster."""
     providers: list[str] | None = None
     """ONNX Runtime execution providers, in order; default: the best installed."""
     intra_op_threads: int = Field(default=0, ge=0)
@@ -107,9 +111,12 @@ class Infer(Stage):
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         card = self._load_card(ctx.base_dir)
+        batch = self.params.batch
         options = EngineOptions(
             providers=tuple(self.params.providers) if self.params.providers else None,
             intra_op_threads=self.params.intra_op_threads,
+            max_batch=batch.size_limit if batch.max_size == "auto" else batch.max_size,
+            fp16=self.params.fp16,
         )
         self.card = card
         self.engine: Engine = await ctx.run_blocking(create_engine, self.params.engine, card, options)
@@ -126,7 +133,10 @@ class Infer(Stage):
         self._state = _StreamStates(card)
         self._ran_seq: dict[str, int] = {}
         """The seq of each stream's item that ran last: a later one that does not follow it resets the state."""
-        batch = self.params.batch
+        # The model gets a thread of its own: in the shared pool a batch would queue behind the
+        # demuxing, decoding and preparing of every stream, and wait there longer than it runs.
+        # One thread is enough: the batcher runs one batch at a time, and the engine uses the cores.
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
         self.batcher: Batcher[_Work] = Batcher(
             self._run_batch,
             BatchPolicy(
@@ -143,6 +153,8 @@ class Infer(Stage):
     async def stop(self) -> None:
         if hasattr(self, "batcher"):
             self.batcher.cancel()  # every item is through or counted by now: nobody awaits the rest
+        if hasattr(self, "_model_thread"):
+            self._model_thread.shutdown(wait=False, cancel_futures=True)
 
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.live:
@@ -199,7 +211,7 @@ class Infer(Stage):
         )
 
     async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
-        return await self.ctx.run_blocking(self._infer, requests)
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._infer, requests)
 
     def _infer(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
         streams = [r.stream_id for r in requests]
@@ -214,6 +226,7 @@ class Infer(Stage):
         began = time.perf_counter()
         outputs = self.engine.infer(feeds)
         model_s = time.perf_counter() - began
+        self.ctx.metrics.observe_batch(self.name, self.card.name, len(requests), model_s)
         for request in requests:
             request.model_s = model_s
         self._state.scatter(streams, outputs)
