@@ -150,7 +150,8 @@ class FileSource(Source):
         info = StreamInfo(
             stream_id=stream_id,
             uri=str(path),
-            live=False,
+            # Paced like a camera, it is treated like one: a slow graph drops frames instead of lagging.
+            live=self.params.rate == "native",
             video=demuxer.video,
             frame_rate=Fraction(rate) if rate else None,
             frame_count=None if self.params.loop else demuxer.video_frames or None,
@@ -174,6 +175,7 @@ class FileSource(Source):
         last_end: dict[TrackKind, Fraction] = {}  # seconds, shifted
         origin: Fraction | None = None  # the first packet's time: pacing starts there
         started_wall = time.monotonic()
+        started_epoch = time.time()
         read = 0
         while not self.stopping.is_set() and stream_id not in self._stopped_streams:
             try:
@@ -210,7 +212,10 @@ class FileSource(Source):
                 break
             read += 1
             media = EncodedPacket(packet, pts, time_base, bool(packet.is_keyframe), kind)
-            await emit(Item(stream_id=stream_id, media=media, capture_time=time.time()))
+            # At native rate a packet was "captured" when its schedule says, not when it was read:
+            # a source that falls behind (a full edge) shows the lag as latency instead of hiding it.
+            captured = started_epoch + float(at - origin) if self.params.rate == "native" else time.time()
+            await emit(Item(stream_id=stream_id, media=media, capture_time=captured))
         if stream_id in self._stopped_streams or self.stopping.is_set():
             # A source ends every stream it started, even one a stage failed (that stage has
             # sent its error downstream already and swallows this end).
