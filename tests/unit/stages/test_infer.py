@@ -73,6 +73,10 @@ async def test_prepare_then_infer_gives_a_probability_map_of_the_tensor_size(mak
     assert float(probability[0, y1:y2, x1:x2].max()) > 0.5
     # ...and the frame is mostly background.
     assert float(np.median(probability)) < 0.1
+    # The run is in the metrics: one batch of one, with its model time.
+    scrape = infer.ctx.metrics.render().decode()
+    assert f'streamgraph_batch_size_count{{model="{MODEL}",pipeline="detached",stage="det"}} 1.0' in scrape
+    assert f'streamgraph_inference_seconds_count{{model="{MODEL}",pipeline="detached",stage="det"}} 1.0' in scrape
 
 
 async def test_input_param_picks_the_tensor_to_feed(make_ctx, sample_frame):
