@@ -52,6 +52,7 @@ import threading
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -460,11 +461,14 @@ def live_clip(source: Path, out_dir: Path) -> Path:
     out = out_dir / f"{source.stem}-live.mp4"
     with av.open(str(source)) as src, av.open(str(out), "w") as dst:
         video = src.streams.video[0]
-        stream = dst.add_stream("libx264", rate=video.average_rate or NATIVE_FPS)
+        rate = int(video.average_rate or NATIVE_FPS)
+        stream = dst.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = video.width, video.height, "yuv420p"
         stream.options = {"bf": "0", "g": str(2 * NATIVE_FPS), "preset": "veryfast"}
-        for frame in src.decode(video):
-            frame.pts = None
+        for index, frame in enumerate(src.decode(video)):
+            # Frame n at n/rate seconds: the encoder's time base is 1/rate (None would leave every
+            # packet at pts 0, and a native-rate source would read the file flat out).
+            frame.pts, frame.time_base = index, Fraction(1, rate)
             for packet in stream.encode(frame):
                 dst.mux(packet)
         for packet in stream.encode():
