@@ -11,6 +11,7 @@ packet would break every frame that refers to it, up to the next keyframe.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ class DecodeParams(StageParams):
     """Packets in a row that fail to decode before the stream is declared broken."""
     latency_budget_ms: float | None = Field(default=None, gt=0)
     """Frames older than this (since capture) when decoded are dropped, not converted (live)."""
+    streams_at_once: int = Field(default=4, ge=1)
+    """Streams decoded side by side in the thread pool; one stream's packets always go one at a
+    time, in order. 1: one packet of any stream at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,9 @@ class _StreamDecoder:
     errors_in_row: int = 0
     sent: dict[int, _Sent] = field(default_factory=dict)
     """By pts: the packets whose frames have not come out yet."""
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while one of the stream's packets decodes: a codec takes its packets one by one, in
+    order (the lock is first come, first served, and items start in arrival order)."""
 
 
 @register_stage("decode")
@@ -67,6 +74,12 @@ class Decode(Stage):
     def __init__(self, name: str, params: DecodeParams) -> None:
         super().__init__(name, params)
         self._streams: dict[str, _StreamDecoder] = {}
+
+    @property
+    def max_in_flight(self) -> int:
+        # One decode stage serves every stream: one packet at a time, it would be the bottleneck
+        # of many streams long before the cores are.
+        return self.params.streams_at_once
 
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.video is None:
@@ -87,6 +100,10 @@ class Decode(Stage):
         state = self._streams.get(item.stream_id)
         if state is None:
             raise StreamError(item.stream_id, "decode: packet for a stream that has no video codec")
+        async with state.turn:
+            return await self._decode_packet(item, packet, state)
+
+    async def _decode_packet(self, item: Item, packet: EncodedPacket, state: _StreamDecoder) -> Sequence[Item]:
         state.sent[packet.pts or 0] = _Sent(item.capture_time, item.timings_ms, time.perf_counter())
         state.time_base = packet.time_base
         try:
@@ -107,7 +124,8 @@ class Decode(Stage):
             return ()
         # Flush even after a source error (a truncated file): the frames it already read are real.
         try:
-            frames = await self.ctx.run_blocking(_decode, state.codec, None, state.time_base, self._wanted(state))
+            async with state.turn:
+                frames = await self.ctx.run_blocking(_decode, state.codec, None, state.time_base, self._wanted(state))
         except av.FFmpegError as exc:
             self.ctx.logger.warning("stream %s: flushing the decoder failed: %s", eos.stream_id, exc)
             return ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -235,3 +236,25 @@ async def test_frames_over_the_budget_are_decoded_but_dropped_unconverted(make_c
     for item in items:
         level = 20 * item.seq
         assert abs(float(item.media.data.mean()) - level) < 6
+
+
+async def test_packets_started_together_decode_in_order_per_stream(make_ctx, h264_file):
+    """As the stage runner starts them: every packet of two streams in flight at once. Each
+    stream's packets still reach its codec one at a time in arrival order (else frames would be
+    wrong or lost), while the two streams decode side by side."""
+    info, packets = demux(h264_file)
+    other = StreamInfo("other", info.uri, info.live, info.video)
+    decoder = await started_decoder(make_ctx, streams_at_once=8)
+    assert decoder.max_in_flight == 8
+    await decoder.on_stream_added(info)
+    await decoder.on_stream_added(other)
+    calls = [decoder.process(packet_item(packet, sid)) for packet in packets for sid in ("cam", "other")]
+    outcomes = await asyncio.gather(*calls)
+    frames: dict[str, list[Item]] = {"cam": [], "other": []}
+    for (_, sid), items in zip([(p, s) for p in packets for s in ("cam", "other")], outcomes, strict=True):
+        frames[sid] += items
+    for sid in ("cam", "other"):
+        frames[sid] += await decoder.on_stream_ended(EndOfStream(sid))
+        assert [i.seq for i in frames[sid]] == list(range(FRAMES))
+        levels = [int(np.median(i.media.data)) for i in frames[sid]]
+        assert all(abs(level - 20 * index) <= 3 for index, level in enumerate(levels)), levels
