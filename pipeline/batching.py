@@ -190,9 +190,12 @@ class AdaptiveSize:
         for size in measured[1:]:
             if size / self.cost_s[size] > (1 + self.margin) * best / self.cost_s[best]:
                 best = size
-        # While the biggest size tried is also the best, the next size up gets its turn.
-        untried = [s for s in self.sizes if s > best and s not in self.cost_s]
-        return untried[0] if best == measured[-1] and untried else best
+        # While the biggest size that fits is also the best, the next size up gets its turn, if
+        # it has not had one: a size measured over the budget rules out every size above it.
+        following = [s for s in self.sizes if s > best]
+        if best == measured[-1] and following and following[0] not in self.cost_s:
+            return following[0]
+        return best
 
     def _neighbour(self) -> int:
         index = self.sizes.index(self.current)

@@ -394,6 +394,16 @@ def test_auto_keeps_inside_the_latency_budget():
     assert converge(lambda n: 0.010 + 0.002 * n, budget_ms=50) == 4
 
 
+def test_auto_never_jumps_past_a_size_measured_over_the_budget():
+    # Under load: batch 1 fits a 150 ms budget (2 x 68 ms), 2, 4 and 8 were measured over it.
+    # Batch 16, never tried, is even slower: it must not be picked because it is untried.
+    adaptive = AdaptiveSize(16, budget_ms=150)
+    for size, seconds in [(1, 0.068), (2, 0.156), (4, 0.500), (8, 0.624)]:
+        adaptive.record(size, seconds)
+        adaptive.record(size, seconds)  # the first run of a size does not count
+    assert adaptive.current == 1
+
+
 def test_auto_follows_a_change_in_cost():
     adaptive = AdaptiveSize(16)
     cheap_big = lambda n: 0.010 + 0.001 * n  # noqa: E731
