@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
 from pipeline.media import EncodedPacket, Item, VideoFrame
 from pipeline.modelcard import Preprocess
-from stages.vision import Geometry, Prepare, PreparedTensor, PrepareParams, prepare_image
+from stages.vision import Geometry, Prepare, PreparedTensor, PrepareParams, prepare_image, resize_bilinear
 
 BGR = (10, 20, 30)
 
@@ -194,3 +195,16 @@ def test_per_channel_normalization_matches_the_formula_in_both_layouts():
         if layout == "NCHW":
             expected = expected.transpose(2, 0, 1)
         np.testing.assert_allclose(prepared, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(352, 640), (48, 100), (720, 1280), (100, 37), (360, 640)])
+def test_the_device_resize_samples_as_opencv_does(size):
+    """``resize_bilinear`` is what the GPU path runs (with CuPy); with numpy it must give
+    OpenCV's float ``INTER_LINEAR`` result, up, down, and by uneven factors."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    height, width = size
+    expected = cv2.resize(image.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    got = resize_bilinear(image, height, width, np)
+    assert got.dtype == np.float32 and got.shape == (height, width, 3)
+    assert np.abs(got - expected).max() <= 1e-3
