@@ -72,13 +72,33 @@ class EncodedPacket:
 
 @dataclass(frozen=True, slots=True)
 class VideoFrame:
-    """Decoded pixels: ``data`` is HxWx3 uint8 BGR (numpy on the CPU, a CUDA array on the GPU)."""
+    """Decoded pixels: ``data`` is HxWx3 uint8 BGR (numpy on the CPU, a CUDA array on the GPU).
+
+    A decoder may hand the frame over still in its own format (``decoded``, a PyAV frame) with
+    ``data`` None: the conversion (most of a CPU decoder's cost) is then paid by the first stage
+    that calls ``bgr()``, so a frame dropped on its way (a live stream the graph cannot keep up
+    with drops most) never pays it.
+    """
 
     data: Any
     pts: int
     time_base: Fraction
     width: int
     height: int
+    decoded: Any = None
+    """The decoder's own frame while ``data`` is not converted yet."""
+
+    def bgr(self) -> Any:
+        """The BGR array, converted on first use. Blocking: call it in the thread pool."""
+        data = self.data
+        if data is None:
+            decoded = self.decoded
+            if decoded is None:  # another thread converted it meanwhile
+                return self.data
+            data = decoded.to_ndarray(format="bgr24")
+            object.__setattr__(self, "data", data)  # a cache: the frame's value does not change
+            object.__setattr__(self, "decoded", None)
+        return data
 
     @property
     def time_s(self) -> float:

@@ -174,13 +174,8 @@ def _decode(codec: Any, packet: Any, time_base: Any, wanted: Callable[[int], boo
         if not wanted(pts):
             frames.append(pts)
             continue
+        # Converted to BGR by the first stage that needs the pixels (VideoFrame.bgr).
         frames.append(
-            VideoFrame(
-                data=frame.to_ndarray(format="bgr24"),
-                pts=pts,
-                time_base=time_base,
-                width=frame.width,
-                height=frame.height,
-            )
+            VideoFrame(data=None, pts=pts, time_base=time_base, width=frame.width, height=frame.height, decoded=frame)
         )
     return frames

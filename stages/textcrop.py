@@ -76,10 +76,11 @@ class TextCrops(Stage):
             )
         boxes: list[dict[str, Any]] = detection["boxes"]
         quads = [np.asarray(box["quad"], dtype=np.float32) for box in boxes]
-        item.tensors[self.name] = await self.ctx.run_blocking(self._crops, frame.data, quads)
+        item.tensors[self.name] = await self.ctx.run_blocking(self._crops, frame, quads)
         return (item,)
 
-    def _crops(self, image: np.ndarray, quads: list[np.ndarray]) -> list[PreparedTensor]:
+    def _crops(self, frame: VideoFrame, quads: list[np.ndarray]) -> list[PreparedTensor]:
+        image = frame.bgr()
         return [
             prepare_crop(
                 crop_quad(image, quad),

@@ -90,9 +90,7 @@ class Prepare(Stage):
         if overdue_ms(item.capture_time, self.params.latency_budget_ms) is not None:
             self.ctx.stats.drop_item(item, f"late:{self.name}")
             return ()
-        item.tensors[self.name] = await self.ctx.run_blocking(
-            prepare_image, frame.data, self.size, self.resize, self.spec
-        )
+        item.tensors[self.name] = await self.ctx.run_blocking(prepare_frame, frame, self.size, self.resize, self.spec)
         return (item,)
 
 
@@ -102,6 +100,11 @@ def load_preprocess(model: str, base_dir: Path) -> tuple[ModelCard, Preprocess]:
     if card.preprocess is None:
         raise ConfigError("params.model", f"model card {card.name!r} has no preprocess section")
     return card, card.preprocess
+
+
+def prepare_frame(frame: VideoFrame, size: tuple[int, int], resize: str, spec: Preprocess) -> PreparedTensor:
+    """``prepare_image`` on a frame's pixels (converted here, in the thread pool, if need be)."""
+    return prepare_image(frame.bgr(), size, resize, spec)
 
 
 def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preprocess) -> PreparedTensor:

@@ -84,7 +84,9 @@ async def test_decodes_every_frame_in_order_with_flush(make_ctx, h264_file):
         assert isinstance(frame, VideoFrame)
         assert item.stream_id == "cam"
         assert (frame.width, frame.height) == (SIZE, SIZE)
-        assert frame.data.shape == (SIZE, SIZE, 3)
+        assert frame.data is None  # converted by whoever needs the pixels first
+        assert frame.bgr().shape == (SIZE, SIZE, 3)
+        assert frame.data is frame.bgr() and frame.decoded is None  # once
         assert frame.data.dtype == np.uint8
         assert frame.time_base == packets[0].time_base
         assert abs(int(frame.data.mean()) - 20 * index) <= 3  # the right picture, in display order
@@ -231,11 +233,12 @@ async def test_frames_over_the_budget_are_decoded_but_dropped_unconverted(make_c
     assert counters.decoded == FRAMES
     late = counters.drops.get("late:decode", 0)
     assert late > 0 and late + len(items) == FRAMES
-    assert len(converted) == len(items)  # a dropped frame never became pixels
+    assert converted == []  # nothing is converted until a stage asks for the pixels
     # Every packet was decoded (references kept): the frames that came through are the right ones.
     for item in items:
         level = 20 * item.seq
-        assert abs(float(item.media.data.mean()) - level) < 6
+        assert abs(float(item.media.bgr().mean()) - level) < 6
+    assert len(converted) == len(items)  # a dropped frame never became pixels
 
 
 async def test_packets_started_together_decode_in_order_per_stream(make_ctx, h264_file):
@@ -256,5 +259,5 @@ async def test_packets_started_together_decode_in_order_per_stream(make_ctx, h26
     for sid in ("cam", "other"):
         frames[sid] += await decoder.on_stream_ended(EndOfStream(sid))
         assert [i.seq for i in frames[sid]] == list(range(FRAMES))
-        levels = [int(np.median(i.media.data)) for i in frames[sid]]
+        levels = [int(np.median(i.media.bgr())) for i in frames[sid]]
         assert all(abs(level - 20 * index) <= 3 for index, level in enumerate(levels)), levels
