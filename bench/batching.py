@@ -23,11 +23,13 @@ own thread and event loop. Throughput is frames received over the time from the 
 Then a live-like run: 16 streams at ``rate: native`` (25 frames/s each) of the sample re-encoded
 as a live camera sends it (H.264 without B-frames: with the file's B-pyramid a frame cannot leave
 the decoder until up to 5 later packets arrived, 200 ms at 25 frames/s, over the bound by itself),
-``drop_oldest`` edges of capacity 2 in front of prepare and infer, ``max_size: auto``, and the
-target's own bound (2 x a batch-1 run measured alone + max_delay_ms) as ``latency_budget_ms`` on
-decode, prepare and infer. It checks the target "p99 latency stays under 2x the model's batch
-inference time plus max_delay_ms", where the batch inference time is the mean time of the model's
-own runs (``session.run``) in that same run, and prints how many decoded frames were dropped, and
+``drop_oldest`` edges of capacity 2 in front of prepare and infer, ``max_size: auto``, one ONNX
+Runtime thread (``--native-intra-op-threads``: the other core decodes 400 frames/s), and 85% of
+the target's own bound (2 x a batch-1 run measured alone + max_delay_ms) as ``latency_budget_ms``
+on decode, prepare and infer (the margin is for the jitter of a run). It checks the target "p99
+latency stays under 2x the model's batch inference time plus max_delay_ms", where the batch
+inference time is the mean time of the model's own runs (``session.run``) in that same run, and
+prints how many decoded frames were dropped, and
 where, next to p50/p99. Then the same run without the budget, to show what the edges alone bound.
 
 The ``latency_ms`` breakdown lines show the mean of each field and the part of ``total`` no field
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -161,6 +164,9 @@ class Messages:
     """Mean of each ``latency_ms`` field."""
     first_capture: float
     last_receipt: float
+    steady_latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """``latencies_ms`` of the frames captured after the run's first second (start-up left out:
+    the first run of each batch shape, sources and decoders starting)."""
 
     @property
     def infer_ms(self) -> float:
@@ -189,12 +195,15 @@ def summarize_messages(received: list[tuple[float, bytes]]) -> Messages:
         for stream_id, _, received_at, media_time in timing
         if media_time is not None
     ]
+    first = min((t[1] for t in timing), default=0.0)
+    steady = [latency for latency, (_, capture, _, _) in zip(latencies, timing, strict=True) if capture >= first + 1.0]
     return Messages(
         count=len(received),
         latencies_ms=np.asarray(latencies, dtype=np.float64),
+        steady_latencies_ms=np.asarray(steady, dtype=np.float64),
         behind_live_ms=np.asarray(behind, dtype=np.float64),
         breakdown_ms={key: total / len(received) for key, total in sums.items()},
-        first_capture=min((t[1] for t in timing), default=0.0),
+        first_capture=first,
         last_receipt=max((t[2] for t in timing), default=0.0),
     )
 
@@ -558,11 +567,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--native-streams", type=int, default=16, help="streams of the rate: native run (0: skip it)")
     parser.add_argument("--native-seconds", type=float, default=10.0, help="length of the rate: native run")
     parser.add_argument(
+        "--native-intra-op-threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads per model run in the native run (default 1: the other cores decode)",
+    )
+    parser.add_argument(
         "--latency-budget-ms",
         type=float,
         default=None,
-        help="latency_budget_ms on infer in the native run (default: 2 x a batch-1 model run, measured alone, "
-        "plus max_delay_ms: the target's own bound)",
+        help="latency_budget_ms in the native run (default: 85%% of the target's bound, 2 x a batch-1 model "
+        "run measured alone plus max_delay_ms, leaving a margin for the run's jitter)",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each contender, interleaved; the table shows the fastest"
@@ -664,7 +679,8 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
         f"rate: native, {n} streams x {NATIVE_FPS} frames/s for {frames / NATIVE_FPS:.0f} s "
         f"({n * NATIVE_FPS} frames/s offered) of {clip.name} "
         f"({kind}); "
-        f"decode threads 1; edge {{capacity: 2, policy: drop_oldest}} in front of prep and det; "
+        f"decode threads 1; intra_op_threads {args.native_intra_op_threads}; "
+        f"edge {{capacity: 2, policy: drop_oldest}} in front of prep and det; "
         f"batch {{max_size: auto, max_delay_ms: {args.max_delay_ms:g}}} plus:",
         flush=True,
     )
@@ -679,9 +695,10 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
             batch["latency_budget_ms"] = budget
             print(f"- latency_budget_ms: {budget:g} on decode, prep and det{args.budget_note}", flush=True)
         name = f"native-{n}-{'none' if budget is None else round(budget)}"
-        row = await run_streamgraph("sg native", name, setup, collector, n, batch, clip=clip, native=True)
+        live_setup = dataclasses.replace(setup, intra_op_threads=args.native_intra_op_threads)
+        row = await run_streamgraph("sg native", name, live_setup, collector, n, batch, clip=clip, native=True)
         print_native(row, frames)
-        print_target(row, args.max_delay_ms, args.alone_batch1_ms)
+        print_target(row, args.max_delay_ms, args.native_alone_ms)
 
 
 def print_native(row: Outcome, frames: int) -> None:
@@ -730,6 +747,14 @@ def print_target(row: Outcome, max_delay_ms: float, alone_ms: float) -> None:
             f"  {claim} ({label}): p99 {p99:.0f} ms vs bound 2 x {run_ms:.1f} + {max_delay_ms:g} = {bound:.0f} ms: "
             f"{verdict}"
         )
+    steady = row.messages.steady_latencies_ms
+    if steady.size:
+        bound = 2.0 * row.model_ms + max_delay_ms
+        steady_p99 = percentile(steady, 99)
+        print(
+            f"  after the first second (start-up left out, {steady.size} frames): p50 {percentile(steady, 50):.0f} ms, "
+            f"p99 {steady_p99:.0f} ms vs {bound:.0f} ms: {'PASS' if steady_p99 < bound else 'FAIL'}"
+        )
     print(
         f"  (on the {row.frames} published frames; {row.dropped} of {row.decoded} decoded frames, "
         f"{100.0 * row.dropped / max(1, row.decoded):.1f}%, were dropped to keep it)"
@@ -764,11 +789,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     args.budget_note = ""
-    args.alone_batch1_ms = costs[1]
+    args.native_alone_ms = costs[1]
+    if args.native_streams > 0 and args.native_intra_op_threads != args.intra_op_threads:
+        args.native_alone_ms = model_alone(card, args.native_intra_op_threads, [1], repeats=3)[1]
+        print(f"model alone with {args.native_intra_op_threads} thread(s), batch 1: {args.native_alone_ms:.1f} ms")
     if args.latency_budget_ms is None:
-        # The latency the target allows, from the model's time measured alone: the budget a user would set.
-        args.latency_budget_ms = round(2.0 * costs[1] + args.max_delay_ms)
-        args.budget_note = " (the target's bound from the model alone: 2 x batch-1 run + max_delay_ms)"
+        # What a user would set: the target's bound from the model measured alone, less a margin for
+        # the jitter of a run on a busy machine (a frame admitted at the edge of the budget finishes
+        # that much later).
+        bound = 2.0 * args.native_alone_ms + args.max_delay_ms
+        args.latency_budget_ms = round(0.85 * bound)
+        args.budget_note = (
+            f" (85% of the target's bound from the model alone, 2 x batch-1 run + max_delay_ms = {bound:.0f})"
+        )
 
     with tempfile.TemporaryDirectory(prefix="streamgraph-bench-") as tmp, NatsServer() as server:
         collector = Collector(server.url)

@@ -180,7 +180,23 @@ class AdaptiveSize:
 
     def _fits(self, size: int) -> bool:
         # A request may wait for the run before its own, then its own: two runs must fit.
-        return self.budget_ms is None or 2.0 * self.cost_s[size] * 1000.0 <= self.budget_ms
+        return self.budget_ms is None or 2.0 * self._cost(size) * 1000.0 <= self.budget_ms
+
+    def _cost(self, size: int) -> float:
+        """A size's measured run time; untried, extrapolated from the two biggest smaller sizes
+        (a fixed cost plus a cost per item), or in proportion to the one measured, so a size that
+        cannot fit the budget is never tried."""
+        if size in self.cost_s:
+            return self.cost_s[size]
+        smaller = sorted(s for s in self.cost_s if s < size)
+        if not smaller:
+            return 0.0
+        high = smaller[-1]
+        if len(smaller) == 1:
+            return self.cost_s[high] * size / high
+        low = smaller[-2]
+        per_item = max(0.0, (self.cost_s[high] - self.cost_s[low]) / (high - low))
+        return self.cost_s[high] + per_item * (size - high)
 
     def _best(self) -> int:
         measured = [s for s in self.sizes if s in self.cost_s and self._fits(s)]
@@ -193,7 +209,7 @@ class AdaptiveSize:
         # While the biggest size that fits is also the best, the next size up gets its turn, if
         # it has not had one: a size measured over the budget rules out every size above it.
         following = [s for s in self.sizes if s > best]
-        if best == measured[-1] and following and following[0] not in self.cost_s:
+        if best == measured[-1] and following and following[0] not in self.cost_s and self._fits(following[0]):
             return following[0]
         return best
 
@@ -202,8 +218,13 @@ class AdaptiveSize:
         self._probe_up = not self._probe_up
         step = 1 if self._probe_up else -1
         for candidate in (index + step, index - step):
-            if 0 <= candidate < len(self.sizes):
-                return self.sizes[candidate]
+            if not 0 <= candidate < len(self.sizes):
+                continue
+            size = self.sizes[candidate]
+            # A size over the budget (measured, or at the same cost per item as a smaller one) is
+            # not probed: its run would make every frame in it late (the tail a live stream sees).
+            if self._fits(size):
+                return size
         return self.current
 
 
@@ -370,10 +391,16 @@ class Batcher(Generic[P]):
             self._queues[stream_id] = kept
 
     def _expected_run_s(self) -> float:
-        """The measured run time of the batch size about to run (or the closest smaller one)."""
+        """The measured run time of the batch size about to run; for a size not measured yet, the
+        closest smaller one's scaled up to it (a batch rarely costs more than that per item)."""
         size = min(self.target_size, self._pending)
-        measured = [s for s in self._run_s if s <= size]
-        return self._run_s[max(measured)] if measured else 0.0
+        if size in self._run_s:
+            return self._run_s[size]
+        measured = [s for s in self._run_s if s < size]
+        if not measured:
+            return 0.0
+        closest = max(measured)
+        return self._run_s[closest] * size / closest
 
     def _take(self, group: Hashable, size: int) -> list[Request[P]]:
         """Round-robin over streams, one request per stream per round, oldest streams first."""

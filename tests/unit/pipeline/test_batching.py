@@ -206,6 +206,20 @@ async def test_a_request_that_cannot_finish_within_its_budget_is_not_run():
     await batcher.close()
 
 
+async def test_a_batch_size_not_measured_yet_is_expected_to_cost_as_much_per_item():
+    batcher, _model, clock = make(BatchPolicy(max_size=2, latency_budget_ms=100), cost=lambda n: 0.030 * n)
+    first = submit(batcher, "a", "first", captured_at=clock.now())
+    await settle()  # a batch of 1 runs: 30 ms; a batch of 2 was never run
+    assert first.result() == "out:first"
+    # A batch of two is expected to take 2 x 30 ms, not the 30 ms of one: 45 + 60 > 100.
+    doomed = submit(batcher, "a", "doomed", captured_at=clock.now() - 0.045)
+    kept = submit(batcher, "b", "kept", captured_at=clock.now() - 0.035)  # 35 + 60 <= 100
+    await settle()
+    assert isinstance(doomed.exception(), DeadlineMissed)
+    assert kept.result() == "out:kept"
+    await batcher.close()
+
+
 async def test_a_model_slower_than_the_budget_still_runs_the_requests_not_yet_over_it():
     batcher, model, clock = make(BatchPolicy(max_size=1, latency_budget_ms=50), cost=lambda n: 0.080)
     first = submit(batcher, "a", "first", captured_at=clock.now())
@@ -402,6 +416,29 @@ def test_auto_never_jumps_past_a_size_measured_over_the_budget():
         adaptive.record(size, seconds)
         adaptive.record(size, seconds)  # the first run of a size does not count
     assert adaptive.current == 1
+
+
+def test_auto_does_not_probe_a_size_measured_over_the_budget():
+    adaptive = AdaptiveSize(16, budget_ms=100, probe_every=4)
+    for size, seconds in [(1, 0.048), (1, 0.048), (2, 0.100), (2, 0.100)]:
+        adaptive.record(size, seconds)
+    targets = set()
+    for _ in range(40):
+        targets.add(adaptive.target)
+        adaptive.record(adaptive.target, 0.048 * adaptive.target)
+    assert targets == {1}  # batch 2 (two runs of 96-100 ms) cannot fit 100 ms: never tried again
+
+
+def test_auto_does_not_try_a_size_that_could_only_fit_if_batching_paid():
+    # 48 ms at batch 1 and a 150 ms budget: a batch of 2 at the same cost per item (96 ms, twice
+    # over: 192 ms) cannot fit, so it is not tried; with a 250 ms budget it is.
+    tight = AdaptiveSize(16, budget_ms=150, probe_every=4)
+    roomy = AdaptiveSize(16, budget_ms=250, probe_every=4)
+    for adaptive in (tight, roomy):
+        for _ in range(12):
+            adaptive.record(adaptive.target, 0.048 * adaptive.target)
+    assert 2 not in tight.cost_s and tight.current == 1
+    assert 2 in roomy.cost_s
 
 
 def test_auto_follows_a_change_in_cost():
