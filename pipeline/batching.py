@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import statistics
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -136,11 +137,15 @@ RunBatch = Callable[[list[Request[P]]], Awaitable[Sequence[Any]]]
 """Runs one batch; returns one result (or an exception instance) per request, in order."""
 
 
+RECENT_RUNS = 5
+"""Runs of a batch size whose median is its cost."""
+
+
 class AdaptiveSize:
     """Chooses a batch size from measured run times: most items per second within the budget.
 
-    Sizes are powers of two up to ``limit``. The cost of each size is a moving average of its
-    run time; the first run of each size is left out (a new batch shape warms up the engine,
+    Sizes are powers of two up to ``limit``. The cost of each size is the median of its last
+    five run times; the first run of each size is left out (a new batch shape warms up the engine,
     and the first runs happen while the pipeline is still starting). A bigger size must give
     ``margin`` more items per second than a smaller one to be chosen: bigger batches cost
     latency, so a gain within measurement noise is not worth it. After ``probe_every`` batches
@@ -155,6 +160,7 @@ class AdaptiveSize:
         self.probe_every = probe_every
         self.margin = margin
         self.cost_s: dict[int, float] = {}
+        self._recent: dict[int, deque[float]] = {}
         self._runs: dict[int, int] = {}
         self.current = 1
         self._target = 1
@@ -169,8 +175,11 @@ class AdaptiveSize:
         """A batch of ``size`` took ``seconds``; only sizes of the ladder count."""
         runs = self._runs[size] = self._runs.get(size, 0) + 1
         if size in self.sizes and runs > 1:
-            old = self.cost_s.get(size)
-            self.cost_s[size] = seconds if old is None else 0.7 * old + 0.3 * seconds
+            # The median of the last few runs: one run slowed by a burst of decoding (16 streams
+            # starting) must not decide, as it would in a moving average.
+            recent = self._recent.setdefault(size, deque(maxlen=RECENT_RUNS))
+            recent.append(seconds)
+            self.cost_s[size] = statistics.median(recent)
         self.current = self._best()
         self._since_probe += 1
         self._target = self.current

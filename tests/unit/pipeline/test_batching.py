@@ -441,6 +441,13 @@ def test_auto_does_not_try_a_size_that_could_only_fit_if_batching_paid():
     assert 2 in roomy.cost_s
 
 
+def test_one_disturbed_run_does_not_move_the_cost():
+    adaptive = AdaptiveSize(16)
+    for seconds in (0.030, 0.030, 0.030, 0.150, 0.030):  # the first is left out; one spike among the rest
+        adaptive.record(1, seconds)
+    assert adaptive.cost_s[1] == pytest.approx(0.030)
+
+
 def test_auto_follows_a_change_in_cost():
     adaptive = AdaptiveSize(16)
     cheap_big = lambda n: 0.010 + 0.001 * n  # noqa: E731
