@@ -21,16 +21,18 @@ import av
 from pydantic import Field
 
 from pipeline.batching import overdue_ms
-from pipeline.errors import StreamError
+from pipeline.errors import ConfigError, StreamError
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
-from pipeline.stage import Stage, StageParams, register_stage
+from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 from .decoding import count_decode_error
+from .nvdec import NvdecDecoder, nvdec_unusable
 
 
 class DecodeParams(StageParams):
-    device: Literal["auto", "cpu"] = "auto"
-    """Where to decode; ``auto`` is the CPU until the GPU decoder lands."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where to decode: ``gpu`` is NVDEC (frames stay in device memory), ``auto`` NVDEC where it is
+    usable and the CPU elsewhere. Codecs NVDEC does not take are decoded on the CPU (logged)."""
     threads: int = Field(default=0, ge=0)
     """FFmpeg decoder threads per stream; 0 lets FFmpeg choose."""
     max_consecutive_errors: int = Field(default=10, ge=1)
@@ -60,6 +62,8 @@ class _StreamDecoder:
     errors_in_row: int = 0
     sent: dict[int, _Sent] = field(default_factory=dict)
     """By pts: the packets whose frames have not come out yet."""
+    gpu: NvdecDecoder | None = None
+    """The NVDEC decoder, when this stream decodes on the GPU (``codec`` is then unused)."""
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while one of the stream's packets decodes: a codec takes its packets one by one, in
     order (the lock is first come, first served, and items start in arrival order)."""
@@ -81,9 +85,27 @@ class Decode(Stage):
         # of many streams long before the cores are.
         return self.params.streams_at_once
 
+    async def start(self, ctx: StageContext) -> None:
+        await super().start(ctx)
+        self._gpu_problem = None if self.params.device == "cpu" else nvdec_unusable()
+        if self.params.device == "gpu" and self._gpu_problem is not None:
+            raise ConfigError(
+                f"stage {self.name}", f"params.device is gpu, but NVDEC is not usable: {self._gpu_problem}"
+            )
+        if self.params.device == "auto":
+            where = "NVDEC" if self._gpu_problem is None else f"the CPU ({self._gpu_problem})"
+            ctx.logger.info("decoding on %s", where)
+
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.video is None:
             return
+        if self._gpu_problem is None:
+            problem = nvdec_unusable(info.video.codec)
+            if problem is None:
+                gpu = await self.ctx.run_blocking(NvdecDecoder, info.video)
+                self._streams[info.stream_id] = _StreamDecoder(codec=None, gpu=gpu)
+                return
+            self.ctx.logger.info("stream %s: decoding on the CPU: %s", info.stream_id, problem)
         codec = av.CodecContext.create(info.video.codec, "r")
         if info.video.extradata:
             codec.extradata = info.video.extradata
@@ -106,10 +128,16 @@ class Decode(Stage):
     async def _decode_packet(self, item: Item, packet: EncodedPacket, state: _StreamDecoder) -> Sequence[Item]:
         state.sent[packet.pts or 0] = _Sent(item.capture_time, item.timings_ms, time.perf_counter())
         state.time_base = packet.time_base
+        frames: Sequence[VideoFrame | int]
         try:
-            frames = await self.ctx.run_blocking(
-                _decode, state.codec, packet.payload, packet.time_base, self._wanted(state)
-            )
+            if state.gpu is not None:
+                frames = await self.ctx.run_blocking(
+                    state.gpu.decode, bytes(packet.payload), packet.pts or 0, packet.is_keyframe, packet.time_base
+                )
+            else:
+                frames = await self.ctx.run_blocking(
+                    _decode, state.codec, packet.payload, packet.time_base, self._wanted(state)
+                )
         except av.FFmpegError as exc:
             state.errors_in_row = count_decode_error(
                 self.ctx, item.stream_id, state.errors_in_row, self.params.max_consecutive_errors, "video", exc
@@ -123,9 +151,15 @@ class Decode(Stage):
         if state is None:
             return ()
         # Flush even after a source error (a truncated file): the frames it already read are real.
+        frames: Sequence[VideoFrame | int]
         try:
             async with state.turn:
-                frames = await self.ctx.run_blocking(_decode, state.codec, None, state.time_base, self._wanted(state))
+                if state.gpu is not None:
+                    frames = await self.ctx.run_blocking(state.gpu.flush, state.time_base)
+                else:
+                    frames = await self.ctx.run_blocking(
+                        _decode, state.codec, None, state.time_base, self._wanted(state)
+                    )
         except av.FFmpegError as exc:
             self.ctx.logger.warning("stream %s: flushing the decoder failed: %s", eos.stream_id, exc)
             return ()
@@ -142,7 +176,7 @@ class Decode(Stage):
 
         return wanted
 
-    def _to_items(self, stream_id: str, state: _StreamDecoder, frames: list[VideoFrame | int]) -> list[Item]:
+    def _to_items(self, stream_id: str, state: _StreamDecoder, frames: Sequence[VideoFrame | int]) -> list[Item]:
         items = []
         counters = self.ctx.stats.stream(stream_id)
         now = time.perf_counter()

@@ -34,7 +34,7 @@ from pipeline.media import EndOfStream, Item, StreamInfo
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-from .vision import Geometry, PreparedTensor
+from .vision import Geometry, PreparedTensor, array_module
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +220,9 @@ class Infer(Stage):
             if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
                 self._state.reset(request.stream_id)
             self._ran_seq[request.stream_id] = request.payload.seq
-        feeds: dict[str, Any] = {self._data_input: np.stack([r.payload.tensor for r in requests])}
+        tensors = [r.payload.tensor for r in requests]
+        # Device tensors (a GPU prepare's) are stacked on the device: the batch never visits the host.
+        feeds: dict[str, Any] = {self._data_input: array_module(tensors[0]).stack(tensors)}
         feeds.update(self._constants)
         feeds.update(self._state.gather(streams))
         began = time.perf_counter()

@@ -27,7 +27,7 @@ from pipeline.media import Item, VideoFrame
 from pipeline.modelcard import Preprocess
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-from .vision import PreparedTensor, load_preprocess, prepare_image
+from .vision import PreparedTensor, load_preprocess, prepare_image, to_host
 
 VERTICAL_RATIO = 1.5
 """A crop this many times taller than wide is vertical text: PaddleOCR turns it 90° first."""
@@ -80,7 +80,7 @@ class TextCrops(Stage):
         return (item,)
 
     def _crops(self, frame: VideoFrame, quads: list[np.ndarray]) -> list[PreparedTensor]:
-        image = frame.bgr()
+        image = to_host(frame.bgr())  # OpenCV warps on the CPU: a GPU frame is copied here, once
         return [
             prepare_crop(
                 crop_quad(image, quad),

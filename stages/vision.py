@@ -153,6 +153,15 @@ def array_module(array: Any) -> Any:
     return np
 
 
+def to_host(array: Any) -> np.ndarray:
+    """A numpy array of ``array``: itself on the CPU, copied from the device otherwise (a stage
+    that needs host pixels, such as OpenCV cropping, asks for them explicitly)."""
+    if hasattr(array, "__cuda_array_interface__"):
+        host: np.ndarray = array_module(array).asnumpy(array)
+        return host
+    return np.asarray(array)
+
+
 def _resize(image: Any, height: int, width: int) -> Any:
     """uint8 in, uint8 out: OpenCV on the CPU, ``resize_bilinear`` rounded on the device."""
     xp = array_module(image)

@@ -261,3 +261,29 @@ async def test_packets_started_together_decode_in_order_per_stream(make_ctx, h26
         assert [i.seq for i in frames[sid]] == list(range(FRAMES))
         levels = [int(np.median(i.media.bgr())) for i in frames[sid]]
         assert all(abs(level - 20 * index) <= 3 for index, level in enumerate(levels)), levels
+
+
+async def test_device_gpu_without_nvdec_fails_at_start_naming_why(make_ctx):
+    from pipeline.errors import ConfigError
+    from stages.nvdec import nvdec_unusable
+
+    if nvdec_unusable() is None:
+        pytest.skip("NVDEC is usable here: tests/gpu covers it")
+    stage = Decode("decode", DecodeParams(device="gpu"))
+    with pytest.raises(ConfigError, match=r"params.device is gpu, but NVDEC is not usable: not installed"):
+        await stage.start(make_ctx("decode"))
+
+
+async def test_device_auto_decodes_on_the_cpu_where_nvdec_is_missing(make_ctx, h264_file, caplog):
+    from stages.nvdec import nvdec_unusable
+
+    if nvdec_unusable() is None:
+        pytest.skip("NVDEC is usable here: tests/gpu covers it")
+    caplog.set_level("INFO")
+    info, packets = demux(h264_file)
+    decoder = await started_decoder(make_ctx, device="auto")
+    await decoder.on_stream_added(info)
+    frames = [i for packet in packets for i in await decoder.process(packet_item(packet))]
+    frames += await decoder.on_stream_ended(EndOfStream("cam"))
+    assert len(frames) == FRAMES and isinstance(frames[0].media.bgr(), np.ndarray)
+    assert "decoding on the CPU (not installed" in caplog.text

@@ -1,0 +1,92 @@
+"""Decoding on the GPU: NVDEC frames match the CPU decode, and a frame goes from the decoder through
+prepare into the model (ONNX Runtime CUDA, I/O binding) without a host copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoCodecParams
+from stages.decode import Decode, DecodeParams
+from stages.infer import Infer, InferParams
+from stages.nvdec import nvdec_unusable
+from stages.vision import Prepare, PrepareParams
+
+pytestmark = pytest.mark.gpu
+cupy = pytest.importorskip("cupy")
+if nvdec_unusable("h264") is not None:
+    pytest.skip(f"NVDEC is not usable: {nvdec_unusable('h264')}", allow_module_level=True)
+
+CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def stream(path: Path) -> tuple[StreamInfo, list[Item]]:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        codec = video.codec_context
+        info = StreamInfo(
+            "gpu", str(path), False, VideoCodecParams(codec.name, codec.width, codec.height, codec.extradata)
+        )
+        items = [
+            Item("gpu", EncodedPacket(p, p.pts, video.time_base, bool(p.is_keyframe)), capture_time=0.0)
+            for p in container.demux(video)
+            if p.size
+        ]
+    return info, items
+
+
+async def decoded(make_ctx: Any, device: str, path: Path) -> list[Item]:
+    decoder = Decode("decode", DecodeParams(device=device))  # type: ignore[arg-type]
+    await decoder.start(make_ctx("decode"))
+    info, packets = stream(path)
+    await decoder.on_stream_added(info)
+    frames: list[Item] = []
+    for packet in packets:
+        frames += await decoder.process(packet)
+    frames += await decoder.on_stream_ended(EndOfStream("gpu"))
+    return frames
+
+
+async def test_nvdec_frames_match_the_cpu_decode(make_ctx: Any, sample_video: Path) -> None:
+    gpu = await decoded(make_ctx, "gpu", sample_video)
+    cpu = await decoded(make_ctx, "cpu", sample_video)
+    assert len(gpu) == len(cpu) == 250
+    assert [i.media.pts for i in gpu] == [i.media.pts for i in cpu]
+    for index in range(0, 250, 25):
+        device = gpu[index].media.bgr()
+        assert hasattr(device, "__cuda_array_interface__")  # decoded into device memory
+        assert psnr(cupy.asnumpy(device), cpu[index].media.bgr()) >= 40.0
+
+
+async def test_decode_to_model_makes_no_host_copy(make_ctx: Any, sample_video: Path) -> None:
+    frames = await decoded(make_ctx, "gpu", sample_video)
+    prepare = Prepare("prep", PrepareParams(model="pp-ocrv4-det"))
+    await prepare.start(make_ctx("prep"))
+    infer = Infer("det", InferParams(model="pp-ocrv4-det", providers=CUDA))
+    await infer.start(make_ctx("det", input_stages=("prep",)))
+    await infer.on_stream_added(StreamInfo("gpu", "test://", False))
+    copies: list[str] = []
+    real_asnumpy = cupy.asnumpy
+
+    def counting_asnumpy(array: Any, *args: Any, **kwargs: Any) -> Any:
+        copies.append("asnumpy")
+        return real_asnumpy(array, *args, **kwargs)
+
+    cupy.asnumpy = counting_asnumpy
+    try:
+        for item in frames[:8]:
+            (prepared,) = await prepare.process(item)
+            assert hasattr(prepared.tensors["prep"].data, "__cuda_array_interface__")
+            await infer.process(prepared)
+    finally:
+        cupy.asnumpy = real_asnumpy
+    assert copies == [] and infer.engine.host_copies == 0  # type: ignore[attr-defined]
