@@ -260,6 +260,8 @@ class Setup:
     threads: int
     intra_op_threads: int
     max_delay_ms: float
+    decode_device: str = "auto"
+    """``decode``'s ``device``: ``auto`` (NVDEC where usable), ``cpu`` or ``gpu``."""
 
 
 def pipeline_dict(
@@ -288,14 +290,19 @@ def pipeline_dict(
         "inputs": ["prep"],
         "params": {"model": MODEL, "intra_op_threads": setup.intra_op_threads, "batch": batch},
     }
-    decode: dict[str, Any] = {"name": "decode", "type": "decode", "inputs": [s["name"] for s in sources]}
+    decode: dict[str, Any] = {
+        "name": "decode",
+        "type": "decode",
+        "inputs": [s["name"] for s in sources],
+        "params": {"device": setup.decode_device},
+    }
     if native:
         prep["edge"] = live_edge
         det["edge"] = live_edge
         # 16 streams share the cores: FFmpeg's frame threads would only hold each frame back.
-        decode["params"] = {"threads": 1}
+        decode["params"]["threads"] = 1
     if budget is not None:
-        decode.setdefault("params", {})["latency_budget_ms"] = budget
+        decode["params"]["latency_budget_ms"] = budget
         prep["params"]["latency_budget_ms"] = budget
     return {
         "pipeline": name,
