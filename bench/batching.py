@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import av
+import cv2
 import nats
 import numpy as np
 import onnxruntime as ort
@@ -474,14 +475,25 @@ def cut_clip(source: Path, frames: int, out_dir: Path) -> tuple[Path, int]:
 
 def live_clip(source: Path, out_dir: Path) -> Path:
     """``source`` re-encoded as a live camera sends it: H.264 without B-frames, a keyframe every 2 s."""
-    out = out_dir / f"{source.stem}-live.mp4"
+    return reencode_live(source, out_dir / f"{source.stem}-live.mp4")
+
+
+def reencode_live(source: Path, out: Path, *, frames: int | None = None, size: tuple[int, int] | None = None) -> Path:
+    """``source``'s first ``frames`` frames (all by default), scaled to ``size`` (width, height) if
+    given, as H.264 without B-frames and a keyframe every 2 s: what a camera sends."""
     with av.open(str(source)) as src, av.open(str(out), "w") as dst:
         video = src.streams.video[0]
         rate = int(video.average_rate or NATIVE_FPS)
         stream = dst.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = video.width, video.height, "yuv420p"
+        stream.width, stream.height = size or (video.width, video.height)
+        stream.pix_fmt = "yuv420p"
         stream.options = {"bf": "0", "g": str(2 * NATIVE_FPS), "preset": "veryfast"}
         for index, frame in enumerate(src.decode(video)):
+            if frames is not None and index >= frames:
+                break
+            if size is not None:
+                image = cv2.resize(frame.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_LINEAR)
+                frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             # Frame n at n/rate seconds: the encoder's time base is 1/rate (None would leave every
             # packet at pts 0, and a native-rate source would read the file flat out).
             frame.pts, frame.time_base = index, Fraction(1, rate)

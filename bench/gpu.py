@@ -21,14 +21,10 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import cv2
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batching import SAMPLE, Collector, Outcome, Setup, ensure_sample, run_streamgraph
+from batching import SAMPLE, Collector, Outcome, Setup, ensure_sample, reencode_live, run_streamgraph
 
 from pipeline.bus import NatsServer
 from stages.nvdec import nvdec_unusable
@@ -37,24 +33,8 @@ FPS = 25
 
 
 def clip_1080p(out_dir: Path, seconds: float) -> Path:
-    """The sample's frames scaled to 1920x1080, H.264 (libx264, no B-frames), ``seconds`` long."""
-    out = out_dir / "text-1080p.mp4"
-    frames = round(seconds * FPS)
-    with av.open(str(SAMPLE)) as src, av.open(str(out), "w") as dst:
-        stream = dst.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
-        stream.options = {"bf": "0", "g": str(2 * FPS), "preset": "veryfast"}
-        for index, frame in enumerate(src.decode(video=0)):
-            if index >= frames:
-                break
-            big = cv2.resize(frame.to_ndarray(format="bgr24"), (1920, 1080), interpolation=cv2.INTER_LINEAR)
-            encoded = av.VideoFrame.from_ndarray(big, format="bgr24")
-            encoded.pts, encoded.time_base = index, Fraction(1, FPS)
-            for packet in stream.encode(encoded):
-                dst.mux(packet)
-        for packet in stream.encode():
-            dst.mux(packet)
-    return out
+    """The sample's frames scaled to 1920x1080, H.264 without B-frames, ``seconds`` long."""
+    return reencode_live(SAMPLE, out_dir / "text-1080p.mp4", frames=round(seconds * FPS), size=(1920, 1080))
 
 
 class GpuMemory:

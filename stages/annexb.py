@@ -60,11 +60,7 @@ def _parse_avcc(data: bytes) -> tuple[int, list[bytes]]:
     position = 5
     for count_mask in (0x1F, 0xFF):  # the SPS count shares its byte with reserved bits
         count = data[position] & count_mask
-        position += 1
-        for _ in range(count):
-            size = int.from_bytes(data[position : position + 2], "big")
-            units.append(data[position + 2 : position + 2 + size])
-            position += 2 + size
+        position = _read_units(data, position + 1, count, units)
     if position > len(data):
         raise ValueError("avcC extradata is truncated")
     return length_size, units
@@ -79,11 +75,16 @@ def _parse_hvcc(data: bytes) -> tuple[int, list[bytes]]:
     position = 23
     for _ in range(data[22]):
         count = int.from_bytes(data[position + 1 : position + 3], "big")
-        position += 3
-        for _ in range(count):
-            size = int.from_bytes(data[position : position + 2], "big")
-            units.append(data[position + 2 : position + 2 + size])
-            position += 2 + size
+        position = _read_units(data, position + 3, count, units)
     if position > len(data):
         raise ValueError("hvcC extradata is truncated")
     return length_size, units
+
+
+def _read_units(data: bytes, position: int, count: int, units: list[bytes]) -> int:
+    """Append ``count`` NAL units, each after a 2-byte length, from ``position``; return the end."""
+    for _ in range(count):
+        size = int.from_bytes(data[position : position + 2], "big")
+        units.append(data[position + 2 : position + 2 + size])
+        position += 2 + size
+    return position
