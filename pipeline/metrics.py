@@ -102,7 +102,11 @@ class Metrics:
                 self.stage_latency.labels(self.pipeline, key).observe(ms / 1000.0)
         now = self._clock()
         self._first_published.setdefault(item.stream_id, now)
-        self._published_at.setdefault(item.stream_id, deque()).append(now)
+        times = self._published_at.setdefault(item.stream_id, deque())
+        times.append(now)
+        # Trimmed here too, not only when scraped: nobody may ever scrape, and memory stays bounded.
+        while times[0] <= now - self._fps_window_s:
+            times.popleft()
 
     def fps(self, stream_id: str) -> float:
         """Frames of ``stream_id`` published in the last ``fps_window_s`` seconds, divided by that

@@ -162,6 +162,16 @@ def test_fps_of_a_young_stream_is_divided_by_its_age():
     assert metrics.fps("a") == pytest.approx(16.0)
 
 
+def test_what_fps_remembers_stays_bounded_without_scrapes():
+    clock = FakeClock()
+    metrics = Metrics("p", fps_window_s=5.0, clock=clock)
+    for _ in range(100_000):  # 25 frames/s for 4000 s, nobody scraping
+        metrics.observe_published(item("a"), {})
+        clock.now += 0.04
+    assert len(metrics._published_at["a"]) <= 5.0 / 0.04 + 1  # one window, not the whole run
+    assert metrics.fps("a") == pytest.approx(25.0)
+
+
 def test_each_metrics_has_its_own_registry():
     first, second = Metrics("p"), Metrics("p")  # two runners of one pipeline in one process
     first.observe_batch("det", "m", 2, 0.01)
