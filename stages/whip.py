@@ -4,7 +4,7 @@ A ``streams`` source starts one per ``POST /whip/{id}`` (URI ``whip:``); the HTT
 the peer's SDP offer (``answer``) and returns its answer. aiortc receives the tracks and decodes
 them in its own threads, so this source is the stream's decoder:
 
-* **video** leaves as decoded ``VideoFrame`` items (BGR, converted in the thread pool), numbered
+* **video** leaves as decoded ``VideoFrame`` items (converted to BGR by the first stage that needs it), numbered
   ``seq`` 0, 1, 2... and counted as ``decoded`` here; ``decode`` passes decoded frames on as they are.
 * **audio** (``tracks: [video, audio]``) leaves as PCM packets (``pcm_s16le``, 48 kHz stereo)
   that ``audio_decode`` windows like any other audio; ``decode`` ignores them.
@@ -342,9 +342,14 @@ class WhipSource(Source):
             packet = EncodedPacket(received.media, received.pts, received.time_base, True, "audio")
             return Item(stream_id=self.stream_id, media=packet, capture_time=received.arrived)
         frame = received.media
-        data = await self.ctx.run_blocking(frame.to_ndarray, format="bgr24")
+        # Left unconverted: the first stage that needs the pixels converts them (VideoFrame.bgr).
         media = VideoFrame(
-            data=data, pts=received.pts, time_base=received.time_base, width=frame.width, height=frame.height
+            data=None,
+            pts=received.pts,
+            time_base=received.time_base,
+            width=frame.width,
+            height=frame.height,
+            decoded=frame,
         )
         item = Item(stream_id=self.stream_id, media=media, capture_time=received.arrived, seq=self._next_seq)
         self._next_seq += 1
