@@ -23,6 +23,9 @@ class VideoCodecParams:
     width: int
     height: int
     extradata: bytes | None = None
+    decoded: bool = False
+    """The source hands over decoded frames (a WebRTC peer's, which aiortc decodes): ``codec`` is
+    what came over the wire, and there is nothing left to decode."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,8 +97,8 @@ class Decode(Stage):
             ctx.logger.info("decoding on %s", where)
 
     async def on_stream_added(self, info: StreamInfo) -> None:
-        if info.video is None:
-            return
+        if info.video is None or info.video.decoded:
+            return  # no video, or frames already decoded by the source: they pass through
         if self._gpu_problem is None:
             problem = nvdec_unusable(info.video.codec)
             if problem is None:

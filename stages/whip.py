@@ -329,11 +329,12 @@ class WhipSource(Source):
 
     def _info(self) -> StreamInfo:
         width, height = self._video_size
+        video = VideoCodecParams(self._video_codec, width, height, decoded=True)  # aiortc decodes it
         return StreamInfo(
             stream_id=self.stream_id,
             uri="whip:",
             live=True,
-            video=VideoCodecParams(self._video_codec, width, height) if "video" in self._receiving else None,
+            video=video if "video" in self._receiving else None,
             audio=AUDIO_CODEC if "audio" in self._receiving else None,
         )
 

@@ -287,3 +287,14 @@ async def test_device_auto_decodes_on_the_cpu_where_nvdec_is_missing(make_ctx, h
     frames += await decoder.on_stream_ended(EndOfStream("cam"))
     assert len(frames) == FRAMES and isinstance(frames[0].media.bgr(), np.ndarray)
     assert "decoding on the CPU (not installed" in caplog.text
+
+
+async def test_a_stream_the_source_decoded_gets_no_decoder_and_passes_through(make_ctx):
+    info = StreamInfo("peer", "whip:", True, VideoCodecParams("vp8", 64, 48, decoded=True))
+    decoder = await started_decoder(make_ctx)
+    await decoder.on_stream_added(info)
+    assert "peer" not in decoder._streams  # nothing opened for the wire codec
+    frame = VideoFrame(data=np.zeros((48, 64, 3), np.uint8), pts=0, time_base=Fraction(1, 90000), width=64, height=48)
+    item = Item(stream_id="peer", media=frame, capture_time=0.0, seq=0)
+    assert await decoder.process(item) == (item,)
+    assert await decoder.on_stream_ended(EndOfStream("peer")) == ()
