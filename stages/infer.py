@@ -77,6 +77,20 @@ LIVE_WAITING = 1
 """Items per live stream that may wait for the model: only the newest frame is worth running."""
 
 
+def warm_up_feeds(card: ModelCard) -> dict[str, np.ndarray] | None:
+    """Zeros for a batch of one at the card's input size, or None where that size is not known
+    (an axis other than batch, height and width) or the model keeps state between runs."""
+    if card.state or card.preprocess is None:
+        return None
+    spec = card.data_inputs[0]
+    height, width = card.preprocess.size
+    named = {"batch": 1, "height": height, "width": width}
+    if not all(isinstance(dim, int) or dim in named for dim in spec.shape):
+        return None
+    shape = [dim if isinstance(dim, int) else named[dim] for dim in spec.shape]
+    return {spec.name: np.zeros(shape, dtype=spec.dtype)}
+
+
 @dataclass(frozen=True, slots=True)
 class _Work:
     tensor: np.ndarray
@@ -148,7 +162,21 @@ class Infer(Stage):
                 size_limit=batch.size_limit,
             ),
         )
+        await self._warm_up()
         ctx.logger.info("model %s on %s, batch %s", card.name, self.engine.description, batch.max_size)
+
+    async def _warm_up(self) -> None:
+        """One run on zeros of the card's input size before the first frame: an engine's first run
+        of a shape allocates and plans, several times slower than the rest, and the frames in it
+        would carry that as latency."""
+        feeds = warm_up_feeds(self.card)
+        if feeds is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._model_thread, self.engine.infer, {**feeds, **self._constants})
+        except Exception as exc:  # a model that cannot run zeros will say so on real input too
+            self.ctx.logger.warning("model %s: warm-up run failed: %s", self.card.name, exc)
 
     async def stop(self) -> None:
         if hasattr(self, "batcher"):

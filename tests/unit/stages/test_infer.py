@@ -197,3 +197,31 @@ async def test_with_a_budget_every_stream_keeps_only_its_newest_frame_waiting(ma
     assert outs == [(), (), (items[2],)]
     assert infer.ctx.stats.stream("cam").drops == {"stale:det": 2}
     await infer.stop()
+
+
+def test_warm_up_is_a_batch_of_one_at_the_cards_size_where_that_is_known():
+    from pipeline.modelcard import load_card
+    from stages.infer import warm_up_feeds
+
+    det = warm_up_feeds(load_card("pp-ocrv4-det"))
+    assert det is not None and det["x"].shape == (1, 3, 352, 640) and not det["x"].any()
+    rec = warm_up_feeds(load_card("pp-ocrv4-rec"))
+    assert rec is not None and rec["x"].shape == (1, 3, 48, 320)
+    assert warm_up_feeds(load_card("silero-vad")) is None  # keeps state; its window is not a card size
+
+
+async def test_start_warms_the_model_up_before_the_first_frame(make_ctx, monkeypatch):
+    import stages.infer as infer_module
+
+    runs: list[tuple[int, ...]] = []
+    real_create = infer_module.create_engine
+
+    def recording_create(*args, **kwargs):
+        engine = real_create(*args, **kwargs)
+        real_infer = engine.infer
+        engine.infer = lambda feeds: runs.append(feeds["x"].shape) or real_infer(feeds)  # type: ignore[method-assign]
+        return engine
+
+    monkeypatch.setattr(infer_module, "create_engine", recording_create)
+    await started_infer(make_ctx)
+    assert runs == [(1, 3, 352, 640)]
