@@ -505,7 +505,8 @@ def reencode_live(source: Path, out: Path, *, frames: int | None = None, size: t
 
 
 def model_alone(card: ModelCard, intra_op_threads: int, sizes: Sequence[int], repeats: int) -> dict[int, float]:
-    """ms per frame of ``session.run`` at each batch size, on a real prepared frame, nothing else running."""
+    """ms per frame of ``session.run`` at each batch size, on a real prepared frame, nothing else
+    running: the median of ``repeats`` runs (one run disturbed by the host does not count)."""
     assert card.preprocess is not None
     spec = card.preprocess
     session = make_session(card, intra_op_threads)
@@ -517,10 +518,12 @@ def model_alone(card: ModelCard, intra_op_threads: int, sizes: Sequence[int], re
     for size in sizes:
         feed = {input_name: np.stack([tensor] * size)}
         session.run(None, feed)  # the first run of a shape allocates
-        began = time.perf_counter()
+        runs = []
         for _ in range(repeats):
+            began = time.perf_counter()
             session.run(None, feed)
-        costs[size] = (time.perf_counter() - began) * 1000.0 / repeats / size
+            runs.append(time.perf_counter() - began)
+        costs[size] = float(np.median(runs)) * 1000.0 / size
     return costs
 
 
@@ -801,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
 
     sizes = [1, 2, 4, 8] if args.quick else [1, 2, 4, 8, 16]
-    costs = model_alone(card, args.intra_op_threads, sizes, repeats=2 if args.quick else 3)
+    costs = model_alone(card, args.intra_op_threads, sizes, repeats=3 if args.quick else 5)
     print(
         "model alone, ms per frame of session.run by batch size: "
         + ", ".join(f"{size}: {ms:.1f}" for size, ms in costs.items()),
@@ -810,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.budget_note = ""
     args.native_alone_ms = costs[1]
     if args.native_streams > 0 and args.native_intra_op_threads != args.intra_op_threads:
-        args.native_alone_ms = model_alone(card, args.native_intra_op_threads, [1], repeats=3)[1]
+        args.native_alone_ms = model_alone(card, args.native_intra_op_threads, [1], repeats=9)[1]
         print(f"model alone with {args.native_intra_op_threads} thread(s), batch 1: {args.native_alone_ms:.1f} ms")
     if args.latency_budget_ms is None:
         # What a user would set: the target's bound from the model measured alone, less a margin for
