@@ -379,24 +379,25 @@ class Batcher(Generic[P]):
             return
         now = self.clock.now()
         run_ms = self._expected_run_s() * 1000.0
-        if run_ms >= budget:
-            # No request could make it (the model is slower than the budget): drop only those
-            # already over it, so the freshest still run instead of none at all.
+        waited = {
+            id(r): (now - r.captured_at) * 1000.0 for q in self._queues.values() for r in q if r.captured_at is not None
+        }
+        if run_ms >= budget or not any(ms + run_ms <= budget for ms in waited.values()):
+            # No request could finish in time (the model is slower than the budget, or everything
+            # waiting is already too old): drop only those already over it, so the freshest still run
+            # instead of none at all and the model never idles while a frame is not yet late.
             run_ms = 0.0
         for stream_id, queue in list(self._queues.items()):
             kept: deque[Request[P]] = deque()
             for request in queue:
-                if request.captured_at is None:
+                waited_ms = waited.get(id(request))
+                if waited_ms is None or waited_ms + run_ms <= budget:
                     kept.append(request)
                     continue
-                waited_ms = (now - request.captured_at) * 1000.0
-                if waited_ms + run_ms > budget:
-                    self._pending -= 1
-                    self.deadline_drops += 1
-                    if not request.future.done():
-                        request.future.set_exception(DeadlineMissed(waited_ms, budget, run_ms))
-                else:
-                    kept.append(request)
+                self._pending -= 1
+                self.deadline_drops += 1
+                if not request.future.done():
+                    request.future.set_exception(DeadlineMissed(waited_ms, budget, run_ms))
             self._queues[stream_id] = kept
 
     def _expected_run_s(self) -> float:

@@ -220,6 +220,21 @@ async def test_a_batch_size_not_measured_yet_is_expected_to_cost_as_much_per_ite
     await batcher.close()
 
 
+async def test_when_nothing_waiting_could_finish_in_time_the_freshest_not_yet_late_still_runs():
+    batcher, _model, clock = make(BatchPolicy(max_size=1, latency_budget_ms=50), cost=lambda n: 0.030)
+    first = submit(batcher, "a", "first", captured_at=clock.now())
+    await settle()  # a run is now known to take 30 ms
+    assert first.result() == "out:first"
+    # Both would finish late (25 + 30 > 50), neither is over the budget yet: the model must not
+    # idle while they are dropped one after another; the one past it (60 ms) is dropped.
+    late = submit(batcher, "a", "late", captured_at=clock.now() - 0.025)
+    gone = submit(batcher, "b", "gone", captured_at=clock.now() - 0.060)
+    await settle()
+    assert late.result() == "out:late"
+    assert isinstance(gone.exception(), DeadlineMissed)
+    await batcher.close()
+
+
 async def test_a_model_slower_than_the_budget_still_runs_the_requests_not_yet_over_it():
     batcher, model, clock = make(BatchPolicy(max_size=1, latency_budget_ms=50), cost=lambda n: 0.080)
     first = submit(batcher, "a", "first", captured_at=clock.now())
