@@ -382,18 +382,24 @@ class Batcher(Generic[P]):
         waited = {
             id(r): (now - r.captured_at) * 1000.0 for q in self._queues.values() for r in q if r.captured_at is not None
         }
+        keep: set[int] | None = None
         if run_ms >= budget or not any(ms + run_ms <= budget for ms in waited.values()):
-            # No request could finish in time (the model is slower than the budget, or everything
-            # waiting is already too old): drop only those already over it, so the freshest still run
-            # instead of none at all and the model never idles while a frame is not yet late.
-            run_ms = 0.0
+            # No request can finish in time (the model is slower than the budget, or everything
+            # waiting is too old): the freshest not yet over it still run, one batch of them, so the
+            # model never idles while a frame is not yet late; the rest could only be later still.
+            fresh = sorted((ms, key) for key, ms in waited.items() if ms <= budget)
+            keep = {key for _, key in fresh[: self.target_size]}
         for stream_id, queue in list(self._queues.items()):
             kept: deque[Request[P]] = deque()
             for request in queue:
                 waited_ms = waited.get(id(request))
-                if waited_ms is None or waited_ms + run_ms <= budget:
+                on_time = waited_ms is None or (
+                    id(request) in keep if keep is not None else waited_ms + run_ms <= budget
+                )
+                if on_time:
                     kept.append(request)
                     continue
+                assert waited_ms is not None
                 self._pending -= 1
                 self.deadline_drops += 1
                 if not request.future.done():
