@@ -22,17 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.support import Recorder
-from tests.integration.test_whip import (
-    GUARD_S,
-    PIPELINE,
-    ended_reason,
-    listed,
-    results_of,
-    running_pipeline,
-    until,
-    whip_config,
-)
+from tests.integration.support import GUARD_S, Recorder, running_pipeline, until
+from tests.integration.test_whip import PIPELINE, ended_reason, listed, results_of, whip_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -1,10 +1,13 @@
-"""Run the real CLI as a subprocess while a real NATS subscriber records what it publishes."""
+"""Run the real CLI as a subprocess, or a pipeline in this process, while a real NATS subscriber
+records what it publishes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,10 @@ from typing import Any
 import jsonschema
 import nats
 
+from pipeline.config import PipelineConfig, parse_config
 from pipeline.results import EVENT_SCHEMA, RESULT_SCHEMA
+from pipeline.runner import Runner, RunSummary
+from pipeline.service import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULT_VALIDATOR = jsonschema.Draft202012Validator(json.loads(RESULT_SCHEMA.read_text()))
@@ -114,3 +120,57 @@ def iou(a: list[float], b: list[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+GUARD_S = 90.0
+"""How long a test waits for anything before it calls it a hang (never a timing assertion)."""
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition`` (a hang guard, not a timing assertion)."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), GUARD_S)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {GUARD_S:g} s (hang guard)") from None
+
+
+@dataclass
+class Running:
+    """A pipeline running in this process: its runner, its API's URL (None without ``api:``),
+    and, once the block has ended and the pipeline drained, its summary."""
+
+    runner: Runner
+    task: asyncio.Task[RunSummary]
+    url: str | None = None
+    summary: RunSummary | None = None
+
+    def check_alive(self) -> None:
+        assert not self.task.done(), "the pipeline ended early"
+
+
+@asynccontextmanager
+async def running_pipeline(nats_url: str, config: PipelineConfig | dict[str, Any]) -> AsyncIterator[Running]:
+    """``run_pipeline`` in this process until the block ends (then it drains and must finish)."""
+    if isinstance(config, dict):
+        config = parse_config(config, base_dir=ROOT)
+    apis: list[Any] = []
+    runners: list[Runner] = []
+    task = asyncio.create_task(
+        run_pipeline(config, nats_url=nats_url, on_api=apis.append, on_started=runners.append, handle_signals=False)
+    )
+    await until(lambda: bool(runners) or task.done(), "a started pipeline")
+    if task.done():
+        task.result()  # raises what stopped it
+    runner = runners[0]
+    await asyncio.wait_for(runner.started.wait(), GUARD_S)
+    running = Running(runner, task, apis[0].url if apis else None)
+    try:
+        yield running
+    finally:
+        runner.request_stop()
+        running.summary = await asyncio.wait_for(task, GUARD_S)

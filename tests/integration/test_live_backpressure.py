@@ -15,11 +15,9 @@ from typing import Any
 
 from pipeline.config import parse_config
 from pipeline.media import Item
-from pipeline.runner import Runner
-from pipeline.service import run_pipeline
 from pipeline.stage import Stage
 
-from .support import Recorder
+from .support import Recorder, running_pipeline
 
 SLOW_S = 0.1
 CAPACITY = 4
@@ -66,39 +64,27 @@ def _config(url: str) -> Any:
 
 
 async def test_a_slow_stage_drops_frames_and_keeps_their_age_bounded(nats_server: Any, camera_30fps: Any) -> None:
-    runners: list[Runner] = []
     depths: dict[str, int] = {}
     drops_seen: list[int] = []
-    async with Recorder(nats_server.url, "backpressure") as recorder:
+    async with (
+        Recorder(nats_server.url, "backpressure") as recorder,
+        running_pipeline(nats_server.url, _config(camera_30fps.url)) as running,
+    ):
         results = recorder.recording.results
-        task = asyncio.create_task(
-            run_pipeline(
-                _config(camera_30fps.url), nats_url=nats_server.url, on_started=runners.append, handle_signals=False
-            )
-        )
-        try:
-            while not runners:
-                await asyncio.sleep(0.01)
-            runner = runners[0]
-            await asyncio.wait_for(runner.started.wait(), GUARD_S)
+        runner = running.runner
 
-            async def watch() -> None:
-                while len(results.get("cam", [])) < FRAMES:
-                    assert not task.done(), "the pipeline ended early"
-                    for name, edge in runner.edges.items():
-                        depths[name] = max(depths.get(name, 0), edge.depth)
-                    if len(results.get("cam", [])) in (FRAMES // 2, FRAMES - 1):
-                        drops_seen.append(runner.stats.stream("cam").drops.get("edge:slow", 0))
-                    await asyncio.sleep(0.005)
+        async def watch() -> None:
+            while len(results.get("cam", [])) < FRAMES:
+                running.check_alive()
+                for name, edge in runner.edges.items():
+                    depths[name] = max(depths.get(name, 0), edge.depth)
+                if len(results.get("cam", [])) in (FRAMES // 2, FRAMES - 1):
+                    drops_seen.append(runner.stats.stream("cam").drops.get("edge:slow", 0))
+                await asyncio.sleep(0.005)
 
-            await asyncio.wait_for(watch(), GUARD_S)
-            runner.request_stop()
-            await asyncio.wait_for(task, GUARD_S)
-        finally:
-            if not task.done():
-                task.cancel()
+        await asyncio.wait_for(watch(), GUARD_S)
 
-    for name, edge in runners[0].edges.items():
+    for name, edge in runner.edges.items():
         assert depths[name] <= edge.capacity, f"edge {name}: depth {depths[name]} > capacity {edge.capacity}"
     assert depths["slow"] == CAPACITY, "the slow stage's queue never filled: the test proves nothing"
     assert drops_seen[0] > 0 and drops_seen[-1] > drops_seen[0], f"drops did not keep rising: {drops_seen}"

@@ -10,12 +10,9 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.api import ApiServer
 from pipeline.config import parse_config
-from pipeline.runner import Runner
-from pipeline.service import run_pipeline
 
-from .support import Recorder
+from .support import Recorder, running_pipeline
 
 PIPELINE = "metrics-it"
 TOKEN = "metrics-secret"
@@ -59,34 +56,27 @@ async def test_metrics_of_a_running_pipeline(nats_server: Any, sample_video: Pat
         },
         base_dir=tmp_path,
     )
-    apis: list[ApiServer] = []
-    runners: list[Runner] = []
-    async with Recorder(nats_server.url, PIPELINE) as recorder:
-        run = asyncio.create_task(
-            run_pipeline(
-                config, nats_url=nats_server.url, on_api=apis.append, on_started=runners.append, handle_signals=False
-            )
-        )
-        try:
-            await asyncio.wait_for(recorder.ended("clip").wait(), timeout=120)  # hang guard only
-            while not recorder.recording.results.get("live"):
-                assert not run.done(), "the pipeline ended early"
-                await asyncio.sleep(0.05)
-            url = f"{apis[0].url}/metrics"
-            async with aiohttp.ClientSession() as session:
-                async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
-                    assert response.status == 200
-                    assert response.headers["Content-Type"].startswith("text/plain; version=")
-                    samples = parse(await response.text())
-                async with session.get(url) as response:
-                    assert response.status == 401
-                async with session.get(url, headers={"Authorization": "Bearer wrong"}) as response:
-                    assert response.status == 401
-            clip_received = len(recorder.recording.results["clip"])
-        finally:
-            if runners:
-                runners[0].request_stop()
-            summary = await asyncio.wait_for(run, timeout=60)
+    async with (
+        Recorder(nats_server.url, PIPELINE) as recorder,
+        running_pipeline(nats_server.url, config) as running,
+    ):
+        await asyncio.wait_for(recorder.ended("clip").wait(), timeout=120)  # hang guard only
+        while not recorder.recording.results.get("live"):
+            running.check_alive()
+            await asyncio.sleep(0.05)
+        url = f"{running.url}/metrics"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/plain; version=")
+                samples = parse(await response.text())
+            async with session.get(url) as response:
+                assert response.status == 401
+            async with session.get(url, headers={"Authorization": "Bearer wrong"}) as response:
+                assert response.status == 401
+        clip_received = len(recorder.recording.results["clip"])
+    summary = running.summary
+    assert summary is not None
 
     # The finished stream: what NATS received, and what the stats say, as scraped.
     assert clip_received > 0

@@ -16,10 +16,8 @@ from typing import Any
 
 from pipeline.config import parse_config
 from pipeline.control import StreamSpec
-from pipeline.runner import Runner
-from pipeline.service import run_pipeline
 
-from .support import Recorder, finish, start_cli
+from .support import Recorder, finish, running_pipeline, start_cli, until
 
 GUARD_S = 60
 
@@ -134,32 +132,18 @@ async def test_an_rtsp_camera_over_udp_added_and_removed_at_run_time(nats_server
         },
         base_dir=Path("."),
     )
-    runners: list[Runner] = []
-    async with Recorder(nats_server.url, "rtsp-udp") as recorder:
-        task = asyncio.create_task(
-            run_pipeline(config, nats_url=nats_server.url, on_started=runners.append, handle_signals=False)
-        )
-        try:
-            while not runners:
-                await asyncio.sleep(0.01)
-            await asyncio.wait_for(runners[0].started.wait(), GUARD_S)
-            control = runners[0].control
-            spec = StreamSpec(id="yard", uri=rtsp_server.url, options={"transport": "udp", "open_timeout_s": 10})
-            await control.add(spec)
-            assert control.list()[0]["type"] == "rtsp"
-
-            async def enough() -> None:
-                while len(recorder.recording.results.get("yard", [])) < 10:
-                    assert not task.done(), "the pipeline ended early"
-                    await asyncio.sleep(0.05)
-
-            await asyncio.wait_for(enough(), GUARD_S)
-            await control.remove("yard")
-            await asyncio.wait_for(recorder.ended("yard").wait(), GUARD_S)
-        finally:
-            if runners:
-                runners[0].request_stop()
-            await asyncio.wait_for(task, GUARD_S)
+    async with (
+        Recorder(nats_server.url, "rtsp-udp") as recorder,
+        running_pipeline(nats_server.url, config) as running,
+    ):
+        control = running.runner.control
+        spec = StreamSpec(id="yard", uri=rtsp_server.url, options={"transport": "udp", "open_timeout_s": 10})
+        await control.add(spec)
+        assert control.list()[0]["type"] == "rtsp"
+        await until(lambda: len(recorder.recording.results.get("yard", [])) >= 10, "results from the UDP camera")
+        running.check_alive()
+        await control.remove("yard")
+        await asyncio.wait_for(recorder.ended("yard").wait(), GUARD_S)
 
     names = recorder.recording.event_names("yard")
     assert names[:3] == ["connecting", "started", "connected"], names

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import nats
 
 from pipeline.bus import free_port
 
-from .support import Recorder, finish, start_cli
+from .support import Recorder, finish, start_cli, until
 
 GUARD_S = 60
 TOKEN = "s3cret"
@@ -47,17 +46,6 @@ stages:
 """
     )
     return config
-
-
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), timeout=GUARD_S)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {GUARD_S} s (hang guard)") from None
 
 
 async def _wait_ready(http: aiohttp.ClientSession, base: str, auth: dict[str, str]) -> None:
@@ -92,7 +80,7 @@ async def test_streams_added_and_removed_live_leave_the_others_untouched(
         process = await start_cli("run", str(config), "--nats-url", nats_server.url, "--no-progress", env=cli_env)
         try:
             await _wait_ready(http, base, auth)
-            await _until(lambda: len(results.get("left", [])) >= 5, "results for 'left'")
+            await until(lambda: len(results.get("left", [])) >= 5, "results for 'left'")
 
             async with http.get(f"{base}/streams") as response:
                 assert response.status == 401  # the token is required
@@ -108,7 +96,7 @@ async def test_streams_added_and_removed_live_leave_the_others_untouched(
                 assert response.headers["Location"] == "/streams/http-cam"
             async with http.get(f"{base}/streams", headers=auth) as response:
                 assert {s["id"] for s in (await response.json())["streams"]} == {"left", "right", "http-cam"}
-            await _until(lambda: len(results.get("http-cam", [])) >= 5, "results for the added stream")
+            await until(lambda: len(results.get("http-cam", [])) >= 5, "results for the added stream")
             async with http.delete(f"{base}/streams/http-cam", headers=auth) as response:
                 assert response.status == 200, await response.text()
             await asyncio.wait_for(recorder.ended("http-cam").wait(), timeout=GUARD_S)
@@ -124,7 +112,7 @@ async def test_streams_added_and_removed_live_leave_the_others_untouched(
                 assert duplicate == {"ok": False, "status": 409, "error": "stream 'nats-cam' already exists"}
                 listed = await _request(client, "list", {})
                 assert {s["id"] for s in listed["streams"]} == {"left", "right", "nats-cam"}
-                await _until(lambda: len(results.get("nats-cam", [])) >= 5, "results for the NATS-added stream")
+                await until(lambda: len(results.get("nats-cam", [])) >= 5, "results for the NATS-added stream")
                 removed = await _request(client, "remove", {"id": "nats-cam"})
                 assert removed["ok"], removed
                 await asyncio.wait_for(recorder.ended("nats-cam").wait(), timeout=GUARD_S)
@@ -133,7 +121,7 @@ async def test_streams_added_and_removed_live_leave_the_others_untouched(
             finally:
                 await client.drain()
             seen = {stream: len(results.get(stream, [])) for stream in ("left", "right")}
-            await _until(lambda: all(len(results[s]) > seen[s] for s in seen), "more results after the removals")
+            await until(lambda: all(len(results[s]) > seen[s] for s in seen), "more results after the removals")
         finally:
             process.send_signal(2)  # SIGINT: drain and stop
             await finish(process, recorder.recording)

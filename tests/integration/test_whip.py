@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +24,11 @@ from aiortc.contrib.media import MediaPlayer
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.runner import Runner
-from pipeline.service import build, run_pipeline
+from pipeline.service import build
 
-from .support import ROOT, Recorder
+from .support import GUARD_S, ROOT, Recorder, Running, running_pipeline, until
 
 PIPELINE = "whip-test"
-GUARD_S = 90.0
 
 
 def whip_config(**api: Any) -> dict[str, Any]:
@@ -45,51 +44,6 @@ def whip_config(**api: Any) -> dict[str, Any]:
             {"name": "publish", "type": "publish", "inputs": ["decode", "audio"]},
         ],
     }
-
-
-@dataclass
-class Running:
-    url: str
-    runner: Runner
-
-
-@asynccontextmanager
-async def running_pipeline(nats_url: str, config: dict[str, Any]) -> AsyncIterator[Running]:
-    """``run_pipeline`` in this process until the block ends (then it drains and must finish)."""
-    apis: list[Any] = []
-    runners: list[Runner] = []
-    task = asyncio.create_task(
-        run_pipeline(
-            parse_config(config, base_dir=ROOT),
-            nats_url=nats_url,
-            on_api=apis.append,
-            on_started=runners.append,
-            handle_signals=False,
-        )
-    )
-    await until(lambda: bool(runners) or task.done(), "a started pipeline")
-    if task.done():
-        task.result()  # raises what stopped it
-    runner = runners[0]
-    await asyncio.wait_for(runner.started.wait(), GUARD_S)
-    try:
-        yield Running(apis[0].url, runner)
-    finally:
-        runner.request_stop()
-        await asyncio.wait_for(task, GUARD_S)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for ``condition`` (a hang guard, not a timing assertion)."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), GUARD_S)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {GUARD_S:g} s (hang guard)") from None
 
 
 def results_of(recorder: Recorder, stream_id: str) -> list[dict[str, Any]]:
