@@ -30,7 +30,7 @@ import math
 import statistics
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -137,6 +137,23 @@ RunBatch = Callable[[list[Request[P]]], Awaitable[Sequence[Any]]]
 """Runs one batch; returns one result (or an exception instance) per request, in order."""
 
 
+def estimate_run(measured: Mapping[int, float], size: int) -> float:
+    """The run time of a batch of ``size``: measured, or extrapolated from the two biggest smaller
+    sizes measured (a fixed cost plus a cost per item), or in proportion to the one there is (a
+    batch rarely costs more per item than a smaller one); 0 with nothing smaller measured."""
+    if size in measured:
+        return measured[size]
+    smaller = sorted(s for s in measured if s < size)
+    if not smaller:
+        return 0.0
+    high = smaller[-1]
+    if len(smaller) == 1:
+        return measured[high] * size / high
+    low = smaller[-2]
+    per_item = max(0.0, (measured[high] - measured[low]) / (high - low))
+    return measured[high] + per_item * (size - high)
+
+
 RECENT_RUNS = 5
 """Runs of a batch size whose median is its cost."""
 
@@ -192,20 +209,9 @@ class AdaptiveSize:
         return self.budget_ms is None or 2.0 * self._cost(size) * 1000.0 <= self.budget_ms
 
     def _cost(self, size: int) -> float:
-        """A size's measured run time; untried, extrapolated from the two biggest smaller sizes
-        (a fixed cost plus a cost per item), or in proportion to the one measured, so a size that
+        """A size's measured run time; untried, extrapolated (``estimate_run``), so a size that
         cannot fit the budget is never tried."""
-        if size in self.cost_s:
-            return self.cost_s[size]
-        smaller = sorted(s for s in self.cost_s if s < size)
-        if not smaller:
-            return 0.0
-        high = smaller[-1]
-        if len(smaller) == 1:
-            return self.cost_s[high] * size / high
-        low = smaller[-2]
-        per_item = max(0.0, (self.cost_s[high] - self.cost_s[low]) / (high - low))
-        return self.cost_s[high] + per_item * (size - high)
+        return estimate_run(self.cost_s, size)
 
     def _best(self) -> int:
         measured = [s for s in self.sizes if s in self.cost_s and self._fits(s)]
@@ -407,16 +413,9 @@ class Batcher(Generic[P]):
             self._queues[stream_id] = kept
 
     def _expected_run_s(self) -> float:
-        """The measured run time of the batch size about to run; for a size not measured yet, the
-        closest smaller one's scaled up to it (a batch rarely costs more than that per item)."""
-        size = min(self.target_size, self._pending)
-        if size in self._run_s:
-            return self._run_s[size]
-        measured = [s for s in self._run_s if s < size]
-        if not measured:
-            return 0.0
-        closest = max(measured)
-        return self._run_s[closest] * size / closest
+        """The run time of the batch size about to run: measured, or extrapolated from the sizes
+        that were (``estimate_run``)."""
+        return estimate_run(self._run_s, min(self.target_size, self._pending))
 
     def _take(self, group: Hashable, size: int) -> list[Request[P]]:
         """Round-robin over streams, one request per stream per round, oldest streams first."""
