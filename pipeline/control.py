@@ -22,13 +22,18 @@ from .stage import Source
 STREAM_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
-class StreamSpec(StrictModel):
-    """One stream to add: ``{"id": "cam1", "uri": "rtsp://...", "options": {"transport": "udp"}}``."""
+class StreamEntry(StrictModel):
+    """One stream: ``{"id": "cam1", "uri": "rtsp://...", "options": {"transport": "udp"}}``."""
 
     id: str = Field(pattern=STREAM_ID_PATTERN, max_length=128)
     uri: str = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     """Parameters of the source type the URI picks (``rate``, ``loop``, ``transport``...)."""
+
+
+class StreamSpec(StreamEntry):
+    """One stream to add at run time (HTTP, NATS)."""
+
     source: str | None = None
     """Which ``streams`` stage takes it, where a pipeline has several."""
 

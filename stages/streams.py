@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from pipeline.config import StrictModel, config_error_from
-from pipeline.control import STREAM_ID_PATTERN, StreamControlError, StreamHost, StreamSpec
+from pipeline.config import config_error_from
+from pipeline.control import StreamControlError, StreamEntry, StreamHost, StreamSpec
 from pipeline.errors import ConfigError
 from pipeline.media import Message
 from pipeline.sourcerun import run_source
@@ -32,12 +32,6 @@ Emit = Callable[[Message], Awaitable[None]]
 
 REMOVE_WAIT_S = 10.0
 """How long ``remove_stream`` waits for a child to end its stream before answering anyway."""
-
-
-class StreamEntry(StrictModel):
-    id: str = Field(pattern=STREAM_ID_PATTERN, max_length=128)
-    uri: str = Field(min_length=1)
-    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class StreamsParams(StageParams):
