@@ -20,6 +20,8 @@ from pipeline.runner import Runner
 from pipeline.service import build
 from pipeline.stage import Stage
 
+from .support import until
+
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -130,4 +132,8 @@ async def test_add_list_remove_and_their_errors(api: tuple[str, Runner], sample_
         async with http.delete(f"{base}/streams/clip", headers=AUTH) as response:
             assert response.status == 404 and (await response.json())["error"] == "no stream 'clip'"
     counters = runner.stats.stream("clip")
-    assert counters.decoded > 0 and counters.decoded == counters.published
+    assert counters.decoded > 0
+    # DELETE answers once the source has ended the stream; its last frames may still be on their
+    # way to the sink. None is lost: every decoded frame arrives (a hang guard, not a timing bound).
+    await until(lambda: counters.published == counters.decoded, "every decoded frame of the removed stream")
+    assert counters.dropped == 0
