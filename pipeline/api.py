@@ -117,7 +117,7 @@ async def _add_stream(request: web.Request) -> web.Response:
     control = request.app[RUNNER].control
     spec = control.parse(await read_json(request))
     await control.add(spec)
-    stream = next(s for s in control.list() if s["id"] == spec.id)
+    stream = control.describe(spec.id)
     return web.json_response(stream, status=201, headers={"Location": f"/streams/{spec.id}"})
 
 

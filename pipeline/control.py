@@ -108,6 +108,13 @@ class StreamControl:
                 return
         raise StreamControlError(404, f"no stream {stream_id!r}")
 
+    def describe(self, stream_id: str) -> dict[str, Any]:
+        """One running stream as ``list`` shows it; ``StreamControlError`` 404 if unknown."""
+        for stream in self.list():
+            if stream["id"] == stream_id:
+                return stream
+        raise StreamControlError(404, f"no stream {stream_id!r}")
+
     def list(self) -> list[dict[str, Any]]:
         return [{**stream, "source": name} for name, host in self._hosts.items() for stream in host.describe_streams()]
 

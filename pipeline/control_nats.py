@@ -76,7 +76,7 @@ class NatsControl:
         if operation == "add":
             spec = control.parse(body)
             await control.add(spec)
-            return {"ok": True, "stream": next(s for s in control.list() if s["id"] == spec.id)}
+            return {"ok": True, "stream": control.describe(spec.id)}
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or set(body) != {"id"}:
             raise StreamControlError(400, 'remove takes {"id": "<stream id>"} and nothing else')
         await control.remove(body["id"])
