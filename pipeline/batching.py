@@ -114,7 +114,8 @@ class Request(Generic[P]):
     """Requests with the same ``item`` are one unit for ``max_waiting_per_stream`` (the tensors of
     one frame); ``None``: the request alone."""
     captured_at: float | None = None
-    """Clock time the item was captured (for the latency budget); ``None``: no budget applies."""
+    """Clock time the item was captured, where freshness matters (a latency budget, a live
+    stream: the freshest streams go first); ``None``: it does not."""
     queued_at: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -259,6 +260,8 @@ class Batcher(Generic[P]):
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._waiting_limits: dict[str, int | None] = {}
+        self._passed_over: dict[str, int] = {}
+        """Batches that left a stream's waiting request behind since its last turn."""
         self._run_s: dict[int, float] = {}
         """Moving average of the run time by batch size (the clock around it, waiting for a thread
         included): how long a batch about to start will take."""
@@ -337,6 +340,7 @@ class Batcher(Generic[P]):
     def forget_stream(self, stream_id: str) -> None:
         """Cancel a stream's waiting requests (it ended or failed)."""
         self._waiting_limits.pop(stream_id, None)
+        self._passed_over.pop(stream_id, None)
         for request in self._queues.pop(stream_id, deque()):
             self._pending -= 1
             if not request.future.done():
@@ -418,12 +422,14 @@ class Batcher(Generic[P]):
         return estimate_run(self._run_s, min(self.target_size, self._pending))
 
     def _take(self, group: Hashable, size: int) -> list[Request[P]]:
-        """Round-robin over streams, one request per stream per round, oldest streams first."""
+        """Round-robin over streams, one request per stream per round, oldest streams first (with
+        latency budgets, the freshest of the streams that waited longest: ``_first_round``)."""
         batch: list[Request[P]] = []
         served: list[str] = []
         while len(batch) < size:
             took = False
-            for stream_id, queue in self._queues.items():
+            for stream_id in self._first_round(group, size) if not served else list(self._queues):
+                queue = self._queues[stream_id]
                 if len(batch) >= size:
                     break
                 request = self._next_of(queue, group, first_round=stream_id not in served)
@@ -436,12 +442,54 @@ class Batcher(Generic[P]):
             if not took or self.policy.one_per_stream:
                 break
         self._pending -= len(batch)
+        first_round = set(served)
+        for stream_id, queue in self._queues.items():
+            if stream_id not in first_round and self._next_of(queue, group, first_round=True) is not None:
+                self._passed_over[stream_id] = self._passed_over.get(stream_id, 0) + 1
         # Streams served go to the back: the next batch starts with the ones that waited.
         for stream_id in dict.fromkeys(served):
+            self._passed_over.pop(stream_id, None)
             queue = self._queues.pop(stream_id)
             if queue:
                 self._queues[stream_id] = queue
         return batch
+
+    def _first_round(self, group: Hashable, size: int) -> list[str]:
+        """The order of streams for a batch's first round. Plain round-robin, unless every waiting
+        request of the group has a capture time (live streams, latency budgets): then, of the half of the streams that waited
+        longest since their last turn (at least ``size``), those with the freshest request go
+        first. On a live overload (each stream's newest frame waiting, the model taking one now
+        and then) that runs a frame a few ms old instead of one up to a frame interval old.
+
+        No stream starves: once a stream has been left behind by more batches than there are
+        streams waiting (a round), its request counts as fresher by a growing share of the spread
+        of the waiting requests' ages, all of it a round later; so every stream gets its turn
+        within about two rounds (a hard "overdue goes first" would run those frames however old)."""
+        order = list(self._queues)
+        captured: dict[str, float] = {}
+        for stream_id, queue in self._queues.items():
+            head = self._next_of(queue, group, first_round=True)
+            if head is not None:
+                if head.captured_at is None:
+                    return order
+                captured[stream_id] = head.captured_at
+        waiting = [s for s in order if s in captured]
+        if len(waiting) <= size:
+            return order
+        # The half is of every stream the batcher serves, waiting now or not: one served lately
+        # must wait for half of them to be served before it can go first again.
+        rounds = len(order)
+        older_half = set(order[: math.ceil(rounds / 2)])
+        window = [s for s in waiting if s in older_half or self._passed_over.get(s, 0) > rounds]
+        window += [s for s in waiting if s not in window][: max(0, size - len(window))]
+        spread = max(captured[s] for s in window) - min(captured[s] for s in window)
+
+        def freshness(stream_id: str) -> float:
+            behind = max(0, self._passed_over.get(stream_id, 0) - rounds) / rounds
+            return captured[stream_id] + min(behind, 1.0) * spread
+
+        first = sorted(window, key=freshness, reverse=True)
+        return first + [s for s in order if s not in first]
 
     def _next_of(self, queue: deque[Request[P]], group: Hashable, *, first_round: bool) -> Request[P] | None:
         if self.policy.one_per_stream:

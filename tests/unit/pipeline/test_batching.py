@@ -133,6 +133,64 @@ async def test_streams_served_last_go_to_the_back_of_the_line():
     await batcher.close()
 
 
+class GatedModel:
+    """A model whose every run waits for ``release``: the test decides when the model is free."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self._gate = asyncio.Event()
+
+    async def run(self, batch: list[Request[Any]]) -> Sequence[Any]:
+        self.batches.append([r.stream_id for r in batch])
+        await self._gate.wait()
+        self._gate.clear()
+        return [r.payload for r in batch]
+
+    async def release(self) -> None:
+        self._gate.set()
+        await settle()
+
+
+async def test_with_budgets_the_freshest_of_the_streams_that_waited_longest_goes_first():
+    clock = ManualClock()
+    model = GatedModel()
+    batcher: Batcher[Any] = Batcher(model.run, BatchPolicy(max_size=1, latency_budget_ms=1000), clock=clock)
+    ages_ms = {"a": 40, "b": 30, "c": 10, "d": 20}  # a and b waited longest (never served, first in)
+    for stream, age in ages_ms.items():
+        submit(batcher, stream, stream, captured_at=clock.now() - age / 1000.0)
+    await settle()
+    # Round-robin alone would run a (40 ms old); c is the freshest but waited least.
+    assert model.batches == [["b"]]
+    for _ in range(3):
+        await model.release()
+    assert sorted(s for batch in model.batches for s in batch) == ["a", "b", "c", "d"]
+    await model.release()
+    await batcher.close()
+
+
+async def test_picking_the_freshest_never_starves_a_stream_whose_frames_are_always_older():
+    clock = ManualClock()
+    model = GatedModel()
+    policy = BatchPolicy(max_size=1, latency_budget_ms=1000, max_waiting_per_stream=1)
+    batcher: Batcher[Any] = Batcher(model.run, policy, clock=clock)
+    streams = ["late", "s1", "s2", "s3", "s4", "s5"]
+
+    def newest_frames() -> None:
+        for k, stream in enumerate(streams):  # "late" always has the oldest frame
+            submit(batcher, stream, stream, captured_at=clock.now() - (0.030 if stream == "late" else 0.001 * k))
+
+    newest_frames()
+    await settle()
+    for _ in range(30):
+        clock.advance(0.040)
+        newest_frames()
+        await model.release()
+    turns = [i for i, batch in enumerate(model.batches) if batch == ["late"]]
+    gaps = [b - a for a, b in zip([-1, *turns], turns, strict=False)]
+    assert turns and max(gaps) <= 2 * len(streams) + 1, model.batches  # within two rounds
+    batcher.cancel()
+
+
 async def test_per_stream_order_is_kept_across_batches():
     batcher, model, clock = make(BatchPolicy(max_size=3, max_delay_ms=5))
     for i in range(10):
