@@ -11,7 +11,9 @@ and one batch never holds two items of one stream.
 On a live stream (or with ``latency_budget_ms``) at most one item per stream waits for the model:
 a newer one takes the older one's place, which is dropped and counted (``stale:<stage>``), so a
 slow model makes the stage drop frames instead of falling further behind. An item that cannot be
-through the model within its budget is dropped before inference (``deadline:<stage>``).
+through the model within its budget is dropped before inference (``deadline:<stage>``). A frame a
+``prepare`` stage deferred (``DeferredTensor``, live streams) is prepared on the model's thread just
+before its run, so only frames that run cost that work; the time counts as ``prepare``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pipeline.media import EndOfStream, Item, StreamInfo
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-from .vision import Geometry, PreparedTensor, array_module
+from .vision import DeferredTensor, Geometry, ModelInput, array_module
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +93,12 @@ def warm_up_feeds(card: ModelCard) -> dict[str, np.ndarray] | None:
     return {spec.name: np.zeros(shape, dtype=spec.dtype)}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Work:
-    tensor: np.ndarray
+    tensor: ModelInput
     seq: int
+    prepare_ms: float = 0.0
+    """Time spent preparing a deferred tensor just before the run."""
 
 
 @register_stage("infer")
@@ -145,6 +149,7 @@ class Infer(Stage):
             if spec.name in card.constants
         }
         self._state = _StreamStates(card)
+        self._live: set[str] = set()
         self._ran_seq: dict[str, int] = {}
         """The seq of each stream's item that ran last: a later one that does not follow it resets the state."""
         # The model gets a thread of its own: in the shared pool a batch would queue behind the
@@ -186,11 +191,13 @@ class Infer(Stage):
 
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.live:
+            self._live.add(info.stream_id)
             self.batcher.limit_waiting(info.stream_id, LIVE_WAITING)
         self._state.reset(info.stream_id)
         self._ran_seq.pop(info.stream_id, None)
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
+        self._live.discard(eos.stream_id)
         self.batcher.forget_stream(eos.stream_id)
         self._state.reset(eos.stream_id)
         self._ran_seq.pop(eos.stream_id, None)
@@ -198,15 +205,15 @@ class Infer(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         prepared = item.tensors.pop(self.tensor_key, None)
-        tensors: list[PreparedTensor]
-        if isinstance(prepared, PreparedTensor):
+        tensors: list[ModelInput]
+        if isinstance(prepared, ModelInput):
             tensors = [prepared]
-        elif isinstance(prepared, list) and all(isinstance(t, PreparedTensor) for t in prepared):
+        elif isinstance(prepared, list) and all(isinstance(t, ModelInput) for t in prepared):
             tensors = prepared
         else:
             raise ValueError(f"no tensor from stage {self.tensor_key!r} on this item (is it a preparing stage?)")
         unit = object()  # the item's tensors wait, and are superseded, together
-        requests = [self._request(item, tensor.data, unit) for tensor in tensors]
+        requests = [self._request(item, tensor, unit) for tensor in tensors]
         outcomes = await asyncio.gather(*(self.batcher.submit(r) for r in requests), return_exceptions=True)
         for missed, reason in ((Superseded, "stale"), (DeadlineMissed, "deadline")):
             if any(isinstance(o, missed) for o in outcomes):
@@ -219,23 +226,29 @@ class Infer(Stage):
             results.append(outcome)
         if requests:
             item.add_time("batch_wait", max(r.wait_ms for r in requests))
-            item.add_time("infer", max(r.run_ms for r in requests))
+            prepare_ms = max(r.payload.prepare_ms for r in requests)
+            if prepare_ms:
+                item.add_time("prepare", prepare_ms)
+            item.add_time("infer", max(r.run_ms for r in requests) - prepare_ms)
         found = [
             ModelOutput(model=self.card.name, outputs=outputs, geometry=tensor.geometry)
             for tensor, outputs in zip(tensors, results, strict=True)
         ]
-        item.tensors[self.name] = found[0] if isinstance(prepared, PreparedTensor) else found
+        item.tensors[self.name] = found[0] if isinstance(prepared, ModelInput) else found
         return (item,)
 
-    def _request(self, item: Item, tensor: np.ndarray, unit: object) -> Request[_Work]:
+    def _request(self, item: Item, tensor: ModelInput, unit: object) -> Request[_Work]:
         clock = self.batcher.clock
         return Request(
             item.stream_id,
             _Work(tensor, item.seq),
             group=(tensor.shape, tensor.dtype.str),
             item=unit,
-            # The budget counts from capture (wall clock), the batcher from its own clock.
-            captured_at=clock.now() - max(0.0, time.time() - item.capture_time),
+            # The budget counts from capture (wall clock), the batcher from its own clock. Only
+            # where freshness matters: the batcher also serves the freshest of such streams first.
+            captured_at=clock.now() - max(0.0, time.time() - item.capture_time)
+            if self.params.batch.latency_budget_ms is not None or item.stream_id in self._live
+            else None,
         )
 
     async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
@@ -248,7 +261,7 @@ class Infer(Stage):
             if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
                 self._state.reset(request.stream_id)
             self._ran_seq[request.stream_id] = request.payload.seq
-        tensors = [r.payload.tensor for r in requests]
+        tensors = [self._array(r.payload) for r in requests]
         # Device tensors (a GPU prepare's) are stacked on the device: the batch never visits the host.
         feeds: dict[str, Any] = {self._data_input: array_module(tensors[0]).stack(tensors)}
         feeds.update(self._constants)
@@ -264,6 +277,16 @@ class Infer(Stage):
             {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}
             for index in range(len(requests))
         ]
+
+    @staticmethod
+    def _array(work: _Work) -> Any:
+        """The request's tensor; a deferred one is prepared now (a failure fails its request)."""
+        if not isinstance(work.tensor, DeferredTensor):
+            return work.tensor.array()
+        began = time.perf_counter()
+        array = work.tensor.array()
+        work.prepare_ms = (time.perf_counter() - began) * 1000.0
+        return array
 
 
 class _StreamStates:

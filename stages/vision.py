@@ -2,7 +2,8 @@
 
 The geometry of the resize travels with the tensor, so post-processing can map model
 coordinates back to source-frame pixels. With ``latency_budget_ms`` a frame already older than
-that is dropped (``late:<stage>``) before it costs any work.
+that is dropped (``late:<stage>``) before it costs any work. On a live stream the work is left to
+``infer`` (``DeferredTensor``), which prepares only the frames it is about to run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import Field
 
 from pipeline.batching import overdue_ms
 from pipeline.errors import ConfigError
-from pipeline.media import Item, VideoFrame
+from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
@@ -49,6 +50,51 @@ class PreparedTensor:
     geometry: Geometry | None = None
     """How it maps back onto the source frame; ``None`` for tensors that are not images of it."""
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.data.dtype)
+
+    def array(self) -> Any:
+        return self.data
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredTensor:
+    """A frame's tensor not prepared yet: ``array()`` prepares it, when the model is about to run
+    it. On a live stream the graph cannot keep up with, most frames that reach ``infer`` are
+    dropped there (a newer frame of the stream took their place, or they could not finish in
+    time); preparing only the frames that run spares the cores for the model."""
+
+    frame: VideoFrame
+    size: tuple[int, int]
+    resize: str
+    spec: Preprocess
+
+    @property
+    def geometry(self) -> Geometry:
+        return fit_geometry(self.frame.width, self.frame.height, self.size, self.resize)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        height, width = self.size
+        return (3, height, width) if self.spec.layout == "NCHW" else (height, width, 3)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.float32)
+
+    def array(self) -> Any:
+        """Prepare it now. Blocking: call it off the event loop."""
+        return prepare_frame(self.frame, self.size, self.resize, self.spec).data
+
+
+ModelInput = PreparedTensor | DeferredTensor
+"""What a preparing stage leaves for ``infer``: a tensor, or a frame to prepare when it runs."""
+
 
 class PrepareParams(StageParams):
     model: str
@@ -59,6 +105,10 @@ class PrepareParams(StageParams):
     """Defaults to the card's choice."""
     latency_budget_ms: float | None = Field(default=None, gt=0)
     """Frames older than this (since capture) are dropped before preparing (live)."""
+    defer: Literal["live", "always", "never"] = "live"
+    """When to leave the work to ``infer``, which prepares a frame just before the model runs it
+    (``DeferredTensor``): on live streams (most of their frames are dropped before the model when
+    it cannot keep up), always, or never (prepare here, in the thread pool, in parallel)."""
 
 
 @register_stage("prepare")
@@ -82,6 +132,15 @@ class Prepare(Stage):
             raise ConfigError("params.size", f"[{height}, {width}]: model {card.name!r} needs multiples of {multiple}")
         self.size = (height, width)
         self.resize = self.params.resize or self.spec.resize
+        self._live: set[str] = set()
+
+    async def on_stream_added(self, info: StreamInfo) -> None:
+        if info.live:
+            self._live.add(info.stream_id)
+
+    async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
+        self._live.discard(eos.stream_id)
+        return ()
 
     async def process(self, item: Item) -> Sequence[Item]:
         frame = item.media
@@ -90,7 +149,13 @@ class Prepare(Stage):
         if overdue_ms(item.capture_time, self.params.latency_budget_ms) is not None:
             self.ctx.stats.drop_item(item, f"late:{self.name}")
             return ()
-        item.tensors[self.name] = await self.ctx.run_blocking(prepare_frame, frame, self.size, self.resize, self.spec)
+        defer = self.params.defer
+        if defer == "always" or (defer == "live" and item.stream_id in self._live):
+            item.tensors[self.name] = DeferredTensor(frame, self.size, self.resize, self.spec)
+        else:
+            item.tensors[self.name] = await self.ctx.run_blocking(
+                prepare_frame, frame, self.size, self.resize, self.spec
+            )
         return (item,)
 
 
@@ -119,16 +184,14 @@ def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preproce
     xp = array_module(image)
     source_height, source_width = image.shape[:2]
     height, width = size
+    geometry = fit_geometry(source_width, source_height, size, resize)
     if resize == "letterbox":
-        scale = min(width / source_width, height / source_height)
-        inner_w, inner_h = round(source_width * scale), round(source_height * scale)
-        pad_x, pad_y = (width - inner_w) // 2, (height - inner_h) // 2
+        inner_w, inner_h = _letterbox_inner(source_width, source_height, size)
+        pad_x, pad_y = int(geometry.pad_x), int(geometry.pad_y)
         resized = xp.zeros((height, width, 3), dtype=np.uint8)
         resized[pad_y : pad_y + inner_h, pad_x : pad_x + inner_w] = _resize(image, inner_h, inner_w)
-        geometry = Geometry(scale, scale, pad_x, pad_y, source_width, source_height)
     else:
         resized = _resize(image, height, width)
-        geometry = Geometry(width / source_width, height / source_height, 0.0, 0.0, source_width, source_height)
     if spec.color == "rgb":
         resized = resized[..., ::-1]
     # (x * scale - mean) / std, folded into one multiply-add per pixel, one channel at a time
@@ -142,6 +205,24 @@ def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preproce
         xp.multiply(resized[..., channel], gain[channel], out=out, dtype=np.float32, casting="unsafe")
         out += bias[channel]
     return PreparedTensor(tensor, geometry)
+
+
+def _letterbox_inner(source_width: int, source_height: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the picture inside a letterboxed tensor of ``size``."""
+    height, width = size
+    scale = min(width / source_width, height / source_height)
+    return round(source_width * scale), round(source_height * scale)
+
+
+def fit_geometry(source_width: int, source_height: int, size: tuple[int, int], resize: str) -> Geometry:
+    """How a ``source_width`` x ``source_height`` frame lands on a tensor of ``size`` (height,
+    width): stretched, or letterboxed (scaled to fit, centred between padding)."""
+    height, width = size
+    if resize != "letterbox":
+        return Geometry(width / source_width, height / source_height, 0.0, 0.0, source_width, source_height)
+    scale = min(width / source_width, height / source_height)
+    inner_w, inner_h = _letterbox_inner(source_width, source_height, size)
+    return Geometry(scale, scale, (width - inner_w) // 2, (height - inner_h) // 2, source_width, source_height)
 
 
 def array_module(array: Any) -> Any:

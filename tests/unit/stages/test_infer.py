@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pipeline.errors import ConfigError
 from pipeline.media import Item, StreamInfo, VideoFrame
 from stages.infer import Infer, InferParams, ModelOutput
-from stages.vision import Prepare, PreparedTensor, PrepareParams
+from stages.vision import DeferredTensor, Prepare, PreparedTensor, PrepareParams
 
 MODEL = "pp-ocrv4-det"
 OUTPUT = "sigmoid_0.tmp_0"
@@ -187,6 +187,38 @@ async def test_on_a_live_stream_a_newer_frame_takes_a_waiting_ones_place(make_ct
         assert counters.drops == {}
     assert "det" in second.tensors
     await infer.stop()
+
+
+async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepared_result(
+    make_ctx, sample_frame, monkeypatch
+):
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep"))
+    infer = await started_infer(make_ctx)
+    for stage in (prepare, infer):
+        await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
+    items = []
+    for seq in range(3):
+        item = Item(stream_id="cam", media=sample_frame, capture_time=time.time(), seq=seq)
+        items.extend(await prepare.process(item))
+    assert all(isinstance(item.tensors["prep"], DeferredTensor) for item in items)
+    prepared: list[int] = []
+    original = DeferredTensor.array
+    monkeypatch.setattr(DeferredTensor, "array", lambda self: prepared.append(1) or original(self))
+
+    outs = await asyncio.gather(*(infer.process(item) for item in items))
+
+    assert outs == [(), (), (items[2],)]  # the two older frames were superseded while waiting...
+    assert len(prepared) == 1  # ...and never prepared
+    result = items[2].tensors["det"]
+    eager = await started_infer(make_ctx)
+    (reference,) = await prepare.process(Item(stream_id="file", media=sample_frame, capture_time=0.0, seq=0))
+    (reference,) = await eager.process(reference)
+    assert np.array_equal(result.outputs[OUTPUT], reference.tensors["det"].outputs[OUTPUT])
+    assert result.geometry == reference.tensors["det"].geometry
+    assert items[2].timings_ms["prepare"] > 0  # the preparing counts as prepare, not as the model's time
+    await infer.stop()
+    await eager.stop()
 
 
 async def test_with_a_budget_every_stream_keeps_only_its_newest_frame_waiting(make_ctx, sample_frame):

@@ -13,9 +13,17 @@ import stages  # noqa: F401  (registers the built-in stage types)
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
-from pipeline.media import EncodedPacket, Item, VideoFrame
+from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import Preprocess
-from stages.vision import Geometry, Prepare, PreparedTensor, PrepareParams, prepare_image, resize_bilinear
+from stages.vision import (
+    DeferredTensor,
+    Geometry,
+    Prepare,
+    PreparedTensor,
+    PrepareParams,
+    prepare_image,
+    resize_bilinear,
+)
 
 BGR = (10, 20, 30)
 
@@ -182,6 +190,37 @@ async def test_prepare_stage_drops_a_frame_already_over_its_budget(make_ctx):
     assert late.tensors == {}
     assert list(await stage.process(fresh)) == [fresh] and "prep" in fresh.tensors
     assert stage.ctx.stats.stream("s").drops == {"late:prep": 1}
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+async def test_on_a_live_stream_prepare_leaves_the_work_for_when_the_model_runs_the_frame(make_ctx, resize):
+    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], resize=resize))
+    await stage.start(make_ctx("prep"))
+    await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
+    await stage.on_stream_added(StreamInfo("file", "a.mp4", live=False))
+    image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    frame = VideoFrame(image, 0, Fraction(1, 30), 64, 48)
+    (live,) = await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=0))
+    (filed,) = await stage.process(Item(stream_id="file", media=frame, capture_time=0.0, seq=0))
+    deferred, prepared = live.tensors["prep"], filed.tensors["prep"]
+    assert isinstance(deferred, DeferredTensor) and isinstance(prepared, PreparedTensor)
+    # What infer needs before running it (its batch group, its geometry) without the work...
+    assert (deferred.shape, deferred.dtype, deferred.geometry) == (prepared.shape, prepared.dtype, prepared.geometry)
+    # ...and the same tensor when it does run.
+    assert np.array_equal(deferred.array(), prepared.array())
+    await stage.on_stream_ended(EndOfStream("cam", "eof"))
+    (again,) = await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=1))
+    assert isinstance(again.tensors["prep"], PreparedTensor)  # the id no longer names a live stream
+
+
+@pytest.mark.parametrize(("defer", "live", "deferred"), [("never", True, False), ("always", False, True)])
+async def test_the_defer_param_overrides_the_live_rule(make_ctx, defer, live, deferred):
+    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], defer=defer))
+    await stage.start(make_ctx("prep"))
+    await stage.on_stream_added(StreamInfo("s", "x", live=live))
+    frame = VideoFrame(solid(48, 64), 0, Fraction(1, 30), 64, 48)
+    (item,) = await stage.process(Item(stream_id="s", media=frame, capture_time=0.0, seq=0))
+    assert isinstance(item.tensors["prep"], DeferredTensor) is deferred
 
 
 def test_per_channel_normalization_matches_the_formula_in_both_layouts():
