@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -163,6 +164,10 @@ class Messages:
     start plus its media time); differs from ``latencies_ms`` only where a source fell behind its pace."""
     breakdown_ms: dict[str, float]
     """Mean of each ``latency_ms`` field."""
+    tail_breakdown_ms: dict[str, float]
+    """Mean of each ``latency_ms`` field over the slowest 5% of frames: where the p99 goes."""
+    per_stream: dict[str, int]
+    """Messages received per stream (how evenly the model's time was shared)."""
     first_capture: float
     last_receipt: float
     steady_latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -176,14 +181,13 @@ class Messages:
 
 def summarize_messages(received: list[tuple[float, bytes]]) -> Messages:
     latencies: list[float] = []
-    sums: dict[str, float] = {}
+    fields: list[dict[str, float]] = []
     timing: list[tuple[str, float, float, float | None]] = []  # stream, capture, receipt, media time
     for received_at, data in received:
         message = json.loads(data)
         capture = float(message["capture_time"])
         latencies.append((received_at - capture) * 1000.0)
-        for key, value in message.get("latency_ms", {}).items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+        fields.append({key: float(value) for key, value in message.get("latency_ms", {}).items()})
         media_time = message.get("media_time_s")
         timing.append((message["stream_id"], capture, received_at, None if media_time is None else float(media_time)))
     # A stream's start: the earliest capture time less its media time (on schedule at the start).
@@ -198,15 +202,25 @@ def summarize_messages(received: list[tuple[float, bytes]]) -> Messages:
     ]
     first = min((t[1] for t in timing), default=0.0)
     steady = [latency for latency, (_, capture, _, _) in zip(latencies, timing, strict=True) if capture >= first + 1.0]
+    tail_from = float(np.percentile(latencies, 95)) if latencies else 0.0
+    tail = [f for f, latency in zip(fields, latencies, strict=True) if latency >= tail_from]
     return Messages(
         count=len(received),
         latencies_ms=np.asarray(latencies, dtype=np.float64),
         steady_latencies_ms=np.asarray(steady, dtype=np.float64),
         behind_live_ms=np.asarray(behind, dtype=np.float64),
-        breakdown_ms={key: total / len(received) for key, total in sums.items()},
+        breakdown_ms=mean_fields(fields),
+        tail_breakdown_ms=mean_fields(tail),
+        per_stream=dict(Counter(t[0] for t in timing)),
         first_capture=first,
         last_receipt=max((t[2] for t in timing), default=0.0),
     )
+
+
+def mean_fields(fields: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the messages (a missing key counts as 0)."""
+    keys = dict.fromkeys(key for f in fields for key in f)
+    return {key: sum(f.get(key, 0.0) for f in fields) / len(fields) for key in keys}
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -268,19 +282,22 @@ class Setup:
 def pipeline_dict(
     name: str,
     setup: Setup,
-    clip: Path,
+    clip: Path | Sequence[Path],
     streams: int,
     batch: dict[str, Any],
     *,
     native: bool = False,
 ) -> dict[str, Any]:
+    """The bench's pipeline: ``streams`` file streams (stream i plays ``clip``, or the i-th of
+    several, round-robin) through decode -> prepare -> infer -> text_detection -> publish."""
+    clips = [clip] if isinstance(clip, Path) else list(clip)
     live_edge = {"capacity": 2, "policy": "drop_oldest"}
     budget = batch.get("latency_budget_ms")
     sources = [
         {
             "name": f"v{i}",
             "type": "file",
-            "params": {"path": str(clip), "id": f"s{i}", "rate": "native" if native else "max"},
+            "params": {"path": str(clips[i % len(clips)]), "id": f"s{i}", "rate": "native" if native else "max"},
         }
         for i in range(streams)
     ]
@@ -328,7 +345,7 @@ async def run_streamgraph(
     streams: int,
     batch: dict[str, Any],
     *,
-    clip: Path | None = None,
+    clip: Path | Sequence[Path] | None = None,
     native: bool = False,
 ) -> Outcome:
     config = parse_config(pipeline_dict(name, setup, clip or setup.clip, streams, batch, native=native), base_dir=ROOT)
@@ -478,6 +495,34 @@ def live_clip(source: Path, out_dir: Path) -> Path:
     return reencode_live(source, out_dir / f"{source.stem}-live.mp4")
 
 
+def phased_clips(clip: Path, streams: int, out_dir: Path) -> list[Path]:
+    """``clip`` (no B-frames) once per stream, stream i's frames ``i / streams`` of a frame interval
+    after stream 0's, as cameras that came up at different moments send them (the same file
+    started 16 times at once would deliver every stream's frame in the same instant). Remuxed, not
+    re-encoded: the first frame keeps pts 0 (a source schedules from its first packet), frame
+    k >= 1 moves to k + i / streams frame intervals."""
+    clips = []
+    for index in range(streams):
+        out = out_dir / f"{clip.stem}-phase{index}of{streams}.mp4"
+        with av.open(str(clip)) as src, av.open(str(out), "w") as dst:
+            in_stream = src.streams.video[0]
+            rate = int(in_stream.average_rate or NATIVE_FPS)
+            time_base = in_stream.time_base
+            assert time_base is not None
+            out_stream = dst.add_stream_from_template(in_stream)
+            frame = 0
+            for packet in src.demux(in_stream):
+                if not packet.size:
+                    continue  # the demuxer's final flush packet
+                at = Fraction(frame * streams + (index if frame else 0), rate * streams)  # seconds
+                packet.stream = out_stream
+                packet.pts = packet.dts = round(at / time_base)
+                dst.mux(packet)
+                frame += 1
+        clips.append(out)
+    return clips
+
+
 def reencode_live(source: Path, out: Path, *, frames: int | None = None, size: tuple[int, int] | None = None) -> Path:
     """``source``'s first ``frames`` frames (all by default), scaled to ``size`` (width, height) if
     given, as H.264 without B-frames and a keyframe every 2 s: what a camera sends."""
@@ -612,6 +657,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="play the sample as it is (B-frames) in the native run, not re-encoded as a camera sends",
     )
+    parser.add_argument(
+        "--native-in-phase",
+        action="store_true",
+        help="start every native stream's frames in the same instant (the worst case for latency), not spread "
+        "over a frame interval as independent cameras are",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     if args.quick:
@@ -658,7 +709,8 @@ async def bench(args: argparse.Namespace, server: NatsServer, collector: Collect
     print()
     for row in rows:
         if row.contender != "baseline":
-            print(f"{row.contender} at {row.streams} stream(s), mean latency_ms: {breakdown_text(row.messages)}")
+            means = breakdown_text(row.messages.breakdown_ms)
+            print(f"{row.contender} at {row.streams} stream(s), mean latency_ms: {means}")
     for row in rows:
         if row.auto_note:
             print(f"auto at {row.streams} stream(s): {row.auto_note}")
@@ -679,10 +731,9 @@ async def bench(args: argparse.Namespace, server: NatsServer, collector: Collect
         await native_run(args, setup, collector, work_dir)
 
 
-def breakdown_text(messages: Messages) -> str:
+def breakdown_text(means: dict[str, float]) -> str:
     """Mean ``latency_ms`` fields, and the part of ``total`` that none of them accounts for."""
     fields = LATENCY_KEYS
-    means = messages.breakdown_ms
     parts = [f"{key} {means[key]:.0f}" for key in fields if key in means]
     accounted = sum(means.get(key, 0.0) for key in fields)
     total = means.get("total", float("nan"))
@@ -696,6 +747,12 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
         clip = live_clip(clip, work_dir)
     n = args.native_streams
     kind = "the file as it is, B-frames" if args.native_b_frames else "re-encoded without B-frames, as a camera sends"
+    clips: Path | list[Path] = clip
+    if args.native_b_frames or args.native_in_phase:
+        kind += "; every stream's frames in the same instant"
+    else:  # a remux that moves frames in time needs pts == dts: no B-frames
+        clips = phased_clips(clip, n, work_dir)
+        kind += f"; stream i's frames i/{n} of a frame interval after stream 0's, as cameras out of phase"
     print()
     print(
         f"rate: native, {n} streams x {NATIVE_FPS} frames/s for {frames / NATIVE_FPS:.0f} s "
@@ -718,7 +775,7 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
             print(f"- latency_budget_ms: {budget:g} on decode, prep and det{args.budget_note}", flush=True)
         name = f"native-{n}-{'none' if budget is None else round(budget)}"
         live_setup = dataclasses.replace(setup, intra_op_threads=args.native_intra_op_threads)
-        row = await run_streamgraph("sg native", name, live_setup, collector, n, batch, clip=clip, native=True)
+        row = await run_streamgraph("sg native", name, live_setup, collector, n, batch, clip=clips, native=True)
         print_native(row, frames)
         print_target(row, args.max_delay_ms, args.native_alone_ms)
 
@@ -738,7 +795,13 @@ def print_native(row: Outcome, frames: int) -> None:
             f"{row.percentile(100):.0f} ms ({row.frames} frames published, {share:.1f}% of decoded dropped); "
             f"mean batch {batch_text}; model run {model_text} ms (mean latency_ms.infer {row.infer_ms:.1f} ms)"
         )
-        print(f"  mean latency_ms of the published frames: {breakdown_text(row.messages)}")
+        print(f"  mean latency_ms of the published frames: {breakdown_text(row.messages.breakdown_ms)}")
+        print(f"  the same over the slowest 5%: {breakdown_text(row.messages.tail_breakdown_ms)}")
+        shares = sorted(row.messages.per_stream.values())
+        print(
+            f"  published per stream: min {shares[0]}, median {shares[len(shares) // 2]}, max {shares[-1]} "
+            f"({len(shares)} streams)"
+        )
         behind = row.messages.behind_live_ms
         print(
             f"  behind a live camera's schedule (receipt minus stream start plus media time): "
