@@ -456,15 +456,16 @@ class Batcher(Generic[P]):
 
     def _first_round(self, group: Hashable, size: int) -> list[str]:
         """The order of streams for a batch's first round. Plain round-robin, unless every waiting
-        request of the group has a capture time (live streams, latency budgets): then, of the half of the streams that waited
-        longest since their last turn (at least ``size``), those with the freshest request go
-        first. On a live overload (each stream's newest frame waiting, the model taking one now
-        and then) that runs a frame a few ms old instead of one up to a frame interval old.
+        request of the group has a capture time (live streams, latency budgets): then, of the
+        waiting streams in the half of all streams served longest ago (at least ``size``), those
+        with the freshest request go first. On a live overload (each stream's newest frame
+        waiting, the model taking one now and then) that runs a frame a few ms old instead of one
+        up to a frame interval old.
 
         No stream starves: once a stream has been left behind by more batches than there are
-        streams waiting (a round), its request counts as fresher by a growing share of the spread
-        of the waiting requests' ages, all of it a round later; so every stream gets its turn
-        within about two rounds (a hard "overdue goes first" would run those frames however old)."""
+        streams (a round), its request counts as fresher by a growing share of the spread of the
+        waiting requests' ages, all of it a round later; so every stream gets its turn within
+        about two rounds (a hard "overdue goes first" would run those frames however old)."""
         order = list(self._queues)
         captured: dict[str, float] = {}
         for stream_id, queue in self._queues.items():
