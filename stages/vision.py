@@ -175,11 +175,10 @@ def prepare_frame(frame: VideoFrame, size: tuple[int, int], resize: str, spec: P
 def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preprocess) -> PreparedTensor:
     """BGR uint8 HxWx3 -> normalized float32 tensor of ``size`` (height, width) in the card's layout.
 
-    A numpy image is resized by OpenCV, a device array (``__cuda_array_interface__``: CuPy, a
-    decoder's surface) by ``resize_bilinear`` with CuPy, on the device, and the tensor stays
-    there. Both sample as OpenCV's ``INTER_LINEAR`` does and round to whole intensity levels, but
-    OpenCV's uint8 resize rounds in fixed point: about 1 pixel in 10 differs by one level between
-    the two (a float resize on the CPU would agree exactly, at 3-4 times the cost of prepare).
+    A numpy image is resized by OpenCV (``INTER_LINEAR_EXACT``), a device array
+    (``__cuda_array_interface__``: CuPy, a decoder's surface) by ``resize_linear_exact`` with CuPy,
+    on the device, and the tensor stays there. Both compute the same fixed-point arithmetic, so
+    the two give the same pixels, and the same tensor up to float rounding.
     """
     xp = array_module(image)
     source_height, source_width = image.shape[:2]
@@ -244,35 +243,49 @@ def to_host(array: Any) -> np.ndarray:
 
 
 def _resize(image: Any, height: int, width: int) -> Any:
-    """uint8 in, uint8 out: OpenCV on the CPU, ``resize_bilinear`` rounded on the device."""
+    """uint8 in, uint8 out, bit-exact on both sides: OpenCV's ``INTER_LINEAR_EXACT`` on the CPU,
+    ``resize_linear_exact`` (the same fixed-point arithmetic) on the device."""
     xp = array_module(image)
     if xp is np:
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    return xp.clip(xp.rint(resize_bilinear(image, height, width, xp)), 0, 255).astype(np.uint8)
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR_EXACT)
+    return resize_linear_exact(image, height, width, xp)
 
 
-def resize_bilinear(image: Any, height: int, width: int, xp: Any = np) -> Any:
-    """HxWxC -> ``height`` x ``width`` x C float32, sampled as OpenCV's ``INTER_LINEAR`` does
-    (pixel centres aligned, edges clamped), with any numpy-like array module ``xp``."""
-    source = image.astype(np.float32)
-    rows, row_weights = _taps(image.shape[0], height, xp)
-    cols, col_weights = _taps(image.shape[1], width, xp)
-    top, bottom = source[rows[0]], source[rows[1]]
-    blended = top + (bottom - top) * row_weights[:, None, None]
-    left, right = blended[:, cols[0]], blended[:, cols[1]]
-    result: Any = left + (right - left) * col_weights[None, :, None]
-    return result
+FRACTION_BITS = 8
+"""OpenCV's bit-exact linear resize of uint8 weighs pixels in fixed point with 8 fraction bits."""
 
 
-def _taps(source: int, target: int, xp: Any) -> tuple[tuple[Any, Any], Any]:
-    """For each target index: the two source indices it blends and the weight of the second."""
-    position = (xp.arange(target, dtype=np.float64) + 0.5) * (source / target) - 0.5
-    first = xp.floor(position)
-    weight = position - first
-    # OpenCV clamps: before the first pixel and past the last one, it repeats the edge pixel.
-    weight = xp.where(first < 0, 0.0, weight)
-    first = xp.clip(first, 0, source - 1)
-    weight = xp.where(first >= source - 1, 0.0, weight)
-    low = first.astype(np.int64)
-    high = xp.minimum(low + 1, source - 1)
-    return (low, high), weight.astype(np.float32)
+def resize_linear_exact(image: Any, height: int, width: int, xp: Any = np) -> Any:
+    """HxWxC uint8 -> ``height`` x ``width`` x C uint8, computed as OpenCV's ``INTER_LINEAR_EXACT``
+    computes it, with any numpy-like array module ``xp`` (CuPy on the device), so the GPU prepare
+    gives the CPU's pixels exactly. Pixel centres are aligned and edges repeat; each row is first
+    blended across columns with 8-bit fixed-point weights (a 16-bit value), then two such rows
+    with 8-bit weights again (16 fraction bits), rounded half up to a whole level."""
+    rows, row_weights = _fixed_point_taps(image.shape[0], height, xp)
+    cols, col_weights = _fixed_point_taps(image.shape[1], width, xp)
+    # Only the source rows some output row reads, each blended across columns once.
+    needed, where = np.unique(np.concatenate([rows[0], rows[1]]), return_inverse=True)
+    source = image[xp.asarray(needed)].astype(np.uint32)
+    left, right = (w.reshape(-1, 1) for w in col_weights)  # over a row: one weight per pixel
+    across = source[:, xp.asarray(cols[0])] * left + source[:, xp.asarray(cols[1])] * right
+    top, bottom = across[xp.asarray(where[:height])], across[xp.asarray(where[height:])]
+    upper, lower = (w.reshape(-1, 1, 1) for w in row_weights)  # over an image: one per row
+    blended = top * upper + bottom * lower
+    half = 1 << (2 * FRACTION_BITS - 1)
+    return ((blended + half) >> (2 * FRACTION_BITS)).astype(np.uint8)
+
+
+def _fixed_point_taps(source: int, target: int, xp: Any) -> tuple[tuple[np.ndarray, np.ndarray], tuple[Any, Any]]:
+    """For each target index: the two source indices it blends (host arrays) and their weights
+    in fixed point (``xp`` arrays), summing to 1 << 8."""
+    one = 1 << FRACTION_BITS
+    position = (np.arange(target, dtype=np.float64) + 0.5) * (source / target) - 0.5
+    first = np.floor(position)
+    second_weight = np.clip(np.rint((position - first) * one), 0, one).astype(np.int64)
+    # Before the first pixel and from the last one on, the edge pixel is repeated.
+    clamped = (first < 0) | (first + 1 >= source)
+    second_weight[clamped] = 0
+    low = np.clip(first, 0, source - 1).astype(np.int64)
+    high = np.where(clamped, low, low + 1)
+    weights = [xp.asarray(w.astype(np.uint32)) for w in (one - second_weight, second_weight)]
+    return (low, high), (weights[0], weights[1])
