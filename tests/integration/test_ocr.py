@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from .support import ROOT, iou, run_to_end
+from .support import ROOT, Recording, iou, run_to_end
 
 CONFIG = str(ROOT / "configs" / "ocr.yaml")
 MIN_EXACT = 0.9
@@ -38,6 +38,12 @@ async def test_ocr_reads_the_rendered_text_in_every_frame(
     nats_server: Any, sample_video: Path, ground_truth: dict[str, Any], cli_env: dict[str, str]
 ) -> None:
     recording = await run_to_end(nats_server.url, CONFIG, "ocr", env=cli_env, timeout_s=840)
+    assert_ocr_read_the_sample(recording, ground_truth)
+
+
+def assert_ocr_read_the_sample(recording: Recording, ground_truth: dict[str, Any]) -> None:
+    """One message per frame of the sample, in order, with detections and text; at least
+    ``MIN_EXACT`` of the rendered lines read exactly."""
     assert recording.returncode == 0, recording.stderr
     frames = ground_truth["frames"]
     assert f"{frames} frames decoded, {frames} messages published, 0 dropped" in recording.stdout
