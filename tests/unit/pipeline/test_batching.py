@@ -187,7 +187,7 @@ async def test_picking_the_freshest_never_starves_a_stream_whose_frames_are_alwa
         await model.release()
     turns = [i for i, batch in enumerate(model.batches) if batch == ["late"]]
     gaps = [b - a for a, b in zip([-1, *turns], turns, strict=False)]
-    assert turns and max(gaps) <= 2 * len(streams) + 1, model.batches  # within two rounds
+    assert turns and max(gaps) <= 1.5 * len(streams) + 2, model.batches  # about one and a half rounds
     batcher.cancel()
 
 
