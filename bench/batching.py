@@ -23,8 +23,8 @@ own thread and event loop. Throughput is frames received over the time from the 
 Then a live-like run: 16 streams at ``rate: native`` (25 frames/s each) of the sample re-encoded as
 a live camera sends it (H.264 without B-frames: with the file's B-pyramid a frame cannot leave the
 decoder until up to 5 later packets arrived, 200 ms at 25 frames/s, over the bound by itself),
-stream i's frames i/16 of a frame interval after stream 0's as independent cameras' are (``--native-
-in-phase``: all in the same instant), ``drop_oldest`` edges of capacity 2 in front of prepare and
+stream i's frames i/16 of a frame interval after stream 0's as independent cameras' are
+(``--native-in-phase``: all in the same instant), ``drop_oldest`` edges of capacity 2 in front of prepare and
 infer, ``max_size: auto``, one ONNX Runtime thread (``--native-intra-op-threads``: the other core
 decodes 400 frames/s), and 85% of the target's own bound (2 x a batch-1 run measured alone +
 max_delay_ms) as ``latency_budget_ms`` on decode, prepare and infer (the margin is for the jitter of
