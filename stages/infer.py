@@ -12,8 +12,9 @@ On a live stream (or with ``latency_budget_ms``) at most one item per stream wai
 a newer one takes the older one's place, which is dropped and counted (``stale:<stage>``), so a
 slow model makes the stage drop frames instead of falling further behind. An item that cannot be
 through the model within its budget is dropped before inference (``deadline:<stage>``). A frame a
-``prepare`` stage deferred (``DeferredTensor``, live streams) is prepared on the model's thread just
-before its run, so only frames that run cost that work; the time counts as ``prepare``.
+``prepare`` stage deferred (``DeferredTensor``, live streams) is prepared just before its run (a
+batch of several side by side in the thread pool, one alone on the model's thread), so only frames
+that run cost that work; the time counts as ``prepare``.
 """
 
 from __future__ import annotations
@@ -97,8 +98,20 @@ def warm_up_feeds(card: ModelCard) -> dict[str, np.ndarray] | None:
 class _Work:
     tensor: ModelInput
     seq: int
+    prepared: Any = None
+    """A deferred tensor's array, once prepared."""
     prepare_ms: float = 0.0
     """Time spent preparing a deferred tensor just before the run."""
+
+    def array(self) -> Any:
+        """The tensor's array; a deferred one is prepared now (blocking) unless it was already."""
+        if not isinstance(self.tensor, DeferredTensor):
+            return self.tensor.array()
+        if self.prepared is None:
+            began = time.perf_counter()
+            self.prepared = self.tensor.array()
+            self.prepare_ms = (time.perf_counter() - began) * 1000.0
+        return self.prepared
 
 
 @register_stage("infer")
@@ -252,6 +265,12 @@ class Infer(Stage):
         )
 
     async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
+        deferred = [r.payload for r in requests if isinstance(r.payload.tensor, DeferredTensor)]
+        if len(deferred) > 1:
+            # Several frames to prepare (a batch of live frames on a GPU): side by side in the
+            # pool, not one after another on the model's thread. One is prepared on that thread:
+            # the pool may be busy decoding, and the model would wait for a turn there.
+            await asyncio.gather(*(self.ctx.run_blocking(work.array) for work in deferred))
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._infer, requests)
 
     def _infer(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
@@ -261,7 +280,7 @@ class Infer(Stage):
             if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
                 self._state.reset(request.stream_id)
             self._ran_seq[request.stream_id] = request.payload.seq
-        tensors = [self._array(r.payload) for r in requests]
+        tensors = [r.payload.array() for r in requests]
         # Device tensors (a GPU prepare's) are stacked on the device: the batch never visits the host.
         feeds: dict[str, Any] = {self._data_input: array_module(tensors[0]).stack(tensors)}
         feeds.update(self._constants)
@@ -277,16 +296,6 @@ class Infer(Stage):
             {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}
             for index in range(len(requests))
         ]
-
-    @staticmethod
-    def _array(work: _Work) -> Any:
-        """The request's tensor; a deferred one is prepared now (a failure fails its request)."""
-        if not isinstance(work.tensor, DeferredTensor):
-            return work.tensor.array()
-        began = time.perf_counter()
-        array = work.tensor.array()
-        work.prepare_ms = (time.perf_counter() - began) * 1000.0
-        return array
 
 
 class _StreamStates:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -219,6 +220,35 @@ async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepar
     assert items[2].timings_ms["prepare"] > 0  # the preparing counts as prepare, not as the model's time
     await infer.stop()
     await eager.stop()
+
+
+async def test_a_batch_of_deferred_frames_is_prepared_side_by_side_off_the_model_thread(
+    make_ctx, sample_frame, monkeypatch
+):
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep"))
+    infer = await started_infer(make_ctx, batch={"max_size": 3, "max_delay_ms": 60_000})
+    streams = ["a", "b", "c"]
+    items = []
+    for stream in streams:
+        for stage in (prepare, infer):
+            await stage.on_stream_added(StreamInfo(stream, f"rtsp://{stream}", live=True))
+        items.extend(await prepare.process(Item(stream_id=stream, media=sample_frame, capture_time=time.time())))
+    threads: list[str] = []
+    original = DeferredTensor.array
+    monkeypatch.setattr(
+        DeferredTensor, "array", lambda self: threads.append(threading.current_thread().name) or original(self)
+    )
+
+    outs = await asyncio.gather(*(infer.process(item) for item in items))
+
+    assert [out for (out,) in outs] == items  # one batch of three, each with its result
+    assert infer.batcher.batches == 1
+    assert len(threads) == 3 and not any(name.startswith("model-") for name in threads)
+    outputs = [item.tensors["det"].outputs[OUTPUT] for item in items]
+    assert all(np.array_equal(outputs[0], other) for other in outputs[1:])  # the same frame thrice
+    assert all(item.timings_ms["prepare"] > 0 for item in items)
+    await infer.stop()
 
 
 async def test_with_a_budget_every_stream_keeps_only_its_newest_frame_waiting(make_ctx, sample_frame):
