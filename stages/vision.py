@@ -9,7 +9,7 @@ that is dropped (``late:<stage>``) before it costs any work. On a live stream th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +73,7 @@ class DeferredTensor:
     size: tuple[int, int]
     resize: str
     spec: Preprocess
+    _prepared: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def geometry(self) -> Geometry:
@@ -88,8 +89,16 @@ class DeferredTensor:
         return np.dtype(np.float32)
 
     def array(self) -> Any:
-        """Prepare it now. Blocking: call it off the event loop."""
-        return prepare_frame(self.frame, self.size, self.resize, self.spec).data
+        """The tensor, prepared on first use. Blocking: call it off the event loop."""
+        if self._prepared is None:
+            prepared = prepare_frame(self.frame, self.size, self.resize, self.spec).data
+            object.__setattr__(self, "_prepared", prepared)  # a cache: the tensor's value does not change
+        return self._prepared
+
+    @property
+    def data(self) -> Any:
+        """``array()``, for a stage written against ``PreparedTensor.data`` (blocking the first time)."""
+        return self.array()
 
 
 ModelInput = PreparedTensor | DeferredTensor

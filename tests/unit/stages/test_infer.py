@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from pipeline.errors import ConfigError
 from pipeline.media import Item, StreamInfo, VideoFrame
+from stages import vision
 from stages.infer import Infer, InferParams, ModelOutput
 from stages.vision import DeferredTensor, Prepare, PreparedTensor, PrepareParams
 
@@ -204,8 +205,8 @@ async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepar
         items.extend(await prepare.process(item))
     assert all(isinstance(item.tensors["prep"], DeferredTensor) for item in items)
     prepared: list[int] = []
-    original = DeferredTensor.array
-    monkeypatch.setattr(DeferredTensor, "array", lambda self: prepared.append(1) or original(self))
+    original = vision.prepare_frame
+    monkeypatch.setattr(vision, "prepare_frame", lambda *args: prepared.append(1) or original(*args))
 
     outs = await asyncio.gather(*(infer.process(item) for item in items))
 
@@ -235,9 +236,9 @@ async def test_a_batch_of_deferred_frames_is_prepared_side_by_side_off_the_model
             await stage.on_stream_added(StreamInfo(stream, f"rtsp://{stream}", live=True))
         items.extend(await prepare.process(Item(stream_id=stream, media=sample_frame, capture_time=time.time())))
     threads: list[str] = []
-    original = DeferredTensor.array
+    original = vision.prepare_frame
     monkeypatch.setattr(
-        DeferredTensor, "array", lambda self: threads.append(threading.current_thread().name) or original(self)
+        vision, "prepare_frame", lambda *args: threads.append(threading.current_thread().name) or original(*args)
     )
 
     outs = await asyncio.gather(*(infer.process(item) for item in items))

@@ -206,8 +206,10 @@ async def test_on_a_live_stream_prepare_leaves_the_work_for_when_the_model_runs_
     assert isinstance(deferred, DeferredTensor) and isinstance(prepared, PreparedTensor)
     # What infer needs before running it (its batch group, its geometry) without the work...
     assert (deferred.shape, deferred.dtype, deferred.geometry) == (prepared.shape, prepared.dtype, prepared.geometry)
-    # ...and the same tensor when it does run.
+    # ...and the same tensor when it does run, prepared once (``data``, for stages written
+    # against ``PreparedTensor``, is the same array).
     assert np.array_equal(deferred.array(), prepared.array())
+    assert deferred.data is deferred.array()
     await stage.on_stream_ended(EndOfStream("cam", "eof"))
     (again,) = await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=1))
     assert isinstance(again.tensors["prep"], PreparedTensor)  # the id no longer names a live stream
