@@ -2,7 +2,8 @@
 
 Requests wait in one queue per stream. A batch goes out when it is full or when the oldest
 waiting request has waited ``max_delay_ms`` (never later than the next moment the model is free),
-taking requests round-robin across streams so a flooding stream cannot starve a slow one. Only
+taking requests round-robin across streams so a flooding stream cannot starve a slow one (live or
+budgeted streams: the freshest of the streams whose turn it is, ``Batcher._first_round``). Only
 requests of one *group* (e.g. one tensor shape) share a batch; the group of the oldest request
 goes first. With ``latency_budget_ms`` a request that cannot finish within its budget (its age
 since capture plus the measured run time of a batch; only its age while one run alone takes longer
@@ -261,7 +262,8 @@ class Batcher(Generic[P]):
         self._task: asyncio.Task[None] | None = None
         self._waiting_limits: dict[str, int | None] = {}
         self._passed_over: dict[str, int] = {}
-        """Batches that left a stream's waiting request behind since its last turn."""
+        """Streams served while a stream's request waited, since its last turn (a round is every
+        stream once)."""
         self._run_s: dict[int, float] = {}
         """Moving average of the run time by batch size (the clock around it, waiting for a thread
         included): how long a batch about to start will take."""
@@ -445,13 +447,12 @@ class Batcher(Generic[P]):
         first_round = set(served)
         for stream_id, queue in self._queues.items():
             if stream_id not in first_round and self._next_of(queue, group, first_round=True) is not None:
-                self._passed_over[stream_id] = self._passed_over.get(stream_id, 0) + 1
-        # Streams served go to the back: the next batch starts with the ones that waited.
+                self._passed_over[stream_id] = self._passed_over.get(stream_id, 0) + len(first_round)
+        # Streams served go to the back: the next batch starts with the ones that waited. (An
+        # emptied queue stays: the order is every stream's, until ``forget_stream``.)
         for stream_id in dict.fromkeys(served):
             self._passed_over.pop(stream_id, None)
-            queue = self._queues.pop(stream_id)
-            if queue:
-                self._queues[stream_id] = queue
+            self._queues.move_to_end(stream_id)
         return batch
 
     def _first_round(self, group: Hashable, size: int) -> list[str]:
@@ -462,12 +463,12 @@ class Batcher(Generic[P]):
         waiting, the model taking one now and then) that runs a frame a few ms old instead of one
         up to a frame interval old.
 
-        No stream starves, nor falls far behind: once a stream has been left behind by more
-        batches than half the streams (half a round), its request counts as fresher by a growing
-        share of the spread of the waiting requests' ages, all of it a round later; so every
-        stream gets its turn within about one and a half rounds (a hard "overdue goes first" would
-        run those frames however old). In a simulation of 16 streams out of phase, each stream
-        got 10-13 of every 180 runs (round-robin: 11-12) with frames 6 ms old on average (20)."""
+        A stream is not left behind for long: once more than half a round (every stream served
+        once) has been served while its request waited, that request counts as fresher by a
+        growing share of the spread of the waiting requests' ages. A stream whose frame is always
+        the oldest still gets its turn within about two rounds, at any batch size (a unit test).
+        The latency budget comes first: a frame too old to finish in time is dropped, whatever
+        its stream's turn (``_drop_late``)."""
         order = list(self._queues)
         captured: dict[str, float] = {}
         for stream_id, queue in self._queues.items():
@@ -479,8 +480,8 @@ class Batcher(Generic[P]):
         waiting = [s for s in order if s in captured]
         if len(waiting) <= size:
             return order
-        # The half is of every stream the batcher serves, waiting now or not: one served lately
-        # must wait for half of them to be served before it can go first again.
+        # The half is of every stream the batcher knows, waiting now or not (served streams keep
+        # their emptied queue): one served lately waits for half of them to be served first.
         rounds = len(order)
         older_half = set(order[: math.ceil(rounds / 2)])
         window = [s for s in waiting if s in older_half or self._passed_over.get(s, 0) > rounds / 2]
@@ -489,7 +490,7 @@ class Batcher(Generic[P]):
 
         def freshness(stream_id: str) -> float:
             behind = max(0.0, self._passed_over.get(stream_id, 0) - rounds / 2) / rounds
-            return captured[stream_id] + behind * spread  # past a round and a half: fresher than any
+            return captured[stream_id] + behind * spread
 
         first = sorted(window, key=freshness, reverse=True)
         return first + [s for s in order if s not in first]
