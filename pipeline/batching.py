@@ -124,6 +124,9 @@ class Request(Generic[P]):
     model_s: float | None = None
     """Seconds the model itself took for this request's batch, if the run function measured it
     (``auto`` prefers it: the clock around a run also counts waiting for a free thread)."""
+    prepare_s: float = 0.0
+    """Seconds the run function spent preparing this request's input just before the model ran
+    (deferred preparing): part of what a batch of that size costs, for ``auto``."""
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -510,7 +513,9 @@ class Batcher(Generic[P]):
         measured = [r.model_s for r in batch if r.model_s is not None]
         model_s = max(measured) if measured else finished - started
         if self.adaptive is not None:
-            self.adaptive.record(len(batch), model_s)
+            # Preparing inside the run grows with the batch as the model's time does.
+            prepare_s = max(r.prepare_s for r in batch) if measured else 0.0
+            self.adaptive.record(len(batch), model_s + prepare_s)
         old = self._run_s.get(len(batch))
         run_s = finished - started
         self._run_s[len(batch)] = run_s if old is None else 0.7 * old + 0.3 * run_s

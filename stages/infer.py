@@ -260,14 +260,35 @@ class Infer(Stage):
             else None,
         )
 
-    async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
-        deferred = [r.payload for r in requests if isinstance(r.payload.tensor, DeferredTensor)]
-        if len(deferred) > 1:
-            # Several frames to prepare (a batch of live frames on a GPU): side by side in the
-            # pool, not one after another on the model's thread. One is prepared on that thread:
-            # the pool may be busy decoding, and the model would wait for a turn there.
-            await asyncio.gather(*(self.ctx.run_blocking(work.array) for work in deferred))
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._infer, requests)
+    async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray] | BaseException]:
+        failed = await self._prepare_deferred(requests)
+        runnable = [r for r in requests if id(r) not in failed]
+        outputs: list[dict[str, np.ndarray]] = []
+        if runnable:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._model_thread, self._infer, runnable)
+        ran = iter(outputs)
+        return [failed[id(r)] if id(r) in failed else next(ran) for r in requests]
+
+    async def _prepare_deferred(self, requests: list[Request[_Work]]) -> dict[int, BaseException]:
+        """Prepare a batch's deferred frames side by side in the pool, when there are several (a
+        batch of live frames on a GPU), not one after another on the model's thread; a single one
+        is left to that thread (the pool may be busy decoding, the model would wait for a turn
+        there). Each request's wait counts as its ``prepare`` time, and as part of the batch's
+        cost for ``auto``. Returns the requests whose frame failed (by id), with the error: they
+        fail alone, the rest still run together."""
+        deferred = [r for r in requests if isinstance(r.payload.tensor, DeferredTensor)]
+        if len(deferred) < 2:
+            return {}
+        began = time.perf_counter()
+        outcomes = await asyncio.gather(
+            *(self.ctx.run_blocking(r.payload.array) for r in deferred), return_exceptions=True
+        )
+        waited_ms = (time.perf_counter() - began) * 1000.0
+        for request in deferred:
+            request.payload.prepare_ms = waited_ms
+            request.prepare_s = waited_ms / 1000.0
+        return {id(r): o for r, o in zip(deferred, outcomes, strict=True) if isinstance(o, BaseException)}
 
     def _infer(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
         streams = [r.stream_id for r in requests]
@@ -277,6 +298,8 @@ class Infer(Stage):
                 self._state.reset(request.stream_id)
             self._ran_seq[request.stream_id] = request.payload.seq
         tensors = [r.payload.array() for r in requests]
+        for request in requests:  # a frame prepared here, on the model's thread, just now
+            request.prepare_s = max(request.prepare_s, request.payload.prepare_ms / 1000.0)
         # Device tensors (a GPU prepare's) are stacked on the device: the batch never visits the host.
         feeds: dict[str, Any] = {self._data_input: array_module(tensors[0]).stack(tensors)}
         feeds.update(self._constants)

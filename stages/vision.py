@@ -8,6 +8,7 @@ that is dropped (``late:<stage>``) before it costs any work. On a live stream th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,8 @@ class DeferredTensor:
     resize: str
     spec: Preprocess
     _prepared: Any = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    """Two callers at once (two ``infer`` branches share a forked item's tensor) prepare it once."""
 
     @property
     def geometry(self) -> Geometry:
@@ -90,10 +93,11 @@ class DeferredTensor:
 
     def array(self) -> Any:
         """The tensor, prepared on first use. Blocking: call it off the event loop."""
-        if self._prepared is None:
-            prepared = prepare_frame(self.frame, self.size, self.resize, self.spec).data
-            object.__setattr__(self, "_prepared", prepared)  # a cache: the tensor's value does not change
-        return self._prepared
+        with self._lock:
+            if self._prepared is None:
+                prepared = prepare_frame(self.frame, self.size, self.resize, self.spec).data
+                object.__setattr__(self, "_prepared", prepared)  # a cache: the tensor's value does not change
+            return self._prepared
 
     @property
     def data(self) -> Any:

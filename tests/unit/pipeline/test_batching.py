@@ -555,6 +555,24 @@ async def test_auto_uses_the_models_own_time_when_the_run_reports_it():
     assert batcher.adaptive.current == 1
 
 
+async def test_auto_counts_preparing_done_inside_the_run_as_part_of_a_batch_s_cost():
+    clock = ManualClock()
+
+    async def run(batch: list[Request[Any]]) -> Sequence[Any]:
+        for request in batch:
+            request.model_s = 0.010  # batching would pay for the model alone...
+            request.prepare_s = 0.008 * len(batch)  # ...but the frames are prepared one by one
+        return [None] * len(batch)
+
+    batcher: Batcher[Any] = Batcher(run, BatchPolicy(max_size=None, size_limit=8), clock=clock)
+    for i in range(200):
+        batcher.submit(Request(f"s{i % 8}", i))
+    await batcher.close()
+    assert batcher.adaptive is not None
+    assert batcher.adaptive.cost_s[2] == pytest.approx(0.026)
+    assert batcher.mean_model_ms == pytest.approx(10.0)  # the model's own time stays its own
+
+
 async def test_batcher_with_auto_size_settles_by_measurement():
     batcher, model, _ = make(BatchPolicy(max_size=None, max_delay_ms=5, size_limit=8), cost=lambda n: 0.01 + 0.001 * n)
     futures = [submit(batcher, f"s{i % 8}", i) for i in range(400)]

@@ -7,12 +7,14 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from pipeline.batching import Request
 from pipeline.errors import ConfigError
 from pipeline.media import Item, StreamInfo, VideoFrame
 from stages import vision
@@ -249,6 +251,54 @@ async def test_a_batch_of_deferred_frames_is_prepared_side_by_side_off_the_model
     outputs = [item.tensors["det"].outputs[OUTPUT] for item in items]
     assert all(np.array_equal(outputs[0], other) for other in outputs[1:])  # the same frame thrice
     assert all(item.timings_ms["prepare"] > 0 for item in items)
+    await infer.stop()
+
+
+class BrokenPicture:
+    """A decoder's frame whose conversion to pixels fails (a corrupt picture)."""
+
+    def to_ndarray(self, **_: object) -> np.ndarray:
+        raise ValueError("corrupt picture")
+
+
+async def test_a_deferred_frame_that_cannot_be_prepared_fails_alone_and_the_rest_run_together(make_ctx, sample_frame):
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep"))
+    infer = await started_infer(make_ctx, batch={"max_size": 3, "max_delay_ms": 60_000})
+    broken = VideoFrame(None, 0, Fraction(1, 25), sample_frame.width, sample_frame.height, decoded=BrokenPicture())
+    items = []
+    for stream, frame in (("a", sample_frame), ("b", broken), ("c", sample_frame)):
+        for stage in (prepare, infer):
+            await stage.on_stream_added(StreamInfo(stream, f"rtsp://{stream}", live=True))
+        items.extend(await prepare.process(Item(stream_id=stream, media=frame, capture_time=time.time())))
+    runs: list[int] = []
+    engine_infer = infer.engine.infer
+    infer.engine.infer = lambda feeds: runs.append(len(feeds["x"])) or engine_infer(feeds)  # type: ignore[method-assign]
+
+    outs = await asyncio.gather(*(infer.process(item) for item in items), return_exceptions=True)
+
+    assert outs[0] == (items[0],) and outs[2] == (items[2],)
+    assert isinstance(outs[1], ValueError) and "corrupt picture" in str(outs[1])
+    assert runs == [2]  # the two good frames in one run, not three runs of one
+    await infer.stop()
+
+
+@pytest.mark.parametrize(
+    ("live", "batch", "timed"),
+    [(True, {}, True), (False, {}, False), (False, {"max_size": 1, "latency_budget_ms": 60_000}, True)],
+)
+async def test_only_live_or_budgeted_streams_give_the_batcher_a_capture_time(
+    make_ctx, sample_frame, live, batch, timed
+):
+    # With one, the batcher serves the freshest streams first; without, plain round-robin.
+    infer = await started_infer(make_ctx, batch=batch) if batch else await started_infer(make_ctx)
+    await infer.on_stream_added(StreamInfo("cam", "x", live=live))
+    (item,) = await prepared_items(make_ctx, sample_frame, 1)
+    submitted: list[Request[Any]] = []
+    submit = infer.batcher.submit
+    infer.batcher.submit = lambda request: submitted.append(request) or submit(request)  # type: ignore[method-assign]
+    await infer.process(item)
+    assert (submitted[0].captured_at is not None) is timed
     await infer.stop()
 
 
