@@ -152,6 +152,7 @@ class Runner:
                 executor=executor,
                 bus=self._bus,
                 input_stages=node.inputs,
+                consumers=tuple(self.graph.nodes[c].stage for c in self.graph.consumers(name)),
                 logger=logging.getLogger(f"streamgraph.stage.{name}"),
                 stop_stream=self._stop_stream,
                 metrics=self.metrics,

@@ -53,6 +53,8 @@ class StageContext:
     metrics: Metrics = field(default_factory=lambda: Metrics("detached"))
     """The runner's metrics (``observe_batch``, ``observe_published``); a stage started outside a
     runner gets one of its own that nothing scrapes."""
+    consumers: tuple[Stage, ...] = ()
+    """The stages this one's items go to (a stage may adapt what it hands on to them)."""
 
     async def run_blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -77,6 +79,10 @@ class Stage:
     Params: ClassVar[type[StrictModel]] = NoParams
     latency_key: ClassVar[str | None] = None
     """Latency bucket (decode, prepare, infer, post, publish) that ``process`` time counts in."""
+    takes_deferred_tensors: ClassVar[bool] = False
+    """Whether the stage takes a frame left unprepared (``stages.vision.DeferredTensor``) where a
+    prepared tensor is expected, and prepares it itself (``infer``). A ``prepare`` stage defers
+    only when every stage it feeds does."""
 
     @property
     def max_in_flight(self) -> int:

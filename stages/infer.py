@@ -115,6 +115,7 @@ class Infer(Stage):
     Params = InferParams
     params: InferParams
     latency_key = None  # batch wait and model time are measured per request and added below
+    takes_deferred_tensors = True
 
     def check(self, base_dir: Path) -> None:
         self._load_card(base_dir)

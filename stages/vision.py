@@ -101,7 +101,8 @@ class DeferredTensor:
 
     @property
     def data(self) -> Any:
-        """``array()``, for a stage written against ``PreparedTensor.data`` (blocking the first time)."""
+        """``array()``, for a stage written against ``PreparedTensor.data``. Blocking the first
+        time: read it in the thread pool (``ctx.run_blocking``), not in ``process`` itself."""
         return self.array()
 
 
@@ -121,7 +122,8 @@ class PrepareParams(StageParams):
     defer: Literal["live", "always", "never"] = "live"
     """When to leave the work to ``infer``, which prepares a frame just before the model runs it
     (``DeferredTensor``): on live streams (most of their frames are dropped before the model when
-    it cannot keep up), always, or never (prepare here, in the thread pool, in parallel)."""
+    it cannot keep up) when every stage this one feeds is an ``infer``, always, or never (prepare
+    here, in the thread pool, in parallel)."""
 
 
 @register_stage("prepare")
@@ -136,6 +138,12 @@ class Prepare(Stage):
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         self._configure(ctx.base_dir)
+        others = [stage.name for stage in ctx.consumers if not stage.takes_deferred_tensors]
+        # A stage that reads the tensor itself would get a frame to prepare (on the event loop,
+        # if it reads ``data`` in ``process``): only stages that prepare it themselves get one.
+        self._may_defer = bool(ctx.consumers) and not others
+        if self.params.defer == "live" and others:
+            ctx.logger.info("live frames are prepared here: %s take(s) prepared tensors only", ", ".join(others))
 
     def _configure(self, base_dir: Path) -> None:
         card, self.spec = load_preprocess(self.params.model, base_dir)
@@ -163,7 +171,7 @@ class Prepare(Stage):
             self.ctx.stats.drop_item(item, f"late:{self.name}")
             return ()
         defer = self.params.defer
-        if defer == "always" or (defer == "live" and item.stream_id in self._live):
+        if defer == "always" or (defer == "live" and self._may_defer and item.stream_id in self._live):
             item.tensors[self.name] = DeferredTensor(frame, self.size, self.resize, self.spec)
         else:
             item.tensors[self.name] = await self.ctx.run_blocking(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stage import StageContext
+from pipeline.stage import Stage, StageContext
 from pipeline.stats import StreamStats
 
 
@@ -23,7 +23,13 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 def make_ctx(executor: ThreadPoolExecutor, tmp_path: Path) -> Callable[..., StageContext]:
     """``make_ctx(stage_name, input_stages=(...))``: a StageContext with fresh stats."""
 
-    def make(stage: str = "stage", *, input_stages: tuple[str, ...] = (), stats: StreamStats | None = None):
+    def make(
+        stage: str = "stage",
+        *,
+        input_stages: tuple[str, ...] = (),
+        stats: StreamStats | None = None,
+        consumers: tuple[Stage, ...] = (),
+    ):
         return StageContext(
             pipeline="unit",
             stage=stage,
@@ -31,6 +37,7 @@ def make_ctx(executor: ThreadPoolExecutor, tmp_path: Path) -> Callable[..., Stag
             stats=stats if stats is not None else StreamStats(),
             executor=executor,
             input_stages=input_stages,
+            consumers=consumers,
         )
 
     return make

@@ -48,9 +48,9 @@ async def started_infer(make_ctx, **params) -> Infer:
 
 
 async def test_prepare_then_infer_gives_a_probability_map_of_the_tensor_size(make_ctx, sample_frame):
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep"))
     infer = await started_infer(make_ctx)
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep", consumers=(infer,)))
     assert infer.tensor_key == "prep"  # the stage's first input, by default
 
     (item,) = await prepare.process(frame_item(sample_frame))
@@ -196,9 +196,9 @@ async def test_on_a_live_stream_a_newer_frame_takes_a_waiting_ones_place(make_ct
 async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepared_result(
     make_ctx, sample_frame, monkeypatch
 ):
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep"))
     infer = await started_infer(make_ctx)
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep", consumers=(infer,)))
     for stage in (prepare, infer):
         await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
     items = []
@@ -228,9 +228,9 @@ async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepar
 async def test_a_batch_of_deferred_frames_is_prepared_side_by_side_off_the_model_thread(
     make_ctx, sample_frame, monkeypatch
 ):
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep"))
     infer = await started_infer(make_ctx, batch={"max_size": 3, "max_delay_ms": 60_000})
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep", consumers=(infer,)))
     streams = ["a", "b", "c"]
     items = []
     for stream in streams:
@@ -262,9 +262,9 @@ class BrokenPicture:
 
 
 async def test_a_deferred_frame_that_cannot_be_prepared_fails_alone_and_the_rest_run_together(make_ctx, sample_frame):
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep"))
     infer = await started_infer(make_ctx, batch={"max_size": 3, "max_delay_ms": 60_000})
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep", consumers=(infer,)))
     broken = VideoFrame(None, 0, Fraction(1, 25), sample_frame.width, sample_frame.height, decoded=BrokenPicture())
     items = []
     for stream, frame in (("a", sample_frame), ("b", broken), ("c", sample_frame)):

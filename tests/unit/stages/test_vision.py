@@ -15,6 +15,7 @@ from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import Preprocess
+from stages.infer import Infer, InferParams
 from stages.vision import (
     DeferredTensor,
     Geometry,
@@ -192,10 +193,15 @@ async def test_prepare_stage_drops_a_frame_already_over_its_budget(make_ctx):
     assert stage.ctx.stats.stream("s").drops == {"late:prep": 1}
 
 
+def a_model() -> Infer:
+    """An ``infer`` stage (not started: a consumer that takes deferred tensors)."""
+    return Infer("det", InferParams(model="pp-ocrv4-det"))
+
+
 @pytest.mark.parametrize("resize", ["stretch", "letterbox"])
 async def test_on_a_live_stream_prepare_leaves_the_work_for_when_the_model_runs_the_frame(make_ctx, resize):
     stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], resize=resize))
-    await stage.start(make_ctx("prep"))
+    await stage.start(make_ctx("prep", consumers=(a_model(),)))
     await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
     await stage.on_stream_added(StreamInfo("file", "a.mp4", live=False))
     image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -218,11 +224,25 @@ async def test_on_a_live_stream_prepare_leaves_the_work_for_when_the_model_runs_
 @pytest.mark.parametrize(("defer", "live", "deferred"), [("never", True, False), ("always", False, True)])
 async def test_the_defer_param_overrides_the_live_rule(make_ctx, defer, live, deferred):
     stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], defer=defer))
-    await stage.start(make_ctx("prep"))
+    await stage.start(make_ctx("prep", consumers=(a_model(),)))
     await stage.on_stream_added(StreamInfo("s", "x", live=live))
     frame = VideoFrame(solid(48, 64), 0, Fraction(1, 30), 64, 48)
     (item,) = await stage.process(Item(stream_id="s", media=frame, capture_time=0.0, seq=0))
     assert isinstance(item.tensors["prep"], DeferredTensor) is deferred
+
+
+@pytest.mark.parametrize("consumers", ["none", "infer and another"])
+async def test_live_frames_are_prepared_here_unless_every_stage_fed_prepares_them_itself(make_ctx, consumers):
+    # A user stage reading the tensor itself must get it prepared (not a frame to prepare on the
+    # event loop); so must one started outside a pipeline, whose consumers are unknown.
+    other = Prepare("other", PrepareParams(model="pp-ocrv4-det"))
+    fed = () if consumers == "none" else (a_model(), other)
+    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96]))
+    await stage.start(make_ctx("prep", consumers=fed))
+    await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
+    frame = VideoFrame(solid(48, 64), 0, Fraction(1, 30), 64, 48)
+    (item,) = await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=0))
+    assert isinstance(item.tensors["prep"], PreparedTensor)
 
 
 def test_per_channel_normalization_matches_the_formula_in_both_layouts():
