@@ -6,8 +6,8 @@ taking requests round-robin across streams so a flooding stream cannot starve a 
 budgeted streams: the freshest of the streams whose turn it is, ``Batcher._first_round``). Only
 requests of one *group* (e.g. one tensor shape) share a batch; the group of the oldest request
 goes first. With ``latency_budget_ms`` a request that cannot finish within its budget (its age
-since capture plus the measured run time of a batch; only its age while one run alone takes longer
-than the budget) is failed with ``DeadlineMissed`` before it costs a model run. With
+since capture plus the 90th percentile of recent runs of that batch size; only its age while one
+run alone takes longer than the budget) is failed with ``DeadlineMissed`` before it costs a model run. With
 ``max_waiting_per_stream`` (live streams) a stream keeps at most that many items waiting: a newer
 item supersedes the oldest waiting one (``Superseded``), so what waits in front of the model is
 bounded in time, not only in count. ``one_per_stream`` keeps a stream's requests in separate
@@ -162,6 +162,15 @@ def estimate_run(measured: Mapping[int, float], size: int) -> float:
 RECENT_RUNS = 5
 """Runs of a batch size whose median is its cost."""
 
+RECENT_RUN_TIMES = 20
+"""Runs of a batch size whose 90th percentile the deadline check expects a run to take."""
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (the nearest rank at or below it)."""
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
+
 
 class AdaptiveSize:
     """Chooses a batch size from measured run times: most items per second within the budget.
@@ -267,9 +276,9 @@ class Batcher(Generic[P]):
         self._passed_over: dict[str, int] = {}
         """Streams served while a stream's request waited, since its last turn (a round is every
         stream once)."""
-        self._run_s: dict[int, float] = {}
-        """Moving average of the run time by batch size (the clock around it, waiting for a thread
-        included): how long a batch about to start will take."""
+        self._run_times: dict[int, deque[float]] = {}
+        """The last ``RECENT_RUN_TIMES`` run times by batch size (the clock around a run, waiting
+        for a thread included), for the deadline check."""
         self.batches = 0
         self.batched_items = 0
         self.model_s_total = 0.0
@@ -422,9 +431,13 @@ class Batcher(Generic[P]):
             self._queues[stream_id] = kept
 
     def _expected_run_s(self) -> float:
-        """The run time of the batch size about to run: measured, or extrapolated from the sizes
-        that were (``estimate_run``)."""
-        return estimate_run(self._run_s, min(self.target_size, self._pending))
+        """How long the batch about to run may take: the 90th percentile of its size's recent
+        runs, or extrapolated from the sizes that ran (``estimate_run``). A percentile, not the
+        mean: a frame admitted because a typical run would end in time finishes late whenever
+        the run is slower than typical (on a shared machine, one in several), and those late
+        frames are the latency's tail."""
+        slow = {size: _percentile(times, 0.9) for size, times in self._run_times.items()}
+        return estimate_run(slow, min(self.target_size, self._pending))
 
     def _take(self, group: Hashable, size: int) -> list[Request[P]]:
         """Round-robin over streams, one request per stream per round, oldest streams first (with
@@ -516,9 +529,7 @@ class Batcher(Generic[P]):
             # Preparing inside the run grows with the batch as the model's time does.
             prepare_s = max(r.prepare_s for r in batch) if measured else 0.0
             self.adaptive.record(len(batch), model_s + prepare_s)
-        old = self._run_s.get(len(batch))
-        run_s = finished - started
-        self._run_s[len(batch)] = run_s if old is None else 0.7 * old + 0.3 * run_s
+        self._run_times.setdefault(len(batch), deque(maxlen=RECENT_RUN_TIMES)).append(finished - started)
         self.model_s_total += model_s
         self.batches += 1
         self.batched_items += len(batch)
