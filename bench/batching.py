@@ -800,7 +800,8 @@ def print_native(row: Outcome, frames: int) -> None:
         )
         print(f"  mean latency_ms of the published frames: {breakdown_text(row.messages.breakdown_ms)}")
         print(f"  the same over the slowest 5%: {breakdown_text(row.messages.tail_breakdown_ms)}")
-        shares = sorted(row.messages.per_stream.values())
+        # Every stream, also one that got nothing published (a starved one must show as 0).
+        shares = sorted(row.messages.per_stream.get(f"s{i}", 0) for i in range(row.streams))
         print(
             f"  published per stream: min {shares[0]}, median {shares[len(shares) // 2]}, max {shares[-1]} "
             f"({len(shares)} streams)"
