@@ -162,6 +162,12 @@ def estimate_run(measured: Mapping[int, float], size: int) -> float:
 RECENT_RUNS = 5
 """Runs of a batch size whose median is its cost."""
 
+MIN_RUNS = 3
+"""Runs of a batch size before its cost counts (within the budget)."""
+
+PROBE_RUNS = 3
+"""Batches in a row a probe of a neighbouring size runs."""
+
 RECENT_RUN_TIMES = 20
 """Runs of a batch size whose 90th percentile the deadline check expects a run to take."""
 
@@ -176,11 +182,14 @@ class AdaptiveSize:
     """Chooses a batch size from measured run times: most items per second within the budget.
 
     Sizes are powers of two up to ``limit``. The cost of each size is the median of its last
-    five run times; the first run of each size is left out (a new batch shape warms up the engine,
-    and the first runs happen while the pipeline is still starting). A bigger size must give
-    ``margin`` more items per second than a smaller one to be chosen: bigger batches cost
-    latency, so a gain within measurement noise is not worth it. After ``probe_every`` batches
-    the next size up (or down) is tried once, so the choice follows the load and the machine.
+    five run times, once it has three (one run is not evidence on a shared machine; a run over
+    the budget is: the size is out at once); the first run of each size is left out (a new batch
+    shape warms up the engine, and the first runs happen while the pipeline is still starting).
+    A bigger size must give ``margin`` more items per second than a smaller one to be chosen:
+    bigger batches cost latency, so a gain within measurement noise is not worth it. After
+    ``probe_every`` batches the next size up (or down) runs ``PROBE_RUNS`` batches in a row, so
+    the choice follows the load and the machine: three fresh runs of five decide the probed
+    size's median, where a single probe left it to runs made under another load.
     """
 
     def __init__(
@@ -197,6 +206,7 @@ class AdaptiveSize:
         self._target = 1
         self._since_probe = 0
         self._probe_up = True
+        self._probe_left = 0
 
     @property
     def target(self) -> int:
@@ -210,13 +220,21 @@ class AdaptiveSize:
             # starting) must not decide, as it would in a moving average.
             recent = self._recent.setdefault(size, deque(maxlen=RECENT_RUNS))
             recent.append(seconds)
-            self.cost_s[size] = statistics.median(recent)
+            over_budget = self.budget_ms is not None and 2.0 * seconds * 1000.0 > self.budget_ms
+            if len(recent) >= MIN_RUNS or over_budget:
+                self.cost_s[size] = statistics.median(recent)
+        if self._probe_left > 1 and size == self._target:
+            self._probe_left -= 1  # the probe goes on
+            return
+        self._probe_left = 0
         self.current = self._best()
         self._since_probe += 1
         self._target = self.current
-        if self._since_probe >= self.probe_every:
+        # No probe while the current size is still being measured (climbing to an untried one).
+        if self._since_probe >= self.probe_every and self.current in self.cost_s:
             self._since_probe = 0
             self._target = self._neighbour()
+            self._probe_left = PROBE_RUNS if self._target != self.current else 0
 
     def _fits(self, size: int) -> bool:
         # A request may wait for the run before its own, then its own: two runs must fit.

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.batching import (
+    PROBE_RUNS,
     AdaptiveSize,
     Batcher,
     BatcherClosed,
@@ -516,6 +517,26 @@ def test_auto_does_not_try_a_size_that_could_only_fit_if_batching_paid():
             adaptive.record(adaptive.target, 0.048 * adaptive.target)
     assert 2 not in tight.cost_s and tight.current == 1
     assert 2 in roomy.cost_s
+
+
+def test_a_probe_measures_a_size_afresh_so_runs_under_another_load_do_not_keep_it_out():
+    adaptive = AdaptiveSize(2, probe_every=8)
+    busy = True  # while the pipeline starts, batch 2 happens to run slowly...
+
+    def record() -> None:
+        size = adaptive.target
+        adaptive.record(size, 0.030 if size == 1 else (0.200 if busy else 0.040))
+
+    for _ in range(20):
+        record()
+    assert adaptive.current == 1 and adaptive.cost_s[2] == pytest.approx(0.200)
+    busy = False  # ...then 2 frames cost 40 ms a run against 2 x 30 ms one by one
+    batches = 0
+    while adaptive.current != 2 and batches < 40:
+        record()
+        batches += 1
+    # One probe (its runs in a row outvote the old ones in the median) is enough.
+    assert adaptive.current == 2 and batches <= 8 + PROBE_RUNS + 1
 
 
 def test_one_disturbed_run_does_not_move_the_cost():
