@@ -168,28 +168,35 @@ MIN_RUNS = 3
 PROBE_RUNS = 3
 """Batches in a row a probe of a neighbouring size runs."""
 
+VERDICT_PROBES = 8
+"""Probe periods after which a size ruled out (over the budget, out of reach) gets another try."""
+
 RECENT_RUN_TIMES = 20
 """Runs of a batch size whose 90th percentile the deadline check expects a run to take."""
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (the nearest rank at or below it)."""
+    """The ``q`` quantile of ``values`` (nearest rank: of 2 or 3 runs, the slowest)."""
     ordered = sorted(values)
-    return ordered[int(q * (len(ordered) - 1))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 class AdaptiveSize:
     """Chooses a batch size from measured run times: most items per second within the budget.
 
     Sizes are powers of two up to ``limit``. The cost of each size is the median of its last
-    five run times, once it has three (one run is not evidence on a shared machine; a run over
-    the budget is: the size is out at once); the first run of each size is left out (a new batch
-    shape warms up the engine, and the first runs happen while the pipeline is still starting).
-    A bigger size must give ``margin`` more items per second than a smaller one to be chosen:
-    bigger batches cost latency, so a gain within measurement noise is not worth it. After
-    ``probe_every`` batches the next size up (or down) runs ``PROBE_RUNS`` batches in a row, so
-    the choice follows the load and the machine: three fresh runs of five decide the probed
-    size's median, where a single probe left it to runs made under another load.
+    five run times, once it has three (one run is not evidence on a shared machine), or at once
+    when a size still being measured runs over the budget; the first run of each size is left
+    out (a new batch shape warms up the engine, and the first runs happen while the pipeline is
+    still starting). A bigger size must give ``margin`` more items per second than a smaller one
+    to be chosen: bigger batches cost latency, so a gain within measurement noise is not worth
+    it. After ``probe_every`` batches the next size up (or down) runs up to ``PROBE_RUNS``
+    batches in a row (a shorter batch, or a run over the budget, ends the probe), so the choice
+    follows the load and the machine: a completed probe's three fresh runs of five decide the
+    size's median, where a single run left it to runs made under another load. A size the
+    batcher keeps falling short of (fewer requests waiting than it holds) is out of reach, and
+    that verdict, like a size ruled out over the budget, is reconsidered after
+    ``VERDICT_PROBES`` probe periods.
     """
 
     def __init__(
@@ -207,6 +214,12 @@ class AdaptiveSize:
         self._since_probe = 0
         self._probe_up = True
         self._probe_left = 0
+        self._records = 0
+        self._measured_at: dict[int, int] = {}
+        """When (in records) each size's cost was last updated."""
+        self._out_of_reach: dict[int, int] = {}
+        """Sizes the batcher could not fill (fewer requests waiting), and when that was found."""
+        self._short_runs = 0
 
     @property
     def target(self) -> int:
@@ -223,8 +236,12 @@ class AdaptiveSize:
             over_budget = self.budget_ms is not None and 2.0 * seconds * 1000.0 > self.budget_ms
             if len(recent) >= MIN_RUNS or over_budget:
                 self.cost_s[size] = statistics.median(recent)
-        if self._probe_left > 1 and size == self._target:
-            self._probe_left -= 1  # the probe goes on
+                self._measured_at[size] = self._records
+        self._records += 1
+        self._note_short_run(size)
+        self._forget_old_verdicts()
+        if self._probe_left > 1 and size == self._target and self._fits(size):
+            self._probe_left -= 1  # the probe goes on (not past a run over the budget)
             return
         self._probe_left = 0
         self.current = self._best()
@@ -235,6 +252,31 @@ class AdaptiveSize:
             self._since_probe = 0
             self._target = self._neighbour()
             self._probe_left = PROBE_RUNS if self._target != self.current else 0
+
+    def _note_short_run(self, size: int) -> None:
+        """A target not measured yet that the batch keeps falling short of (fewer streams waiting
+        than it holds: the batcher runs what there is after ``max_delay_ms``) is out of reach:
+        climbing to it would only make every batch wait out the delay."""
+        if size < self._target and self._target not in self.cost_s:
+            self._short_runs += 1
+            if self._short_runs >= self.probe_every:
+                self._out_of_reach[self._target] = self._records
+                self._short_runs = 0
+        else:
+            self._short_runs = 0
+
+    def _forget_old_verdicts(self) -> None:
+        """After ``VERDICT_PROBES`` probe periods, a size out of reach may be tried again, and a
+        size ruled out over the budget is measured afresh (one slow spell must not rule it out
+        for good: it is never run again to correct its cost otherwise)."""
+        horizon = VERDICT_PROBES * self.probe_every
+        for size, found in list(self._out_of_reach.items()):
+            if self._records - found > horizon:
+                del self._out_of_reach[size]
+        for size in [s for s in self.cost_s if not self._fits(s)]:
+            if self._records - self._measured_at.get(size, 0) > horizon:
+                del self.cost_s[size]
+                self._recent.pop(size, None)
 
     def _fits(self, size: int) -> bool:
         # A request may wait for the run before its own, then its own: two runs must fit.
@@ -256,7 +298,13 @@ class AdaptiveSize:
         # While the biggest size that fits is also the best, the next size up gets its turn, if
         # it has not had one: a size measured over the budget rules out every size above it.
         following = [s for s in self.sizes if s > best]
-        if best == measured[-1] and following and following[0] not in self.cost_s and self._fits(following[0]):
+        if (
+            best == measured[-1]
+            and following
+            and following[0] not in self.cost_s
+            and following[0] not in self._out_of_reach
+            and self._fits(following[0])
+        ):
             return following[0]
         return best
 
@@ -270,7 +318,7 @@ class AdaptiveSize:
             size = self.sizes[candidate]
             # A size over the budget (measured, or at the same cost per item as a smaller one) is
             # not probed: its run would make every frame in it late (the tail a live stream sees).
-            if self._fits(size):
+            if self._fits(size) and size not in self._out_of_reach:
                 return size
         return self.current
 
@@ -291,6 +339,10 @@ class Batcher(Generic[P]):
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._waiting_limits: dict[str, int | None] = {}
+        self._served_streams = 0
+        """Streams served so far (a stream counts once per batch)."""
+        self._last_served: dict[str, int] = {}
+        """``_served_streams`` when each stream was last served."""
         self._passed_over: dict[str, int] = {}
         """Streams served while a stream's request waited, since its last turn (a round is every
         stream once)."""
@@ -373,6 +425,7 @@ class Batcher(Generic[P]):
         """Cancel a stream's waiting requests (it ended or failed)."""
         self._waiting_limits.pop(stream_id, None)
         self._passed_over.pop(stream_id, None)
+        self._last_served.pop(stream_id, None)
         for request in self._queues.pop(stream_id, deque()):
             self._pending -= 1
             if not request.future.done():
@@ -484,8 +537,10 @@ class Batcher(Generic[P]):
                 self._passed_over[stream_id] = self._passed_over.get(stream_id, 0) + len(first_round)
         # Streams served go to the back: the next batch starts with the ones that waited. (An
         # emptied queue stays: the order is every stream's, until ``forget_stream``.)
+        self._served_streams += len(first_round)
         for stream_id in dict.fromkeys(served):
             self._passed_over.pop(stream_id, None)
+            self._last_served[stream_id] = self._served_streams
             self._queues.move_to_end(stream_id)
         return batch
 
@@ -514,10 +569,15 @@ class Batcher(Generic[P]):
         waiting = [s for s in order if s in captured]
         if len(waiting) <= size:
             return order
-        # The half is of every stream the batcher knows, waiting now or not (served streams keep
-        # their emptied queue): one served lately waits for half of them to be served first.
-        rounds = len(order)
-        older_half = set(order[: math.ceil(rounds / 2)])
+        # The half is of the streams taking part: waiting now, or served within the last round
+        # (their next frame is on its way; a stalled stream, idle longer, does not count). One
+        # served lately waits for half of them to be served before it can go first again.
+        recent = len(order)
+        taking_part = [
+            s for s in order if s in captured or self._served_streams - self._last_served.get(s, -recent) < recent
+        ]
+        rounds = len(taking_part)
+        older_half = set(taking_part[: math.ceil(rounds / 2)])
         window = [s for s in waiting if s in older_half or self._passed_over.get(s, 0) > rounds / 2]
         window += [s for s in waiting if s not in window][: max(0, size - len(window))]
         spread = max(captured[s] for s in window) - min(captured[s] for s in window)
@@ -543,11 +603,14 @@ class Batcher(Generic[P]):
         finished = self.clock.now()
         measured = [r.model_s for r in batch if r.model_s is not None]
         model_s = max(measured) if measured else finished - started
-        if self.adaptive is not None:
-            # Preparing inside the run grows with the batch as the model's time does.
-            prepare_s = max(r.prepare_s for r in batch) if measured else 0.0
-            self.adaptive.record(len(batch), model_s + prepare_s)
-        self._run_times.setdefault(len(batch), deque(maxlen=RECENT_RUN_TIMES)).append(finished - started)
+        # A batch with failed items (retried one by one, or not run at all) is no measure of
+        # what a run of its size costs.
+        if not any(isinstance(outcome, BaseException) for outcome in outcomes):
+            if self.adaptive is not None:
+                # Preparing inside the run grows with the batch as the model's time does.
+                prepare_s = max(r.prepare_s for r in batch) if measured else 0.0
+                self.adaptive.record(len(batch), model_s + prepare_s)
+            self._run_times.setdefault(len(batch), deque(maxlen=RECENT_RUN_TIMES)).append(finished - started)
         self.model_s_total += model_s
         self.batches += 1
         self.batched_items += len(batch)

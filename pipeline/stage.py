@@ -79,10 +79,6 @@ class Stage:
     Params: ClassVar[type[StrictModel]] = NoParams
     latency_key: ClassVar[str | None] = None
     """Latency bucket (decode, prepare, infer, post, publish) that ``process`` time counts in."""
-    takes_deferred_tensors: ClassVar[bool] = False
-    """Whether the stage takes a frame left unprepared (``stages.vision.DeferredTensor``) where a
-    prepared tensor is expected, and prepares it itself (``infer``). A ``prepare`` stage defers
-    only when every stage it feeds does."""
 
     @property
     def max_in_flight(self) -> int:
@@ -100,6 +96,14 @@ class Stage:
         if self._ctx is None:
             raise RuntimeError(f"stage {self.name!r} used before start()")
         return self._ctx
+
+    def takes_deferred_from(self, producer: str) -> bool:
+        """Whether this stage takes ``producer``'s tensor even left unprepared
+        (``stages.vision.DeferredTensor``) and prepares it itself (``infer``, for the stage it
+        feeds on). With ``defer: live`` a ``prepare`` stage defers only when every stage it feeds
+        says so (``defer: always`` defers regardless). Asked once both are started (the runner
+        starts consumers first)."""
+        return False
 
     def check(self, base_dir: Path) -> None:
         """Checks beyond parameter types, run by ``validate`` before anything starts (a model card

@@ -12,9 +12,11 @@ On a live stream (or with ``latency_budget_ms``) at most one item per stream wai
 a newer one takes the older one's place, which is dropped and counted (``stale:<stage>``), so a
 slow model makes the stage drop frames instead of falling further behind. An item that cannot be
 through the model within its budget is dropped before inference (``deadline:<stage>``). A frame a
-``prepare`` stage deferred (``DeferredTensor``, live streams) is prepared just before its run (a
-batch of several side by side in the thread pool, one alone on the model's thread), so only frames
-that run cost that work; the time counts as ``prepare``.
+``prepare`` stage deferred (``DeferredTensor``: live streams, when every stage the ``prepare``
+feeds prepares such frames itself, as ``infer`` does for the stage it feeds on) is prepared just
+before its run (a batch of several side by side in the thread pool, one alone on the model's
+thread), so only frames that run cost that work; the time counts as ``prepare``, and a frame that
+cannot be prepared fails alone.
 """
 
 from __future__ import annotations
@@ -115,7 +117,11 @@ class Infer(Stage):
     Params = InferParams
     params: InferParams
     latency_key = None  # batch wait and model time are measured per request and added below
-    takes_deferred_tensors = True
+
+    def takes_deferred_from(self, producer: str) -> bool:
+        if self.params.input is not None:
+            return self.params.input == producer
+        return self._ctx is not None and self.ctx.input_stages[:1] == (producer,)
 
     def check(self, base_dir: Path) -> None:
         self._load_card(base_dir)
@@ -264,11 +270,11 @@ class Infer(Stage):
     async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray] | BaseException]:
         failed = await self._prepare_deferred(requests)
         runnable = [r for r in requests if id(r) not in failed]
-        outputs: list[dict[str, np.ndarray]] = []
+        outcomes: list[dict[str, np.ndarray] | BaseException] = []
         if runnable:
             loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._model_thread, self._infer, runnable)
-        ran = iter(outputs)
+            outcomes = await loop.run_in_executor(self._model_thread, self._infer, runnable)
+        ran = iter(outcomes)
         return [failed[id(r)] if id(r) in failed else next(ran) for r in requests]
 
     async def _prepare_deferred(self, requests: list[Request[_Work]]) -> dict[int, BaseException]:
@@ -291,16 +297,29 @@ class Infer(Stage):
             request.prepare_s = waited_ms / 1000.0
         return {id(r): o for r, o in zip(deferred, outcomes, strict=True) if isinstance(o, BaseException)}
 
-    def _infer(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
+    def _infer(self, batch: list[Request[_Work]]) -> list[dict[str, np.ndarray] | BaseException]:
+        """Prepare what is still deferred, then run the model on the requests whose input is
+        ready; one whose frame cannot be prepared gets its error, and the rest still run."""
+        tensors: list[Any] = []
+        failed: dict[int, BaseException] = {}
+        for request in batch:
+            try:
+                tensors.append(request.payload.array())
+            except Exception as exc:
+                failed[id(request)] = exc
+            # A frame prepared here, on the model's thread, just now: part of the batch's cost.
+            request.prepare_s = max(request.prepare_s, request.payload.prepare_ms / 1000.0)
+        requests = [r for r in batch if id(r) not in failed]
+        outputs = iter(self._run_model(requests, tensors) if requests else [])
+        return [failed[id(r)] if id(r) in failed else next(outputs) for r in batch]
+
+    def _run_model(self, requests: list[Request[_Work]], tensors: list[Any]) -> list[dict[str, np.ndarray]]:
         streams = [r.stream_id for r in requests]
         for request in requests:
             last = self._ran_seq.get(request.stream_id)
             if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
                 self._state.reset(request.stream_id)
             self._ran_seq[request.stream_id] = request.payload.seq
-        tensors = [r.payload.array() for r in requests]
-        for request in requests:  # a frame prepared here, on the model's thread, just now
-            request.prepare_s = max(request.prepare_s, request.payload.prepare_ms / 1000.0)
         # Device tensors (a GPU prepare's) are stacked on the device: the batch never visits the host.
         feeds: dict[str, Any] = {self._data_input: array_module(tensors[0]).stack(tensors)}
         feeds.update(self._constants)

@@ -3,7 +3,8 @@
 The geometry of the resize travels with the tensor, so post-processing can map model
 coordinates back to source-frame pixels. With ``latency_budget_ms`` a frame already older than
 that is dropped (``late:<stage>``) before it costs any work. On a live stream the work is left to
-``infer`` (``DeferredTensor``), which prepares only the frames it is about to run.
+``infer`` (``DeferredTensor``), which prepares only the frames it is about to run, when every stage
+this one feeds prepares such frames itself (``Stage.takes_deferred_from``).
 """
 
 from __future__ import annotations
@@ -138,12 +139,12 @@ class Prepare(Stage):
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         self._configure(ctx.base_dir)
-        others = [stage.name for stage in ctx.consumers if not stage.takes_deferred_tensors]
+        others = [stage.name for stage in ctx.consumers if not stage.takes_deferred_from(self.name)]
         # A stage that reads the tensor itself would get a frame to prepare (on the event loop,
         # if it reads ``data`` in ``process``): only stages that prepare it themselves get one.
         self._may_defer = bool(ctx.consumers) and not others
         if self.params.defer == "live" and others:
-            ctx.logger.info("live frames are prepared here: %s take(s) prepared tensors only", ", ".join(others))
+            ctx.logger.info("live frames are prepared here: %s do(es) not prepare them itself", ", ".join(others))
 
     def _configure(self, base_dir: Path) -> None:
         card, self.spec = load_preprocess(self.params.model, base_dir)

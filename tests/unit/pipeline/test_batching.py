@@ -196,6 +196,31 @@ async def test_picking_the_freshest_never_starves_a_stream_whose_frames_are_alwa
     batcher.cancel()
 
 
+async def test_stalled_streams_do_not_turn_freshest_first_back_into_round_robin():
+    clock = ManualClock()
+    model = GatedModel()
+    policy = BatchPolicy(max_size=1, latency_budget_ms=1000, max_waiting_per_stream=1)
+    batcher: Batcher[Any] = Batcher(model.run, policy, clock=clock)
+    for k in range(10):  # cameras that sent one frame and stalled (their streams stay open)
+        submit(batcher, f"stalled{k}", "x", captured_at=clock.now())
+    await settle()
+    for _ in range(10):
+        await model.release()
+    active = [f"a{k}" for k in range(6)]
+    ages: list[float] = []
+    for batch in range(60):
+        clock.advance(0.040)
+        for k, stream in enumerate(active):  # each camera's newest frame, phases spread over 40 ms
+            submit(batcher, stream, stream, captured_at=clock.now() - ((batch * 7 + k * 13) % 40) / 1000.0)
+        await model.release()
+        (stream,) = model.batches[-1]
+        if batch >= 10 and stream in active:
+            ages.append((batch * 7 + active.index(stream) * 13) % 40)
+    # Round-robin would run frames 20 ms old on average; freshest-first, a few ms.
+    assert sum(ages) / len(ages) < 12, ages
+    batcher.cancel()
+
+
 async def test_per_stream_order_is_kept_across_batches():
     batcher, model, clock = make(BatchPolicy(max_size=3, max_delay_ms=5))
     for i in range(10):
@@ -537,6 +562,32 @@ def test_a_probe_measures_a_size_afresh_so_runs_under_another_load_do_not_keep_i
         batches += 1
     # One probe (its runs in a row outvote the old ones in the median) is enough.
     assert adaptive.current == 2 and batches <= 8 + PROBE_RUNS + 1
+
+
+def test_a_size_ruled_out_by_one_slow_spell_gets_measured_again():
+    adaptive = AdaptiveSize(16, budget_ms=100)
+    spiked = False
+    for _ in range(2000):
+        size = adaptive.target
+        seconds = 0.005 + 0.001 * size
+        if size == 8 and not spiked and adaptive._runs.get(8, 0) == 1:
+            seconds, spiked = 0.200, True  # size 8's first counted run, in a burst of decoding
+        adaptive.record(size, seconds)
+    assert spiked
+    assert adaptive.current == 16  # 5 ms + 1 ms a frame: the biggest batch pays, and fits
+
+
+def test_a_size_the_batcher_cannot_fill_is_given_up_for_a_while():
+    # Three live streams, one frame each waiting: a batch of 4 never fills, and climbing to it
+    # would make every batch wait out max_delay_ms.
+    adaptive = AdaptiveSize(16, probe_every=16)
+    targets = []
+    for _ in range(400):
+        targets.append(adaptive.target)
+        size = min(adaptive.target, 3)
+        adaptive.record(size, 0.005 + 0.001 * size)
+    assert adaptive.current == 2
+    assert targets[-200:].count(4) <= 40  # a retry now and then, not for good
 
 
 def test_one_disturbed_run_does_not_move_the_cost():

@@ -283,6 +283,30 @@ async def test_a_deferred_frame_that_cannot_be_prepared_fails_alone_and_the_rest
     await infer.stop()
 
 
+async def test_a_single_deferred_frame_that_cannot_be_prepared_fails_alone_too(make_ctx, sample_frame):
+    # Prepared on the model's thread (the only deferred one of its batch): the file's frame,
+    # prepared already, still runs in that batch.
+    infer = await started_infer(make_ctx, batch={"max_size": 2, "max_delay_ms": 60_000})
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep", consumers=(infer,)))
+    broken = VideoFrame(None, 0, Fraction(1, 25), sample_frame.width, sample_frame.height, decoded=BrokenPicture())
+    items = []
+    for stream, frame, live in (("file", sample_frame, False), ("cam", broken, True)):
+        for stage in (prepare, infer):
+            await stage.on_stream_added(StreamInfo(stream, stream, live=live))
+        items.extend(await prepare.process(Item(stream_id=stream, media=frame, capture_time=time.time())))
+    runs: list[int] = []
+    engine_infer = infer.engine.infer
+    infer.engine.infer = lambda feeds: runs.append(len(feeds["x"])) or engine_infer(feeds)  # type: ignore[method-assign]
+
+    outs = await asyncio.gather(*(infer.process(item) for item in items), return_exceptions=True)
+
+    assert outs[0] == (items[0],)
+    assert isinstance(outs[1], ValueError)
+    assert runs == [1]  # one run, for the file's frame; not the batch, then each alone
+    await infer.stop()
+
+
 @pytest.mark.parametrize(
     ("live", "batch", "timed"),
     [(True, {}, True), (False, {}, False), (False, {"max_size": 1, "latency_budget_ms": 60_000}, True)],

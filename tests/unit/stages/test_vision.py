@@ -195,7 +195,7 @@ async def test_prepare_stage_drops_a_frame_already_over_its_budget(make_ctx):
 
 def a_model() -> Infer:
     """An ``infer`` stage (not started: a consumer that takes deferred tensors)."""
-    return Infer("det", InferParams(model="pp-ocrv4-det"))
+    return Infer("det", InferParams(model="pp-ocrv4-det", input="prep"))
 
 
 @pytest.mark.parametrize("resize", ["stretch", "letterbox"])
@@ -231,12 +231,16 @@ async def test_the_defer_param_overrides_the_live_rule(make_ctx, defer, live, de
     assert isinstance(item.tensors["prep"], DeferredTensor) is deferred
 
 
-@pytest.mark.parametrize("consumers", ["none", "infer and another"])
+@pytest.mark.parametrize("consumers", ["none", "infer and another", "infer of another stage's tensor"])
 async def test_live_frames_are_prepared_here_unless_every_stage_fed_prepares_them_itself(make_ctx, consumers):
     # A user stage reading the tensor itself must get it prepared (not a frame to prepare on the
-    # event loop); so must one started outside a pipeline, whose consumers are unknown.
+    # event loop); so must one started outside a pipeline, whose consumers are unknown, and an
+    # infer that feeds on another stage's tensor (this one then passes it on).
     other = Prepare("other", PrepareParams(model="pp-ocrv4-det"))
-    fed = () if consumers == "none" else (a_model(), other)
+    elsewhere = Infer("det", InferParams(model="pp-ocrv4-det", input="other"))
+    fed = {"none": (), "infer and another": (a_model(), other), "infer of another stage's tensor": (elsewhere,)}[
+        consumers
+    ]
     stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96]))
     await stage.start(make_ctx("prep", consumers=fed))
     await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
