@@ -609,6 +609,15 @@ def test_auto_follows_a_change_in_cost():
     assert adaptive.current == 1
 
 
+async def run_auto(run: Callable[[list[Request[Any]]], Any], clock: ManualClock) -> Batcher[Any]:
+    """200 requests of 8 streams through ``max_size: auto`` (up to 8) and ``run``, to the end."""
+    batcher: Batcher[Any] = Batcher(run, BatchPolicy(max_size=None, size_limit=8), clock=clock)
+    for i in range(200):
+        batcher.submit(Request(f"s{i % 8}", i))
+    await batcher.close()
+    return batcher
+
+
 async def test_auto_uses_the_models_own_time_when_the_run_reports_it():
     clock = ManualClock()
 
@@ -618,10 +627,7 @@ async def test_auto_uses_the_models_own_time_when_the_run_reports_it():
             request.model_s = 0.01 * len(batch)  # the model gains nothing from batching
         return [None] * len(batch)
 
-    batcher: Batcher[Any] = Batcher(run, BatchPolicy(max_size=None, size_limit=8), clock=clock)
-    for i in range(200):
-        batcher.submit(Request(f"s{i % 8}", i))
-    await batcher.close()
+    batcher = await run_auto(run, clock)
     assert batcher.adaptive is not None
     assert batcher.adaptive.cost_s[1] == pytest.approx(0.01)
     assert batcher.adaptive.current == 1
@@ -636,10 +642,7 @@ async def test_auto_counts_preparing_done_inside_the_run_as_part_of_a_batch_s_co
             request.prepare_s = 0.008 * len(batch)  # ...but the frames are prepared one by one
         return [None] * len(batch)
 
-    batcher: Batcher[Any] = Batcher(run, BatchPolicy(max_size=None, size_limit=8), clock=clock)
-    for i in range(200):
-        batcher.submit(Request(f"s{i % 8}", i))
-    await batcher.close()
+    batcher = await run_auto(run, clock)
     assert batcher.adaptive is not None
     assert batcher.adaptive.cost_s[2] == pytest.approx(0.026)
     assert batcher.mean_model_ms == pytest.approx(10.0)  # the model's own time stays its own

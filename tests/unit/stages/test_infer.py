@@ -261,49 +261,41 @@ class BrokenPicture:
         raise ValueError("corrupt picture")
 
 
-async def test_a_deferred_frame_that_cannot_be_prepared_fails_alone_and_the_rest_run_together(make_ctx, sample_frame):
-    infer = await started_infer(make_ctx, batch={"max_size": 3, "max_delay_ms": 60_000})
+@pytest.mark.parametrize(
+    ("streams", "runs"),
+    [
+        # Three live frames, prepared side by side in the pool: the two good ones run together.
+        ((("a", "good", True), ("b", "broken", True), ("c", "good", True)), [2]),
+        # The only deferred frame of its batch, prepared on the model's thread: the file's frame,
+        # prepared already, still runs.
+        ((("file", "good", False), ("cam", "broken", True)), [1]),
+    ],
+)
+async def test_a_deferred_frame_that_cannot_be_prepared_fails_alone_and_the_rest_run_together(
+    make_ctx, sample_frame, streams, runs
+):
+    infer = await started_infer(make_ctx, batch={"max_size": len(streams), "max_delay_ms": 60_000})
     prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
     await prepare.start(make_ctx("prep", consumers=(infer,)))
     broken = VideoFrame(None, 0, Fraction(1, 25), sample_frame.width, sample_frame.height, decoded=BrokenPicture())
     items = []
-    for stream, frame in (("a", sample_frame), ("b", broken), ("c", sample_frame)):
-        for stage in (prepare, infer):
-            await stage.on_stream_added(StreamInfo(stream, f"rtsp://{stream}", live=True))
-        items.extend(await prepare.process(Item(stream_id=stream, media=frame, capture_time=time.time())))
-    runs: list[int] = []
-    engine_infer = infer.engine.infer
-    infer.engine.infer = lambda feeds: runs.append(len(feeds["x"])) or engine_infer(feeds)  # type: ignore[method-assign]
-
-    outs = await asyncio.gather(*(infer.process(item) for item in items), return_exceptions=True)
-
-    assert outs[0] == (items[0],) and outs[2] == (items[2],)
-    assert isinstance(outs[1], ValueError) and "corrupt picture" in str(outs[1])
-    assert runs == [2]  # the two good frames in one run, not three runs of one
-    await infer.stop()
-
-
-async def test_a_single_deferred_frame_that_cannot_be_prepared_fails_alone_too(make_ctx, sample_frame):
-    # Prepared on the model's thread (the only deferred one of its batch): the file's frame,
-    # prepared already, still runs in that batch.
-    infer = await started_infer(make_ctx, batch={"max_size": 2, "max_delay_ms": 60_000})
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep", consumers=(infer,)))
-    broken = VideoFrame(None, 0, Fraction(1, 25), sample_frame.width, sample_frame.height, decoded=BrokenPicture())
-    items = []
-    for stream, frame, live in (("file", sample_frame, False), ("cam", broken, True)):
+    for stream, picture, live in streams:
         for stage in (prepare, infer):
             await stage.on_stream_added(StreamInfo(stream, stream, live=live))
+        frame = broken if picture == "broken" else sample_frame
         items.extend(await prepare.process(Item(stream_id=stream, media=frame, capture_time=time.time())))
-    runs: list[int] = []
+    ran: list[int] = []
     engine_infer = infer.engine.infer
-    infer.engine.infer = lambda feeds: runs.append(len(feeds["x"])) or engine_infer(feeds)  # type: ignore[method-assign]
+    infer.engine.infer = lambda feeds: ran.append(len(feeds["x"])) or engine_infer(feeds)  # type: ignore[method-assign]
 
     outs = await asyncio.gather(*(infer.process(item) for item in items), return_exceptions=True)
 
-    assert outs[0] == (items[0],)
-    assert isinstance(outs[1], ValueError)
-    assert runs == [1]  # one run, for the file's frame; not the batch, then each alone
+    for (_, picture, _), item, out in zip(streams, items, outs, strict=True):
+        if picture == "broken":
+            assert isinstance(out, ValueError) and "corrupt picture" in str(out)
+        else:
+            assert out == (item,)
+    assert ran == runs  # the good frames in one run, not the batch and then each alone
     await infer.stop()
 
 
