@@ -21,6 +21,9 @@ class EngineOptions:
     """Let TensorRT use half precision where it is faster."""
     device_outputs: bool = False
     """GPU engines return device arrays (CuPy) instead of copying outputs to host numpy arrays."""
+    tf32: bool = True
+    """GPU engines may compute float32 matrix products in TF32 (faster on Ampere and later; moves
+    outputs by about 1e-2). Off for parity checks against the CPU."""
 
 
 class Engine(ABC):
@@ -28,6 +31,16 @@ class Engine(ABC):
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
+        self.host_copies = 0
+        """Host inputs a GPU engine had to copy to the device (0 in a zero-copy GPU pipeline)."""
+        self.device_copies = 0
+        """Device inputs a CPU engine had to copy to the host (NVDEC frames fed to a CPU model)."""
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the model runs on a GPU, so device inputs (``__cuda_array_interface__``) are
+        taken as they are and host inputs are copied there."""
+        return False
 
     @property
     def inputs(self) -> list[TensorSpec]:
