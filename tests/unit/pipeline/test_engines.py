@@ -1,5 +1,4 @@
-"""pipeline.engines: which engine ``auto`` picks and why, TensorRT's profile and cache key, and
-that the CPU path never imports the GPU stack."""
+"""pipeline.engines: which engine ``auto`` picks and why, and that the CPU path never imports the GPU stack."""
 
 from __future__ import annotations
 
@@ -7,12 +6,8 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from pipeline.engines import choose_engine, create_engine
 from pipeline.engines.base import EngineOptions
-from pipeline.engines.tensorrt import engine_key, profile_shapes
-from pipeline.errors import ModelError
 from pipeline.modelcard import load_card
 
 
@@ -47,38 +42,6 @@ def test_on_this_machine_auto_loads_a_working_engine():
     card = load_card("pp-ocrv4-det")
     engine = create_engine("auto", card, EngineOptions())
     assert engine.description.startswith(("onnxruntime", "tensorrt"))
-
-
-def test_profile_covers_batch_up_to_max_size_and_the_cards_image_size():
-    det = load_card("pp-ocrv4-det")
-    assert det.preprocess is not None
-    height, width = det.preprocess.size
-    step = det.preprocess.multiple_of
-    assert profile_shapes(det, 8) == {"x": ((1, 3, step, step), (8, 3, height, width), (8, 3, height, width))}
-    rec = load_card("pp-ocrv4-rec")
-    low, opt, high = profile_shapes(rec, 16)["x"]
-    assert low[:3] == (1, 3, 48) and high == opt == (16, 3, 48, 320)
-
-
-def test_profile_refuses_a_dynamic_axis_without_a_range():
-    with pytest.raises(ModelError, match=r"\('samples'\) is dynamic"):
-        profile_shapes(load_card("silero-vad"), 4)
-
-
-def test_the_engine_key_changes_with_everything_that_makes_an_engine():
-    shapes = {"x": ((1, 3, 32, 32), (8, 3, 64, 64), (8, 3, 64, 64))}
-    facts = {"onnx_sha256": "a" * 64, "shapes": shapes, "fp16": False, "gpu": "NVIDIA H100", "trt_version": "10.3"}
-    key = engine_key(**facts)  # type: ignore[arg-type]
-    assert engine_key(**facts) == key  # type: ignore[arg-type]
-    changes = [
-        {"onnx_sha256": "b" * 64},
-        {"shapes": {"x": ((1, 3, 32, 32), (16, 3, 64, 64), (16, 3, 64, 64))}},
-        {"fp16": True},
-        {"gpu": "NVIDIA A10"},
-        {"trt_version": "10.4"},
-    ]
-    keys = {engine_key(**{**facts, **change}) for change in changes}  # type: ignore[arg-type]
-    assert len(keys) == len(changes) and key not in keys
 
 
 def test_the_cpu_path_imports_nothing_from_the_gpu_stack():
