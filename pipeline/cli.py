@@ -1,4 +1,4 @@
-"""``streamgraph run | validate | subscribe | models``: user errors are one line, never a traceback."""
+"""``streamgraph run | validate | subscribe | models | doctor``: user errors are one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -66,7 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=_models_pull)
     listing = model_commands.add_parser("list", help="known model cards and whether their files are here")
     listing.set_defaults(func=_models_list)
+
+    doctor = commands.add_parser("doctor", help="what this machine can run (GPU paths, and why not); exits 0")
+    doctor.set_defaults(func=_doctor)
     return parser
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    return doctor_main()
 
 
 def _validate(args: argparse.Namespace) -> int:

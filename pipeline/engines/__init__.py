@@ -7,12 +7,12 @@ CPU, and logs which it chose and why the better ones were passed over.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from .. import capabilities
 from ..errors import ModelError
 from ..modelcard import ModelCard
 from .base import Engine, EngineOptions
@@ -31,31 +31,18 @@ class EngineChoice:
 
 
 def tensorrt_unusable() -> str | None:
-    """Why TensorRT cannot run here, or None if it can."""
-    missing = [m for m in ("tensorrt", "cupy", "cuda") if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"not installed: {', '.join(missing)}"
-    return cuda_device_unusable()
+    """Why TensorRT cannot run here, or None if it can (``streamgraph doctor`` asks the same)."""
+    return capabilities.tensorrt().problem
 
 
 def cuda_device_unusable() -> str | None:
     """Why no CUDA device can be used, or None if device 0 can."""
-    try:
-        from .cuda import cudart
-    except ImportError as exc:
-        return f"cuda-python: {exc}"
-    error, count = cudart.cudaGetDeviceCount()
-    if error != cudart.cudaError_t.cudaSuccess or count < 1:
-        return "no CUDA device"
-    return None
+    return capabilities.cuda_device().problem
 
 
 def onnxruntime_cuda_unusable() -> str | None:
-    import onnxruntime
-
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        return "this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    return cuda_device_unusable() if importlib.util.find_spec("cuda") else None
+    """Why ONNX Runtime cannot run on CUDA here (a session on a probe model shows it), or None."""
+    return capabilities.onnxruntime_cuda().problem
 
 
 def choose_engine(
@@ -86,6 +73,8 @@ def create_engine(kind: EngineKind, card: ModelCard, options: EngineOptions) -> 
     """Load ``card`` with the named engine; ``auto`` picks the best one usable (and logs why)."""
     if kind not in ("auto", "onnxruntime", "tensorrt"):
         raise ValueError(f"unknown engine {kind!r}")
+    if kind == "auto" and options.providers:
+        kind = "onnxruntime"  # providers are ONNX Runtime's: naming them picks it
     choice = choose_engine(kind)
     if kind == "auto":
         log.info("model %s: engine auto chose %s (%s)", card.name, choice.kind, choice.why)
