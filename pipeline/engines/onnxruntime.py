@@ -8,15 +8,20 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .. import capabilities
 from ..errors import ModelError
 from ..modelcard import ModelCard, TensorSpec
-from ..modelstore import model_path
+from ..modelstore import cache_dir, model_path
 from .base import Engine, EngineOptions
 
 log = logging.getLogger("streamgraph.engine.onnxruntime")
 
-# Best first. Only providers this onnxruntime build reports as available are used.
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+"""Best first, of those this onnxruntime build has. ORT's TensorRT provider only when asked for by
+name: it builds a TensorRT engine at every start (we keep its cache), and where TensorRT is missing
+it logs an error before falling back; ``engine: tensorrt`` is our own, cached TensorRT engine."""
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -40,6 +45,47 @@ def choose_providers(requested: tuple[str, ...] | None, available: list[str]) ->
     return chosen or list(available)
 
 
+def provider_options(providers: list[str], options: EngineOptions) -> list[dict[str, Any]]:
+    """Each provider's options: TF32 as asked on CUDA; TensorRT with its engine and timing caches
+    on (without them it rebuilds every engine at every start) and fp16 as asked."""
+    chosen: list[dict[str, Any]] = []
+    for provider in providers:
+        if provider == "CUDAExecutionProvider":
+            chosen.append({"device_id": "0", "use_tf32": "1" if options.tf32 else "0"})
+        elif provider == "TensorrtExecutionProvider":
+            cache = str(cache_dir() / "onnxruntime-tensorrt")
+            chosen.append(
+                {
+                    "device_id": "0",
+                    "trt_engine_cache_enable": "True",
+                    "trt_engine_cache_path": cache,
+                    "trt_timing_cache_enable": "True",
+                    "trt_timing_cache_path": cache,
+                    "trt_fp16_enable": "True" if options.fp16 else "False",
+                }
+            )
+        else:
+            chosen.append({})
+    return chosen
+
+
+def check_loaded(card: ModelCard, requested: list[str], loaded: list[str], *, asked: bool) -> list[str]:
+    """ONNX Runtime drops a GPU provider it cannot load (cuBLAS or cuDNN missing) with a warning
+    and runs on the CPU. A provider asked for by name that did not load is a ``ModelError``
+    naming it and the library at fault; one chosen by default is logged and left out."""
+    for provider in requested:
+        if provider in loaded or provider not in GPU_PROVIDERS:
+            continue
+        why = capabilities.missing_library(provider)
+        if asked:
+            raise ModelError(
+                f"model {card.name!r}: ONNX Runtime could not load {provider} ({why}); not running it on the "
+                "CPU instead. `streamgraph doctor` shows what this machine can run"
+            )
+        log.warning("model %s: %s did not load (%s); running on %s", card.name, provider, why, ", ".join(loaded))
+    return loaded
+
+
 class OnnxRuntimeEngine(Engine):
     def __init__(self, card: ModelCard, options: EngineOptions) -> None:
         super().__init__(card)
@@ -47,42 +93,73 @@ class OnnxRuntimeEngine(Engine):
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = 1
-        providers = choose_providers(options.providers, ort.get_available_providers())
         try:
-            self._session = ort.InferenceSession(str(path), session_options, providers=providers)
+            providers = choose_providers(options.providers, ort.get_available_providers())
+        except ModelError as exc:
+            raise ModelError(
+                f"model {card.name!r}: {exc} ({capabilities.onnxruntime_package()}: pip install -e '.[gpu]' "
+                "for CUDA; `streamgraph doctor` shows what this machine can run)"
+            ) from None
+        if any(p in GPU_PROVIDERS for p in providers):
+            capabilities.preload_cuda_libraries()
+        try:
+            self._session = ort.InferenceSession(
+                str(path),
+                session_options,
+                providers=providers,
+                provider_options=provider_options(providers, options),
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"model {card.name!r}: ONNX Runtime cannot load {path}: {exc}") from None
-        self.providers = self._session.get_providers()
+        self.providers = check_loaded(card, providers, self._session.get_providers(), asked=bool(options.providers))
         check_signature(card, "input", card.inputs, self._session.get_inputs())
         check_signature(card, "output", card.outputs, self._session.get_outputs())
         self._output_names = [spec.name for spec in card.outputs]
-        self._on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self._on_cuda = self.providers[0] in GPU_PROVIDERS
         self._device_outputs = options.device_outputs and self._on_cuda
-        self.host_copies = 0
-        """Host inputs a CUDA session had to copy to the device (0 in a zero-copy pipeline)."""
         log.info("model %s loaded with %s", card.name, ", ".join(self.providers))
 
     @property
     def description(self) -> str:
         return f"onnxruntime[{self.providers[0]}]"
 
+    @property
+    def on_device(self) -> bool:
+        return self._on_cuda
+
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         if self._on_cuda:
             return self._infer_bound(feeds)
-        outputs = self._session.run(self._output_names, feeds)
+        outputs = self._session.run(self._output_names, {name: self._on_host(value) for name, value in feeds.items()})
         return dict(zip(self._output_names, outputs, strict=True))
+
+    def _on_host(self, value: Any) -> Any:
+        """A device array (NVDEC frames prepared on the GPU, fed to a model on the CPU) copied to
+        the host, and counted: ``session.run`` cannot read device memory."""
+        if not hasattr(value, "__cuda_array_interface__"):
+            return value
+        import cupy
+
+        self.device_copies += 1
+        return cupy.asnumpy(value)
 
     def _infer_bound(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """On CUDA, with I/O binding: device inputs (``__cuda_array_interface__``) are bound where
         they are, outputs are left on the device and handed out as CuPy arrays, or copied to the
-        host once when ``device_outputs`` is off."""
+        host once when ``device_outputs`` is off. A device input must be complete when handed over
+        (producers synchronize their stream): ORT computes on a stream of its own."""
         binding = self._session.io_binding()
+        keep_alive = []  # contiguous copies must outlive the run
         for name, value in feeds.items():
             interface = getattr(value, "__cuda_array_interface__", None)
             if interface is None:
                 self.host_copies += 1
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
                 continue
+            if not is_contiguous(interface):
+                value = contiguous_on_device(value)  # ORT reads a dense buffer from the pointer
+                keep_alive.append(value)
+                interface = value.__cuda_array_interface__
             binding.bind_input(
                 name,
                 device_type="cuda",
@@ -94,10 +171,34 @@ class OnnxRuntimeEngine(Engine):
         for name in self._output_names:
             binding.bind_output(name, "cuda")
         self._session.run_with_iobinding(binding)
+        del keep_alive
         values = binding.get_outputs()
         if not self._device_outputs:
             return {name: value.numpy() for name, value in zip(self._output_names, values, strict=True)}
         return {name: _as_cupy(value) for name, value in zip(self._output_names, values, strict=True)}
+
+
+def is_contiguous(interface: dict[str, Any]) -> bool:
+    """Whether a ``__cuda_array_interface__`` describes a C-contiguous buffer (``strides`` None,
+    or equal to the dense strides of its shape)."""
+    strides = interface.get("strides")
+    if strides is None:
+        return True
+    expected = []
+    step = np.dtype(interface["typestr"]).itemsize
+    for dim in reversed(interface["shape"]):
+        expected.append(step)
+        step *= dim
+    return tuple(strides) == tuple(reversed(expected))
+
+
+def contiguous_on_device(value: Any) -> Any:
+    """A C-contiguous device copy of ``value``, complete when returned."""
+    import cupy
+
+    dense = cupy.ascontiguousarray(cupy.asarray(value))
+    cupy.cuda.get_current_stream().synchronize()
+    return dense
 
 
 def _as_cupy(value: Any) -> Any:

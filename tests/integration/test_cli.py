@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,45 @@ def test_run_with_a_dead_bus_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "error: cannot connect to NATS at nats://127.0.0.1:9" in done.stderr
+
+
+def test_run_with_a_gpu_provider_this_onnxruntime_lacks_fails_before_the_first_frame(
+    tmp_path: Path, nats_server: Any
+) -> None:
+    """``providers: [CUDAExecutionProvider]`` where ONNX Runtime has no CUDA: the run stops at start,
+    naming the provider, and nothing is published (no silent CPU run)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: tests/gpu covers the provider that is there")
+    config = tmp_path / "cuda.yaml"
+    config.write_text(
+        GOOD.replace("../samples/text.mp4", str(ROOT / "samples" / "text.mp4")).replace(
+            "      model: pp-ocrv4-det\n  - name: text",
+            "      model: pp-ocrv4-det\n      providers: [CUDAExecutionProvider]\n  - name: text",
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(config), "--nats-url", nats_server.url, "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "CUDAExecutionProvider" in done.stderr and "not available" in done.stderr
+    assert "frames decoded" not in done.stdout  # it never got as far as a summary of frames
+
+
+def test_doctor_exits_0_and_gives_each_gpu_path_with_its_reason() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "doctor"], capture_output=True, text=True, cwd=str(ROOT), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for path in ("CUDA device", "CuPy", "ONNX Runtime CUDA", "TensorRT", "NVDEC h264", "NVDEC hevc"):
+        (line,) = [line for line in lines if line.strip().startswith(path + "  ")]
+        state, _, why = line.strip()[len(path) :].strip().partition(": ")
+        assert state in ("usable", "unavailable") and why.strip(), line
+    assert any(line.strip().startswith("engine: auto") for line in lines)

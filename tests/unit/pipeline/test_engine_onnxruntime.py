@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from pipeline.engines import EngineOptions, create_engine
-from pipeline.engines.onnxruntime import PREFERRED_PROVIDERS, OnnxRuntimeEngine, check_signature, choose_providers
+from pipeline.engines.onnxruntime import (
+    PREFERRED_PROVIDERS,
+    OnnxRuntimeEngine,
+    check_loaded,
+    check_signature,
+    choose_providers,
+    is_contiguous,
+    provider_options,
+)
 from pipeline.errors import ModelError
 from pipeline.modelcard import ModelCard, TensorSpec, load_card
 
@@ -33,9 +41,11 @@ def with_input(card: ModelCard, **changes) -> ModelCard:
 # --- choose_providers --------------------------------------------------------------------------
 
 
-def test_choose_providers_best_installed_first():
+def test_choose_providers_best_installed_first_and_tensorrt_only_when_asked():
     available = ["CPUExecutionProvider", "AzureExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
     assert choose_providers(None, available) == list(PREFERRED_PROVIDERS)
+    assert PREFERRED_PROVIDERS == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert choose_providers(("TensorrtExecutionProvider",), available) == ["TensorrtExecutionProvider"]
     assert choose_providers((), ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers(None, ["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
         "CUDAExecutionProvider",
@@ -157,3 +167,49 @@ def test_check_signature_rejects_an_incompatible_shape(card, file_inputs, shape)
 def test_check_signature_allows_fixed_sizes_where_the_file_is_dynamic(card, file_inputs):
     fixed = with_input(card, shape=[1, 3, 64, 64])
     check_signature(fixed, "input", fixed.inputs, file_inputs)
+
+
+# --- providers that are installed but do not load ---------------------------------------------------
+
+
+def test_a_gpu_provider_asked_for_that_did_not_load_is_an_error_naming_it(card):
+    """ONNX Runtime drops a CUDA provider whose cuBLAS/cuDNN is missing and runs on the CPU."""
+    asked = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ModelError, match=r"could not load CUDAExecutionProvider \(.*\); not running it on the CPU"):
+        check_loaded(card, asked, ["CPUExecutionProvider"], asked=True)
+
+
+def test_a_default_gpu_provider_that_did_not_load_is_logged_and_left_out(card, caplog):
+    caplog.set_level("WARNING")
+    asked = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    loaded = check_loaded(card, asked, ["CPUExecutionProvider"], asked=False)
+    assert loaded == ["CPUExecutionProvider"]
+    assert "CUDAExecutionProvider did not load" in caplog.text
+
+
+def test_providers_that_loaded_pass():
+    card = load_card("pp-ocrv4-det")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert check_loaded(card, providers, providers, asked=True) == providers
+
+
+def test_provider_options_turn_tf32_off_and_keep_the_tensorrt_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMGRAPH_CACHE", str(tmp_path))
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt, cuda, cpu = provider_options(providers, EngineOptions(tf32=False, fp16=True))
+    assert cuda["use_tf32"] == "0" and cpu == {}
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_fp16_enable"] == "True"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "onnxruntime-tensorrt")
+    assert provider_options(["CUDAExecutionProvider"], EngineOptions())[0]["use_tf32"] == "1"
+
+
+def test_is_contiguous_reads_the_cuda_array_interface():
+    dense = {"shape": (2, 3, 4), "typestr": "<f4", "strides": None}
+    assert is_contiguous(dense)
+    assert is_contiguous({**dense, "strides": (48, 16, 4)})
+    assert not is_contiguous({**dense, "strides": (4, 8, 24)})  # a transposed view
+    assert not is_contiguous({**dense, "strides": (96, 32, 8)})  # every other element
+
+
+def test_a_cpu_engine_is_not_on_the_device(engine):
+    assert engine.on_device is False and engine.device_copies == 0 and engine.host_copies == 0

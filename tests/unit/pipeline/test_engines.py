@@ -38,6 +38,11 @@ def test_a_named_engine_is_taken_as_asked():
     assert choose_engine("onnxruntime", tensorrt=usable, onnxruntime_cuda=usable).providers is None
 
 
+def test_auto_with_providers_named_is_onnxruntime_with_those_providers():
+    engine = create_engine("auto", load_card("pp-ocrv4-det"), EngineOptions(providers=("CPUExecutionProvider",)))
+    assert engine.description == "onnxruntime[CPUExecutionProvider]"
+
+
 def test_on_this_machine_auto_loads_a_working_engine():
     card = load_card("pp-ocrv4-det")
     engine = create_engine("auto", card, EngineOptions())
