@@ -105,6 +105,13 @@ class Stage:
         starts consumers first)."""
         return False
 
+    def takes_device_arrays(self) -> bool:
+        """Whether this stage works on device arrays (``__cuda_array_interface__``) as they come:
+        a model on a GPU, or a stage that prepares tensors for one. ``decode: {device: auto}``
+        decodes on NVDEC only when a stage it feeds says so (else every frame would be copied
+        back to the host). Asked once started (the runner starts consumers first)."""
+        return False
+
     def check(self, base_dir: Path) -> None:
         """Checks beyond parameter types, run by ``validate`` before anything starts (a model card
         exists, say). Raise ``ConfigError`` with a path relative to the stage (``params.model``)."""

@@ -92,9 +92,15 @@ class Decode(Stage):
             raise ConfigError(
                 f"stage {self.name}", f"params.device is gpu, but NVDEC is not usable: {self._gpu_problem}"
             )
+        if self.params.device == "auto" and self._gpu_problem is None and not self._feeds_the_gpu():
+            # Frames decoded on the GPU for models on the CPU would each be copied back.
+            self._gpu_problem = "no stage it feeds runs on the GPU"
         if self.params.device == "auto":
             where = "NVDEC" if self._gpu_problem is None else f"the CPU ({self._gpu_problem})"
             ctx.logger.info("decoding on %s", where)
+
+    def _feeds_the_gpu(self) -> bool:
+        return any(stage.takes_device_arrays() for stage in self.ctx.consumers)
 
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.video is None or info.video.decoded:
@@ -102,9 +108,15 @@ class Decode(Stage):
         if self._gpu_problem is None:
             problem = nvdec_unusable(info.video.codec)
             if problem is None:
-                gpu = await self.ctx.run_blocking(NvdecDecoder, info.video)
-                self._streams[info.stream_id] = _StreamDecoder(codec=None, gpu=gpu)
-                return
+                try:
+                    gpu = await self.ctx.run_blocking(NvdecDecoder, info.video)
+                except Exception as exc:  # PyNvVideoCodec's errors share no base of ours
+                    if self.params.device == "gpu":
+                        raise StreamError(info.stream_id, f"NVDEC cannot open a decoder: {exc}") from exc
+                    problem = f"NVDEC cannot open a decoder: {exc}"
+                else:
+                    self._streams[info.stream_id] = _StreamDecoder(codec=None, gpu=gpu)
+                    return
             self.ctx.logger.info("stream %s: decoding on the CPU: %s", info.stream_id, problem)
         codec = av.CodecContext.create(info.video.codec, "r")
         if info.video.extradata:
@@ -132,13 +144,18 @@ class Decode(Stage):
         try:
             if state.gpu is not None:
                 frames = await self.ctx.run_blocking(
-                    state.gpu.decode, bytes(packet.payload), packet.pts or 0, packet.is_keyframe, packet.time_base
+                    state.gpu.decode,
+                    bytes(packet.payload),
+                    packet.pts or 0,
+                    packet.is_keyframe,
+                    packet.time_base,
+                    self._wanted(state),
                 )
             else:
                 frames = await self.ctx.run_blocking(
                     _decode, state.codec, packet.payload, packet.time_base, self._wanted(state)
                 )
-        except av.FFmpegError as exc:
+        except self._decode_errors(state) as exc:
             state.errors_in_row = count_decode_error(
                 self.ctx, item.stream_id, state.errors_in_row, self.params.max_consecutive_errors, "video", exc
             )
@@ -155,15 +172,22 @@ class Decode(Stage):
         try:
             async with state.turn:
                 if state.gpu is not None:
-                    frames = await self.ctx.run_blocking(state.gpu.flush, state.time_base)
+                    frames = await self.ctx.run_blocking(state.gpu.flush, state.time_base, self._wanted(state))
                 else:
                     frames = await self.ctx.run_blocking(
                         _decode, state.codec, None, state.time_base, self._wanted(state)
                     )
-        except av.FFmpegError as exc:
+        except self._decode_errors(state) as exc:
             self.ctx.logger.warning("stream %s: flushing the decoder failed: %s", eos.stream_id, exc)
             return ()
         return self._to_items(eos.stream_id, state, frames)
+
+    @staticmethod
+    def _decode_errors(state: _StreamDecoder) -> type[Exception] | tuple[type[Exception], ...]:
+        """What a bad packet raises: FFmpeg's errors on the CPU; on NVDEC, the Annex B
+        conversion's ``ValueError`` or whatever PyNvVideoCodec raises (its exceptions share no
+        base of ours), each counted toward ``max_consecutive_errors`` like FFmpeg's."""
+        return Exception if state.gpu is not None else av.FFmpegError
 
     def _wanted(self, state: _StreamDecoder) -> Callable[[int], bool]:
         """Whether the frame of a pts is worth converting: not with its budget already spent."""

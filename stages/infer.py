@@ -22,6 +22,7 @@ cannot be prepared fails alone.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +72,9 @@ class InferParams(StageParams):
     """``auto``: TensorRT, else ONNX Runtime with CUDA, else ONNX Runtime on the CPU (logged)."""
     fp16: bool = False
     """TensorRT only: let it use half precision where that is faster."""
+    tf32: bool = True
+    """GPU only: let float32 matrix products run in TF32 (faster on Ampere and later, outputs move
+    by about 1e-2); off to match the CPU's results closely."""
     providers: list[str] | None = None
     """ONNX Runtime execution providers, in order; default: the best installed."""
     intra_op_threads: int = Field(default=0, ge=0)
@@ -82,9 +86,11 @@ LIVE_WAITING = 1
 """Items per live stream that may wait for the model: only the newest frame is worth running."""
 
 
-def warm_up_feeds(card: ModelCard) -> dict[str, np.ndarray] | None:
+def warm_up_feeds(card: ModelCard, xp: Any = np) -> dict[str, Any] | None:
     """Zeros for a batch of one at the card's input size, or None where that size is not known
-    (an axis other than batch, height and width) or the model keeps state between runs."""
+    (an axis other than batch, height and width) or the model keeps state between runs. ``xp``
+    makes them: CuPy for a model on a GPU, so the warm-up takes the path real device frames take
+    and counts no host copy."""
     if card.state or card.preprocess is None:
         return None
     spec = card.data_inputs[0]
@@ -93,7 +99,7 @@ def warm_up_feeds(card: ModelCard) -> dict[str, np.ndarray] | None:
     if not all(isinstance(dim, int) or dim in named for dim in spec.shape):
         return None
     shape = [dim if isinstance(dim, int) else named[dim] for dim in spec.shape]
-    return {spec.name: np.zeros(shape, dtype=spec.dtype)}
+    return {spec.name: xp.zeros(shape, dtype=spec.dtype)}
 
 
 @dataclass(slots=True)
@@ -151,6 +157,7 @@ class Infer(Stage):
             intra_op_threads=self.params.intra_op_threads,
             max_batch=batch.size_limit if batch.max_size == "auto" else batch.max_size,
             fp16=self.params.fp16,
+            tf32=self.params.tf32,
         )
         self.card = card
         self.engine: Engine = await ctx.run_blocking(create_engine, self.params.engine, card, options)
@@ -159,8 +166,10 @@ class Infer(Stage):
         self._outputs = {
             spec.name: spec.shape.index("batch") if "batch" in spec.shape else 0 for spec in card.data_outputs
         }
+        # On a GPU the constants go to the device once, not with every batch.
+        self._xp = device_module() if self.engine.on_device else np
         self._constants = {
-            spec.name: np.asarray(card.constants[spec.name], dtype=spec.dtype)
+            spec.name: self._xp.asarray(card.constants[spec.name], dtype=spec.dtype)
             for spec in card.inputs
             if spec.name in card.constants
         }
@@ -190,7 +199,7 @@ class Infer(Stage):
         """One run on zeros of the card's input size before the first frame: an engine's first run
         of a shape allocates and plans, several times slower than the rest, and the frames in it
         would carry that as latency."""
-        feeds = warm_up_feeds(self.card)
+        feeds = warm_up_feeds(self.card, self._xp)
         if feeds is None:
             return
         loop = asyncio.get_running_loop()
@@ -198,6 +207,9 @@ class Infer(Stage):
             await loop.run_in_executor(self._model_thread, self.engine.infer, {**feeds, **self._constants})
         except Exception as exc:  # a model that cannot run zeros will say so on real input too
             self.ctx.logger.warning("model %s: warm-up run failed: %s", self.card.name, exc)
+
+    def takes_device_arrays(self) -> bool:
+        return self.engine.on_device
 
     async def stop(self) -> None:
         if hasattr(self, "batcher"):
@@ -320,8 +332,7 @@ class Infer(Stage):
             if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
                 self._state.reset(request.stream_id)
             self._ran_seq[request.stream_id] = request.payload.seq
-        # Device tensors (a GPU prepare's) are stacked on the device: the batch never visits the host.
-        feeds: dict[str, Any] = {self._data_input: array_module(tensors[0]).stack(tensors)}
+        feeds: dict[str, Any] = {self._data_input: stack_batch(tensors)}
         feeds.update(self._constants)
         feeds.update(self._state.gather(streams))
         began = time.perf_counter()
@@ -365,3 +376,25 @@ class _StreamStates:
             for index, stream_id in enumerate(streams):
                 value = np.take(outputs[output], [index], axis=axis)
                 self._values.setdefault(stream_id, {})[name] = value
+
+
+def stack_batch(tensors: list[Any]) -> Any:
+    """One batch array of the tensors. Device tensors (a GPU prepare's) are stacked on the device,
+    so the batch never visits the host, and the stack is complete when returned: the engine reads
+    it on a stream of its own."""
+    xp = array_module(tensors[0])
+    if xp is np:
+        return np.stack(tensors)
+    batch = xp.stack([xp.asarray(t) for t in tensors])
+    xp.cuda.get_current_stream().synchronize()
+    return batch
+
+
+def device_module() -> Any:
+    """CuPy, for an engine on a GPU (imported only then); numpy where CuPy is not installed (ONNX
+    Runtime CUDA alone: host arrays, copied by the engine and counted)."""
+    if importlib.util.find_spec("cupy") is None:
+        return np
+    import cupy
+
+    return cupy
