@@ -1,4 +1,5 @@
-"""Shared fixtures: the generated sample, a real nats-server per test session, model files."""
+"""Shared fixtures: the generated sample, a real nats-server per test session, model files, and a
+StageContext for driving one stage by hand (unit and GPU tests)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.bus import NatsServer, free_port
+from pipeline.stage import Stage, StageContext
+from pipeline.stats import StreamStats
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -68,6 +73,40 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# --- one stage driven by hand: a thread pool and a ready StageContext factory ----------------------
+
+
+@pytest.fixture()
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(2, thread_name_prefix="unit")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture()
+def make_ctx(executor: ThreadPoolExecutor, tmp_path: Path) -> Callable[..., StageContext]:
+    """``make_ctx(stage_name, input_stages=(...))``: a StageContext with fresh stats."""
+
+    def make(
+        stage: str = "stage",
+        *,
+        input_stages: tuple[str, ...] = (),
+        stats: StreamStats | None = None,
+        consumers: tuple[Stage, ...] = (),
+    ):
+        return StageContext(
+            pipeline="unit",
+            stage=stage,
+            base_dir=tmp_path,
+            stats=stats if stats is not None else StreamStats(),
+            executor=executor,
+            input_stages=input_stages,
+            consumers=consumers,
+        )
+
+    return make
 
 
 # --- a real RTSP server (gst-rtsp-server, run by the system Python) ---------------------------------
