@@ -54,7 +54,6 @@ from ..errors import ModelError
 from ..modelcard import ModelCard, TensorSpec
 from ..modelstore import cache_dir, model_path
 from .base import Engine, EngineOptions
-from .onnxruntime import contiguous_on_device, is_contiguous
 
 log = logging.getLogger("streamgraph.engine.tensorrt")
 
@@ -326,13 +325,29 @@ class TensorRtEngine(Engine):
 
     def _on_device(self, name: str, array: Any) -> Any:
         """``array`` as a C-contiguous device buffer of the card's dtype: a host array is copied
-        there (and counted), a strided device array made dense (complete when returned)."""
+        there (and counted), a strided device array made dense (not counted)."""
         if not hasattr(array, "__cuda_array_interface__"):
             self.host_copies += 1
             array = self._cupy.asarray(array, order="C")
         elif not is_contiguous(array.__cuda_array_interface__):
-            array = contiguous_on_device(array)  # TensorRT reads a dense buffer from the pointer
+            # TensorRT reads a dense buffer from the pointer; the copy runs on CuPy's current
+            # stream, which the TensorRT stream waits for.
+            array = self._cupy.ascontiguousarray(self._cupy.asarray(array))
         dtype = np.dtype(array.__cuda_array_interface__["typestr"])
         if dtype != np.dtype(self._dtypes[name]):  # TensorRT would read the bytes as its own dtype
             raise ValueError(f"input {name!r}: dtype {dtype}, the model takes {self._dtypes[name]}")
         return array
+
+
+def is_contiguous(interface: dict[str, Any]) -> bool:
+    """Whether a ``__cuda_array_interface__`` describes a C-contiguous buffer (``strides`` None,
+    or the dense strides of its shape)."""
+    strides = interface.get("strides")
+    if strides is None:
+        return True
+    dense = []
+    step = np.dtype(interface["typestr"]).itemsize
+    for dim in reversed(interface["shape"]):
+        dense.append(step)
+        step *= dim
+    return tuple(strides) == tuple(reversed(dense))

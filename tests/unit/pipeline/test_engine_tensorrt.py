@@ -14,6 +14,7 @@ from pipeline.engines.tensorrt import (
     TensorRtEngine,
     check_tensorrt_version,
     engine_key,
+    is_contiguous,
     profile_shapes,
     set_input_shape,
 )
@@ -147,6 +148,14 @@ def test_a_shape_outside_the_profile_is_refused_naming_input_shape_and_range(sha
         set_input_shape(FakeContext(low, high), "x", shape, (low, (4, 3, 352, 640), high))
     message = str(refused.value)
     assert "'x'" in message and str(shape) in message and f"min {low}, max {high}" in message
+
+
+@pytest.mark.parametrize(
+    ("strides", "dense"), [(None, True), ((7680, 2560, 4), True), ((4, 12, 3840), False), ((15360, 5120, 8), False)]
+)
+def test_only_dense_c_order_buffers_go_to_tensorrt_as_they_are(strides: tuple[int, ...] | None, dense: bool):
+    interface = {"shape": (4, 3, 640), "typestr": "<f4", "strides": strides}
+    assert is_contiguous(interface) is dense
 
 
 def test_the_engine_runs_on_the_device():
