@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.errors import StreamError
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoCodecParams, VideoFrame
+from pipeline.stage import Stage
 from stages.decode import Decode, DecodeParams
 
 FRAMES = 10
@@ -300,3 +301,35 @@ async def test_a_stream_the_source_decoded_gets_no_decoder_and_passes_through(ma
     item = Item(stream_id="peer", media=frame, capture_time=0.0, seq=0)
     assert await decoder.process(item) == (item,)
     assert await decoder.on_stream_ended(EndOfStream("peer")) == ()
+
+
+class _Consumer(Stage):
+    """A stage that says whether it works on device arrays."""
+
+    def __init__(self, on_device: bool) -> None:
+        super().__init__("consumer", None)
+        self.on_device = on_device
+
+    def takes_device_arrays(self) -> bool:
+        return self.on_device
+
+
+@pytest.mark.parametrize(
+    ("on_device", "where"), [(False, "the CPU (no stage it feeds runs on the GPU)"), (True, "NVDEC")]
+)
+async def test_device_auto_takes_nvdec_only_for_a_consumer_on_the_gpu(make_ctx, monkeypatch, caplog, on_device, where):
+    """Frames decoded on the GPU for a model on the CPU would each be copied back to the host."""
+    monkeypatch.setattr("stages.decode.nvdec_unusable", lambda codec=None: None)  # as where NVDEC works
+    caplog.set_level("INFO")
+    stage = Decode("decode", DecodeParams(device="auto"))
+    await stage.start(make_ctx("decode", consumers=(_Consumer(on_device),)))
+    assert f"decoding on {where}" in caplog.text
+
+
+async def test_prepare_takes_device_arrays_when_a_stage_it_feeds_does(make_ctx):
+    from stages.vision import Prepare, PrepareParams
+
+    for on_device in (False, True):
+        prepare = Prepare("prep", PrepareParams(model="pp-ocrv4-det"))
+        await prepare.start(make_ctx("prep", consumers=(_Consumer(on_device),)))
+        assert prepare.takes_device_arrays() is on_device

@@ -354,3 +354,34 @@ async def test_start_warms_the_model_up_before_the_first_frame(make_ctx, monkeyp
     monkeypatch.setattr(infer_module, "create_engine", recording_create)
     await started_infer(make_ctx)
     assert runs == [(1, 3, 352, 640)]
+
+
+def test_warm_up_zeros_come_from_the_engines_array_module():
+    """A model on a GPU warms up on device zeros (CuPy), so the warm-up counts no host copy."""
+    from pipeline.modelcard import load_card
+    from stages.infer import warm_up_feeds
+
+    made: list[tuple[tuple[int, ...], str]] = []
+
+    class RecordingModule:
+        @staticmethod
+        def zeros(shape, dtype):
+            made.append((tuple(shape), dtype))
+            return np.zeros(shape, dtype)
+
+    feeds = warm_up_feeds(load_card("pp-ocrv4-det"), RecordingModule)
+    assert feeds is not None and made == [((1, 3, 352, 640), "float32")]
+
+
+async def test_a_model_on_the_cpu_takes_no_device_arrays(make_ctx):
+    infer = await started_infer(make_ctx)
+    assert infer.takes_device_arrays() is False and infer.engine.on_device is False
+    assert infer.engine.host_copies == 0 and infer.engine.device_copies == 0
+    await infer.stop()
+
+
+def test_host_tensors_stack_into_one_host_batch():
+    from stages.infer import stack_batch
+
+    batch = stack_batch([np.full((3, 2, 2), i, np.float32) for i in range(3)])
+    assert isinstance(batch, np.ndarray) and batch.shape == (3, 3, 2, 2) and batch[2].min() == 2
