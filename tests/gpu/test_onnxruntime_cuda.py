@@ -1,7 +1,10 @@
-"""ONNX Runtime on CUDA with I/O binding: the same outputs as on the CPU, device inputs bound where
-they are (no host copy), outputs left on the device when asked."""
+"""ONNX Runtime on CUDA with I/O binding: the same outputs as on the CPU on real frames (TF32 off),
+device inputs bound where they are (no host copy), outputs left on the device when asked, and a
+CPU session given device inputs copies them to the host and counts it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -11,6 +14,8 @@ from pipeline.engines.base import EngineOptions
 from pipeline.engines.onnxruntime import OnnxRuntimeEngine
 from pipeline.modelcard import load_card
 
+from .frames import assert_differs_from_zeros, detector_batch
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
@@ -18,29 +23,67 @@ pytestmark = [
         reason="this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)",
     ),
 ]
-CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CUDA = ("CUDAExecutionProvider",)
+"""No CPU fallback: a node ONNX Runtime would put on the CPU must not pass as a CUDA run."""
+CPU = ("CPUExecutionProvider",)
+TOLERANCE = 1e-3
 
 
-def _batch() -> np.ndarray:
-    return np.random.default_rng(3).standard_normal((2, 3, 352, 640)).astype(np.float32)
+@pytest.fixture(scope="module")
+def card():  # type: ignore[no-untyped-def]
+    return load_card("pp-ocrv4-det")
 
 
-def test_cuda_outputs_match_the_cpu_on_the_text_detector() -> None:
-    card = load_card("pp-ocrv4-det")
-    cpu = OnnxRuntimeEngine(card, EngineOptions(providers=("CPUExecutionProvider",))).infer({"x": _batch()})
-    cuda = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA)).infer({"x": _batch()})
+@pytest.fixture(scope="module")
+def reference(card, sample_video: Path) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The CPU's outputs on two real frames, and on zeros of the same shape."""
+    batch = detector_batch(sample_video)
+    cpu = OnnxRuntimeEngine(card, EngineOptions(providers=CPU))
     name = card.outputs[0].name
-    assert isinstance(cuda[name], np.ndarray)
-    assert np.abs(cuda[name] - cpu[name]).max() <= 1e-3
+    return {
+        "batch": batch,
+        "cpu": cpu.infer({"x": batch})[name],
+        "zeros": cpu.infer({"x": np.zeros_like(batch)})[name],
+    }
 
 
-def test_device_inputs_are_bound_without_a_host_copy_and_outputs_stay_on_the_device() -> None:
+def test_cuda_outputs_match_the_cpu_on_real_frames(card, reference: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA, tf32=False))
+    assert engine.providers[0] == "CUDAExecutionProvider" and engine.on_device
+    cuda = engine.infer({"x": reference["batch"]})[card.outputs[0].name]
+    assert isinstance(cuda, np.ndarray)
+    assert_differs_from_zeros(reference["cpu"], reference["zeros"], TOLERANCE)
+    assert np.abs(cuda - reference["cpu"]).max() <= TOLERANCE
+    assert engine.host_copies == 1  # the host batch, copied once
+
+
+def test_device_inputs_are_bound_without_a_host_copy_and_outputs_stay_on_the_device(  # type: ignore[no-untyped-def]
+    card, reference: dict[str, np.ndarray]
+) -> None:
     cupy = pytest.importorskip("cupy")
-    card = load_card("pp-ocrv4-det")
-    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA, device_outputs=True))
-    outputs = engine.infer({"x": cupy.asarray(_batch())})
+    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA, device_outputs=True, tf32=False))
+    outputs = engine.infer({"x": cupy.asarray(reference["batch"])})
     assert engine.host_copies == 0
     value = outputs[card.outputs[0].name]
     assert hasattr(value, "__cuda_array_interface__") and value.shape[0] == 2
-    reference = OnnxRuntimeEngine(card, EngineOptions(providers=("CPUExecutionProvider",))).infer({"x": _batch()})
-    assert np.abs(cupy.asnumpy(value) - reference[card.outputs[0].name]).max() <= 1e-3
+    assert np.abs(cupy.asnumpy(value) - reference["cpu"]).max() <= TOLERANCE
+
+
+def test_a_non_contiguous_device_input_is_read_as_its_values(card, reference: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    """A view with strides (every other frame of a stack) is made dense, not misread."""
+    cupy = pytest.importorskip("cupy")
+    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA, tf32=False))
+    batch = reference["batch"]
+    interleaved = cupy.asarray(np.stack([batch[0], np.zeros_like(batch[0]), batch[1], np.zeros_like(batch[0])]))
+    view = interleaved[::2]
+    assert not view.flags.c_contiguous
+    got = engine.infer({"x": view})[card.outputs[0].name]
+    assert np.abs(got - reference["cpu"]).max() <= TOLERANCE
+
+
+def test_a_cpu_session_given_device_inputs_copies_them_and_counts_it(card, reference: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    cupy = pytest.importorskip("cupy")
+    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CPU))
+    got = engine.infer({"x": cupy.asarray(reference["batch"])})[card.outputs[0].name]
+    assert engine.device_copies == 1
+    assert np.abs(got - reference["cpu"]).max() <= 1e-5
