@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..modelcard import ModelCard, TensorSpec
 
 
@@ -58,3 +60,17 @@ class Engine(ABC):
     @abstractmethod
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run one batch: input name -> array, returns output name -> array."""
+
+
+def is_contiguous(interface: dict[str, Any]) -> bool:
+    """Whether a ``__cuda_array_interface__`` describes a C-contiguous buffer (``strides`` None,
+    or equal to the dense strides of its shape)."""
+    strides = interface.get("strides")
+    if strides is None:
+        return True
+    expected = []
+    step = np.dtype(interface["typestr"]).itemsize
+    for dim in reversed(interface["shape"]):
+        expected.append(step)
+        step *= dim
+    return tuple(strides) == tuple(reversed(expected))

@@ -12,7 +12,7 @@ from .. import capabilities
 from ..errors import ModelError
 from ..modelcard import ModelCard, TensorSpec
 from ..modelstore import cache_dir, model_path
-from .base import Engine, EngineOptions
+from .base import Engine, EngineOptions, is_contiguous
 
 log = logging.getLogger("streamgraph.engine.onnxruntime")
 
@@ -176,20 +176,6 @@ class OnnxRuntimeEngine(Engine):
         if not self._device_outputs:
             return {name: value.numpy() for name, value in zip(self._output_names, values, strict=True)}
         return {name: _as_cupy(value) for name, value in zip(self._output_names, values, strict=True)}
-
-
-def is_contiguous(interface: dict[str, Any]) -> bool:
-    """Whether a ``__cuda_array_interface__`` describes a C-contiguous buffer (``strides`` None,
-    or equal to the dense strides of its shape)."""
-    strides = interface.get("strides")
-    if strides is None:
-        return True
-    expected = []
-    step = np.dtype(interface["typestr"]).itemsize
-    for dim in reversed(interface["shape"]):
-        expected.append(step)
-        step *= dim
-    return tuple(strides) == tuple(reversed(expected))
 
 
 def contiguous_on_device(value: Any) -> Any:

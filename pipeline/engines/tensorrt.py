@@ -53,7 +53,7 @@ import numpy as np
 from ..errors import ModelError
 from ..modelcard import ModelCard, TensorSpec
 from ..modelstore import cache_dir, model_path
-from .base import Engine, EngineOptions
+from .base import Engine, EngineOptions, is_contiguous
 
 log = logging.getLogger("streamgraph.engine.tensorrt")
 
@@ -337,17 +337,3 @@ class TensorRtEngine(Engine):
         if dtype != np.dtype(self._dtypes[name]):  # TensorRT would read the bytes as its own dtype
             raise ValueError(f"input {name!r}: dtype {dtype}, the model takes {self._dtypes[name]}")
         return array
-
-
-def is_contiguous(interface: dict[str, Any]) -> bool:
-    """Whether a ``__cuda_array_interface__`` describes a C-contiguous buffer (``strides`` None,
-    or the dense strides of its shape)."""
-    strides = interface.get("strides")
-    if strides is None:
-        return True
-    dense = []
-    step = np.dtype(interface["typestr"]).itemsize
-    for dim in reversed(interface["shape"]):
-        dense.append(step)
-        step *= dim
-    return tuple(strides) == tuple(reversed(dense))

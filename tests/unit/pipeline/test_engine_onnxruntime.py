@@ -14,7 +14,6 @@ from pipeline.engines.onnxruntime import (
     check_loaded,
     check_signature,
     choose_providers,
-    is_contiguous,
     provider_options,
 )
 from pipeline.errors import ModelError
@@ -201,14 +200,6 @@ def test_provider_options_turn_tf32_off_and_keep_the_tensorrt_cache(tmp_path, mo
     assert trt["trt_engine_cache_enable"] == "True" and trt["trt_fp16_enable"] == "True"
     assert trt["trt_engine_cache_path"] == str(tmp_path / "onnxruntime-tensorrt")
     assert provider_options(["CUDAExecutionProvider"], EngineOptions())[0]["use_tf32"] == "1"
-
-
-def test_is_contiguous_reads_the_cuda_array_interface():
-    dense = {"shape": (2, 3, 4), "typestr": "<f4", "strides": None}
-    assert is_contiguous(dense)
-    assert is_contiguous({**dense, "strides": (48, 16, 4)})
-    assert not is_contiguous({**dense, "strides": (4, 8, 24)})  # a transposed view
-    assert not is_contiguous({**dense, "strides": (96, 32, 8)})  # every other element
 
 
 def test_a_cpu_engine_is_not_on_the_device(engine):

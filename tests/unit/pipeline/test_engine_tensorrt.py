@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from pipeline.engines.base import is_contiguous
 from pipeline.engines.tensorrt import (
     TENSORRT_FIX,
     TensorRtEngine,
     check_tensorrt_version,
     engine_key,
-    is_contiguous,
     profile_shapes,
     set_input_shape,
 )
