@@ -90,3 +90,37 @@ async def test_decode_to_model_makes_no_host_copy(make_ctx: Any, sample_video: P
     finally:
         cupy.asnumpy = real_asnumpy
     assert copies == [] and infer.engine.host_copies == 0  # type: ignore[attr-defined]
+
+
+async def test_frames_past_their_budget_are_dropped_unconverted(make_ctx: Any, sample_video: Path) -> None:
+    """``latency_budget_ms`` holds on NVDEC too: a frame already too old is counted, not converted."""
+    decoder = Decode("decode", DecodeParams(device="gpu", latency_budget_ms=50))  # type: ignore[arg-type]
+    await decoder.start(make_ctx("decode"))
+    info, packets = stream(sample_video)  # captured at time 0: far past any budget
+    await decoder.on_stream_added(info)
+    frames: list[Item] = []
+    for packet in packets:
+        frames += await decoder.process(packet)
+    frames += await decoder.on_stream_ended(EndOfStream("gpu"))
+    assert frames == []
+    assert decoder.ctx.stats.stream("gpu").drops == {"late:decode": 250}
+
+
+async def test_corrupt_packets_count_toward_the_error_limit(make_ctx: Any, sample_video: Path) -> None:
+    """An NVDEC or Annex B error is a bad packet, counted like FFmpeg's, not a crash of the stream."""
+    from pipeline.errors import StreamError
+
+    decoder = Decode("decode", DecodeParams(device="gpu", max_consecutive_errors=3))  # type: ignore[arg-type]
+    await decoder.start(make_ctx("decode"))
+    info, packets = stream(sample_video)
+    await decoder.on_stream_added(info)
+    broken = packets[1]
+    payload = bytes(broken.media.payload)
+    # A NAL length that overruns the packet: the Annex B conversion refuses it.
+    bad = Item("gpu", EncodedPacket(b"\xff\xff\xff\xff" + payload[4:], 1, broken.media.time_base, False), 0.0)
+    await decoder.process(packets[0])
+    assert await decoder.process(bad) == ()
+    assert decoder.ctx.stats.stream("gpu").packets_dropped == 1
+    with pytest.raises(StreamError, match="3 packets in a row failed to decode"):
+        for _ in range(2):
+            await decoder.process(bad)
