@@ -244,7 +244,7 @@ def nvdec(codec: str | None = None) -> Check:
         caps = nvc.GetDecoderCaps(
             gpuid=0,
             codec=getattr(nvc.cudaVideoCodec, NVDEC_CODECS[codec or "h264"]),
-            chromaformat=nvc.cudaVideoChromaFormat.YUV420,
+            chromaformat=_chroma_420(nvc),
             bitdepth=8,
         )
     except Exception as exc:
@@ -256,16 +256,29 @@ def nvdec(codec: str | None = None) -> Check:
     return Check(name, None, f"PyNvVideoCodec {version}; caps {caps}")
 
 
+def _chroma_420(nvc: Any) -> Any:
+    """PyNvVideoCodec's 4:2:0 member of ``cudaVideoChromaFormat`` (it prints as
+    ``cudaVideoChromaFormat.420``; the attribute name is not a Python identifier)."""
+    enum = nvc.cudaVideoChromaFormat
+    members = getattr(enum, "__members__", {})
+    for name in ("420", "YUV420", "_420", "cudaVideoChromaFormat_420"):
+        if name in members:
+            return members[name]
+        if hasattr(enum, name):
+            return getattr(enum, name)
+    raise LookupError(f"no 4:2:0 member in cudaVideoChromaFormat ({', '.join(members) or 'no members listed'})")
+
+
 def _caps_supported(caps: Any) -> bool | None:
-    """Whether ``GetDecoderCaps``'s answer says the codec is supported (None: it does not say)."""
-    if isinstance(caps, dict):
-        for key in ("is_supported", "supported", "bIsSupported"):
-            if key in caps:
-                return bool(caps[key])
-        return None
+    """Whether ``GetDecoderCaps``'s answer says the codec is supported (None: it does not say).
+    PyNvVideoCodec 2.2 answers a dict (``num_decoder_engines``, ``width_max``, ``height_max``,
+    ...) whose maxima are 0 for a codec the GPU cannot decode."""
+    values = caps if isinstance(caps, dict) else {k: getattr(caps, k) for k in dir(caps) if not k.startswith("_")}
     for key in ("is_supported", "supported", "bIsSupported"):
-        if hasattr(caps, key):
-            return bool(getattr(caps, key))
+        if key in values:
+            return bool(values[key])
+    if "width_max" in values:
+        return int(values["width_max"]) > 0
     return None
 
 

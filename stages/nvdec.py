@@ -96,7 +96,10 @@ class NvdecDecoder:
         """(width, height) of the pictures, as the decoder reports them once it has parsed the
         sequence header. The NV12 surface has ``int(height * 1.5)`` rows, so the height cannot
         be read back from it for odd heights."""
-        width, height = self._decoder.GetWidth(), self._decoder.GetHeight()
+        get_width, get_height = (getattr(self._decoder, name, None) for name in ("GetWidth", "GetHeight"))
+        if get_width is None or get_height is None:  # not in this release: the demuxer's size
+            return self._size
+        width, height = get_width(), get_height()
         return (int(width), int(height)) if width and height else self._size
 
     def _frames(self, decoded: Any, time_base: Any, wanted: Callable[[int], bool]) -> list[VideoFrame | int]:

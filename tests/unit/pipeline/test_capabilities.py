@@ -49,7 +49,13 @@ def test_the_engine_and_decode_probes_agree_with_the_checks():
 
 @pytest.mark.parametrize(
     ("caps", "supported"),
-    [({"is_supported": 1, "num_decoder_engines": 7}, True), ({"supported": False}, False), ({"max_width": 4096}, None)],
+    [
+        ({"is_supported": 1, "num_decoder_engines": 7}, True),
+        ({"supported": False}, False),
+        ({"num_decoder_engines": 7, "width_max": 8192, "height_max": 8192}, True),
+        ({"num_decoder_engines": 7, "width_max": 0, "height_max": 0}, False),
+        ({"codec_id": 4}, None),
+    ],
 )
 def test_decoder_caps_are_read_whatever_they_are_named(caps, supported):
     assert _caps_supported(caps) is supported
@@ -57,3 +63,14 @@ def test_decoder_caps_are_read_whatever_they_are_named(caps, supported):
 
 def test_a_check_is_usable_only_without_a_problem():
     assert Check("x", None).usable and not Check("x", "broken").usable
+
+
+def test_the_420_chroma_member_is_found_whatever_it_is_called():
+    import enum
+    import types
+
+    chroma = enum.Enum("cudaVideoChromaFormat", {"Monochrome": 0, "420": 1, "422": 2})
+    assert capabilities._chroma_420(types.SimpleNamespace(cudaVideoChromaFormat=chroma)) is chroma["420"]
+    other = enum.Enum("cudaVideoChromaFormat", {"Monochrome": 0})
+    with pytest.raises(LookupError, match="no 4:2:0 member"):
+        capabilities._chroma_420(types.SimpleNamespace(cudaVideoChromaFormat=other))
