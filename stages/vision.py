@@ -25,6 +25,8 @@ from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
+from .gpuprep import FRACTION_BITS, PreparePlan, linear_taps, prepare_on_device, taps_for
+
 
 @dataclass(frozen=True, slots=True)
 class Geometry:
@@ -197,19 +199,23 @@ def prepare_frame(frame: VideoFrame, size: tuple[int, int], resize: str, spec: P
 def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preprocess) -> PreparedTensor:
     """BGR uint8 HxWx3 -> normalized float32 tensor of ``size`` (height, width) in the card's layout.
 
-    A numpy image is resized by OpenCV (``INTER_LINEAR_EXACT``), a device array
-    (``__cuda_array_interface__``: CuPy, a decoder's surface) by ``resize_linear_exact`` with CuPy,
-    on the device, and the tensor stays there. Both compute the same fixed-point arithmetic, so
-    the two give the same pixels, and the same tensor up to float rounding.
+    A numpy image is resized by OpenCV (``INTER_LINEAR_EXACT``) and normalized here; a device
+    array (``__cuda_array_interface__``: CuPy, a decoder's surface) is prepared on the device in
+    one kernel (``stages.gpuprep``), and the tensor stays there, complete. Both compute the same
+    fixed-point resize and the same float32 multiply-add, so the two give the same tensor.
     """
     xp = array_module(image)
     source_height, source_width = image.shape[:2]
     height, width = size
     geometry = fit_geometry(source_width, source_height, size, resize)
+    if xp is not np:
+        return PreparedTensor(
+            prepare_on_device(image, prepare_plan(source_width, source_height, size, resize, spec)), geometry
+        )
     if resize == "letterbox":
         inner_w, inner_h = _letterbox_inner(source_width, source_height, size)
         pad_x, pad_y = int(geometry.pad_x), int(geometry.pad_y)
-        resized = xp.zeros((height, width, 3), dtype=np.uint8)
+        resized = np.zeros((height, width, 3), dtype=np.uint8)
         resized[pad_y : pad_y + inner_h, pad_x : pad_x + inner_w] = _resize(image, inner_h, inner_w)
     else:
         resized = _resize(image, height, width)
@@ -217,15 +223,40 @@ def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preproce
         resized = resized[..., ::-1]
     # (x * scale - mean) / std, folded into one multiply-add per pixel, one channel at a time
     # straight into the output layout (broadcasting over a last axis of 3 is several times slower).
-    gain = np.float32(spec.scale) / np.asarray(spec.std, dtype=np.float32)
-    bias = -np.asarray(spec.mean, dtype=np.float32) / np.asarray(spec.std, dtype=np.float32)
+    gain, bias = _gain_bias(spec)
     nchw = spec.layout == "NCHW"
-    tensor = xp.empty((3, height, width) if nchw else (height, width, 3), dtype=np.float32)
+    tensor = np.empty((3, height, width) if nchw else (height, width, 3), dtype=np.float32)
     for channel in range(3):
         out = tensor[channel] if nchw else tensor[..., channel]
-        xp.multiply(resized[..., channel], gain[channel], out=out, dtype=np.float32, casting="unsafe")
+        np.multiply(resized[..., channel], gain[channel], out=out, dtype=np.float32, casting="unsafe")
         out += bias[channel]
     return PreparedTensor(tensor, geometry)
+
+
+def _gain_bias(spec: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """(x * scale - mean) / std as x * gain + bias: per-channel float32 gain and bias."""
+    std = np.asarray(spec.std, dtype=np.float32)
+    return np.float32(spec.scale) / std, -np.asarray(spec.mean, dtype=np.float32) / std
+
+
+def prepare_plan(
+    source_width: int, source_height: int, size: tuple[int, int], resize: str, spec: Preprocess
+) -> PreparePlan:
+    """What the device prepare of a ``source_width`` x ``source_height`` frame computes, as the
+    CPU path above computes it: the same picture size and padding, channel order, gain and bias."""
+    geometry = fit_geometry(source_width, source_height, size, resize)
+    inner_w, inner_h = _letterbox_inner(source_width, source_height, size) if resize == "letterbox" else size[::-1]
+    gain, bias = _gain_bias(spec)
+    return PreparePlan(
+        source=(source_height, source_width),
+        size=size,
+        inner=(inner_h, inner_w),
+        pad=(int(geometry.pad_y), int(geometry.pad_x)),
+        rgb=spec.color == "rgb",
+        nchw=spec.layout == "NCHW",
+        gain=(float(gain[0]), float(gain[1]), float(gain[2])),
+        bias=(float(bias[0]), float(bias[1]), float(bias[2])),
+    )
 
 
 def _letterbox_inner(source_width: int, source_height: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -264,25 +295,21 @@ def to_host(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def _resize(image: Any, height: int, width: int) -> Any:
-    """uint8 in, uint8 out, bit-exact on both sides: OpenCV's ``INTER_LINEAR_EXACT`` on the CPU,
-    ``resize_linear_exact`` (the same fixed-point arithmetic) on the device."""
-    xp = array_module(image)
-    if xp is np:
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR_EXACT)
-    return resize_linear_exact(image, height, width, xp)
-
-
-FRACTION_BITS = 8
-"""OpenCV's bit-exact linear resize of uint8 weighs pixels in fixed point with 8 fraction bits."""
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 in, uint8 out: OpenCV's ``INTER_LINEAR_EXACT``, the arithmetic the device prepare
+    (``stages.gpuprep``) and ``resize_linear_exact`` compute bit-exactly."""
+    resized: np.ndarray = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR_EXACT)
+    return resized
 
 
 def resize_linear_exact(image: Any, height: int, width: int, xp: Any = np) -> Any:
     """HxWxC uint8 -> ``height`` x ``width`` x C uint8, computed as OpenCV's ``INTER_LINEAR_EXACT``
-    computes it, with any numpy-like array module ``xp`` (CuPy on the device), so the GPU prepare
-    gives the CPU's pixels exactly. Pixel centres are aligned and edges repeat; each row is first
-    blended across columns with 8-bit fixed-point weights (a 16-bit value), then two such rows
-    with 8-bit weights again (16 fraction bits), rounded half up to a whole level."""
+    computes it, with any numpy-like array module ``xp``: the arithmetic that the device prepare's
+    kernel (``stages.gpuprep``) fuses, spelled out array by array (many launches with CuPy, so not
+    what ``prepare_image`` runs there; a reference the tests hold to OpenCV). Pixel centres are
+    aligned and edges repeat; each row is first blended across columns with 8-bit fixed-point
+    weights (a 16-bit value), then two such rows with 8-bit weights again (16 fraction bits),
+    rounded half up to a whole level."""
     rows, row_weights = _fixed_point_taps(image.shape[0], height, xp)
     cols, col_weights = _fixed_point_taps(image.shape[1], width, xp)
     # Only the source rows some output row reads, each blended across columns once.
@@ -299,15 +326,8 @@ def resize_linear_exact(image: Any, height: int, width: int, xp: Any = np) -> An
 
 def _fixed_point_taps(source: int, target: int, xp: Any) -> tuple[tuple[np.ndarray, np.ndarray], tuple[Any, Any]]:
     """For each target index: the two source indices it blends (host arrays) and their weights
-    in fixed point (``xp`` arrays), summing to 1 << 8."""
-    one = 1 << FRACTION_BITS
-    position = (np.arange(target, dtype=np.float64) + 0.5) * (source / target) - 0.5
-    first = np.floor(position)
-    second_weight = np.clip(np.rint((position - first) * one), 0, one).astype(np.int64)
-    # Before the first pixel and from the last one on, the edge pixel is repeated.
-    clamped = (first < 0) | (first + 1 >= source)
-    second_weight[clamped] = 0
-    low = np.clip(first, 0, source - 1).astype(np.int64)
-    high = np.where(clamped, low, low + 1)
-    weights = [xp.asarray(w.astype(np.uint32)) for w in (one - second_weight, second_weight)]
-    return (low, high), (weights[0], weights[1])
+    in fixed point (``xp`` arrays), summing to 1 << 8. Cached per size and array module (and
+    device), so same-size frames upload nothing: read-only, never to be written by a caller."""
+    table = linear_taps(source, target)
+    weights = taps_for(source, target, xp)
+    return (table[0], table[1]), (weights[2], weights[3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 
 import cv2
@@ -15,6 +16,7 @@ from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import Preprocess
+from stages.gpuprep import linear_taps, prepare_reference, taps_cache_info
 from stages.infer import Infer, InferParams
 from stages.vision import (
     DeferredTensor,
@@ -22,9 +24,13 @@ from stages.vision import (
     Prepare,
     PreparedTensor,
     PrepareParams,
+    _fixed_point_taps,
+    fit_geometry,
     prepare_image,
+    prepare_plan,
     resize_linear_exact,
 )
+from tests.unit.stages.test_colorspace import CupyOnTheCpu, cupy_running_on_the_cpu
 
 BGR = (10, 20, 30)
 
@@ -296,3 +302,132 @@ def test_the_device_resize_samples_as_a_float_linear_resize_does():
     got = resize_linear_exact(image, 57, 100, np).astype(np.float32)
     assert np.abs(got - expected).max() <= 2.0
     assert np.abs(got - expected).mean() < 0.5
+
+
+# --- the device prepare (stages.gpuprep) -------------------------------------------------------
+
+
+@pytest.fixture()
+def cupy_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[CupyOnTheCpu]:
+    """The device path run on the CPU: the kernel compiled by g++ (see test_colorspace)."""
+    with cupy_running_on_the_cpu(monkeypatch) as fake:
+        yield fake
+
+
+class DeviceArray(np.ndarray):
+    """A numpy array that says it is on the device, so ``prepare_image`` takes its device branch
+    (with ``cupy_on_the_cpu``, the kernel runs on the host)."""
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, object]:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ctypes.data, False), "version": 3}
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal to the bit (``array_equal`` takes -0.0 for 0.0)."""
+    return (
+        a.shape == b.shape and a.dtype == b.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    )
+
+
+PREPARE_CASES = [
+    ((360, 640), (352, 640), "stretch"),
+    ((360, 640), (640, 640), "letterbox"),
+    ((640, 360), (320, 320), "letterbox"),
+    ((1080, 1920), (736, 1312), "stretch"),
+    ((1080, 1920), (320, 320), "letterbox"),
+    ((37, 53), (100, 21), "stretch"),
+    ((37, 53), (100, 21), "letterbox"),
+    ((1, 5), (3, 9), "stretch"),
+]
+
+
+@pytest.mark.parametrize(("source", "size", "resize"), PREPARE_CASES)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("color", ["rgb", "bgr"])
+def test_the_device_prepare_arithmetic_is_the_cpu_prepare_to_the_bit(source, size, resize, layout, color):
+    # prepare_reference is the kernel's per-pixel arithmetic in numpy, over the plan and taps the
+    # kernel is given; the CPU prepare is OpenCV's resize, then normalization channel by channel.
+    image = np.random.default_rng(7).integers(0, 256, (*source, 3), dtype=np.uint8)
+    card = spec(size=list(size), layout=layout, color=color, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    plan = prepare_plan(source[1], source[0], size, resize, card)
+    assert same_bits(prepare_reference(image, plan), prepare_image(image, size, resize, card).data)
+
+
+@pytest.mark.parametrize(("source", "size", "resize"), PREPARE_CASES)
+def test_the_device_prepare_resizes_to_opencvs_pixels(source, size, resize):
+    # With gain 1 and bias 0 the tensor is the resized uint8 pixels themselves.
+    image = np.random.default_rng(8).integers(0, 256, (*source, 3), dtype=np.uint8)
+    card = spec(size=list(size), layout="NHWC", color="bgr", scale=1.0)
+    plan = prepare_plan(source[1], source[0], size, resize, card)
+    expected = np.zeros((*size, 3), np.uint8)
+    (top, left), (height, width) = plan.pad, plan.inner
+    expected[top : top + height, left : left + width] = cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_LINEAR_EXACT
+    )
+    assert np.array_equal(prepare_reference(image, plan), expected.astype(np.float32))
+
+
+def test_the_plan_is_the_cpu_prepares_geometry():
+    card = spec(size=[320, 320], color="bgr", scale=2.0, mean=[1.0, 2.0, 3.0], std=[2.0, 4.0, 8.0])
+    plan = prepare_plan(640, 360, (320, 320), "letterbox", card)
+    geometry = fit_geometry(640, 360, (320, 320), "letterbox")
+    assert plan.inner == (180, 320) and plan.pad == (int(geometry.pad_y), int(geometry.pad_x)) == (70, 0)
+    assert (plan.rgb, plan.nchw) == (False, True)
+    assert plan.gain == (1.0, 0.5, 0.25) and plan.bias == (-0.5, -0.5, -0.375)
+    assert prepare_plan(640, 360, (320, 320), "stretch", card).inner == (320, 320)
+
+
+@pytest.mark.parametrize(("source", "size", "resize"), PREPARE_CASES[:3])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_a_device_frame_is_prepared_in_one_launch_and_uploads_no_taps_after_the_first(
+    cupy_on_the_cpu: CupyOnTheCpu, source, size, resize, layout
+):
+    card = spec(size=list(size), layout=layout, mean=[0.1, 0.2, 0.3], std=[0.5, 0.6, 0.7])
+    rng = np.random.default_rng(9)
+    for frame in range(1, 4):
+        image = rng.integers(0, 256, (*source, 3), dtype=np.uint8)
+        got = prepare_image(image.view(DeviceArray), size, resize, card)
+        expected = prepare_image(image, size, resize, card)
+        assert same_bits(np.asarray(got.data), expected.data) and got.geometry == expected.geometry
+        # One launch a frame, the tensor complete when handed on, and the taps (rows and columns)
+        # uploaded with the first frame only (each upload is completed once, too).
+        assert cupy_on_the_cpu.launches == frame
+        assert cupy_on_the_cpu.uploads == 2 and cupy_on_the_cpu.syncs == 2 + frame
+        assert taps_cache_info().misses == 2 and taps_cache_info().hits == 2 * (frame - 1)
+
+
+def test_a_device_frame_of_another_size_uploads_its_own_taps_once(cupy_on_the_cpu: CupyOnTheCpu):
+    card = spec(size=[64, 96])
+    for source in [(48, 64), (90, 160), (48, 64), (90, 160)]:
+        image = np.zeros((*source, 3), np.uint8).view(DeviceArray)
+        prepare_image(image, (64, 96), "stretch", card)
+    assert cupy_on_the_cpu.uploads == 4 and taps_cache_info().misses == 4
+
+
+def test_the_device_prepare_reads_a_crop_in_place_and_copies_only_a_reordered_view(cupy_on_the_cpu: CupyOnTheCpu):
+    image = np.random.default_rng(10).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    card = spec(size=[64, 96])
+    for view in (image[10:100, 30:190], image[:, :, ::-1], image[::2]):
+        expected = prepare_image(np.ascontiguousarray(view), (64, 96), "letterbox", card).data
+        got = prepare_image(view.view(DeviceArray), (64, 96), "letterbox", card).data
+        assert same_bits(np.asarray(got), expected)
+
+
+def test_the_device_prepare_refuses_what_the_kernel_cannot_read(cupy_on_the_cpu: CupyOnTheCpu):
+    card = spec(size=[64, 96])
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_image(np.zeros((48, 64, 3), np.float32).view(DeviceArray), (64, 96), "stretch", card)
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_image(np.zeros((48, 64, 4), np.uint8).view(DeviceArray), (64, 96), "stretch", card)
+
+
+def test_cached_taps_are_shared_and_cannot_be_written():
+    (low, high), (low_weight, high_weight) = _fixed_point_taps(360, 640, np)
+    again = _fixed_point_taps(360, 640, np)
+    table = linear_taps(360, 640)  # the cached table they are rows of: nothing recomputed
+    assert all(np.shares_memory(row, table) for row in (low, high, low_weight, high_weight, *again[0], *again[1]))
+    assert np.all(low_weight + high_weight == 1 << 8)
+    for array in (low, high, low_weight, high_weight, linear_taps(360, 640)):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 1
