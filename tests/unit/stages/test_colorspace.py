@@ -104,22 +104,12 @@ def _compile_on_the_cpu(source: str, name: str) -> tuple[Any, list[str]]:
         f"      {name}({', '.join(names)});\n"
         "}\n"
     )
-    folder = Path(tempfile.mkdtemp(prefix="kernel-"))
-    (folder / "kernel.cpp").write_text(_CUDA_ON_THE_CPU + source + launcher)
-    subprocess.run(
-        [
-            "g++",
-            "-O2",
-            "-shared",
-            "-fPIC",
-            "-ffp-contract=off",
-            "-o",
-            str(folder / "kernel.so"),
-            str(folder / "kernel.cpp"),
-        ],
-        check=True,
-    )
-    return ctypes.CDLL(str(folder / "kernel.so")), types
+    with tempfile.TemporaryDirectory(prefix="kernel-") as name:  # the loaded library outlives its file
+        folder = Path(name)
+        (folder / "kernel.cpp").write_text(_CUDA_ON_THE_CPU + source + launcher)
+        compiler = ["g++", "-O2", "-shared", "-fPIC", "-ffp-contract=off"]
+        subprocess.run([*compiler, "-o", str(folder / "kernel.so"), str(folder / "kernel.cpp")], check=True)
+        return ctypes.CDLL(str(folder / "kernel.so")), types
 
 
 class CpuKernel:
