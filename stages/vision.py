@@ -148,6 +148,10 @@ class Prepare(Stage):
         if self.params.defer == "live" and others:
             ctx.logger.info("live frames are prepared here: %s do(es) not prepare them itself", ", ".join(others))
 
+    def takes_device_arrays(self) -> bool:
+        # A device frame is prepared on the device, and worth it only for a model there.
+        return any(stage.takes_device_arrays() for stage in self.ctx.consumers)
+
     def _configure(self, base_dir: Path) -> None:
         card, self.spec = load_preprocess(self.params.model, base_dir)
         height, width = self.params.size or self.spec.size
