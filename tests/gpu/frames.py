@@ -8,6 +8,7 @@ text), on which the output is large where the text is.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -42,3 +43,14 @@ def assert_differs_from_zeros(outputs: np.ndarray, on_zeros: np.ndarray, toleran
     could not pass for an engine that read nothing."""
     gap = float(np.abs(outputs - on_zeros).max())
     assert gap > 100 * tolerance, f"outputs on real frames are within {gap} of the outputs on zeros"
+
+
+class Counted:
+    """A kernel that counts its launches."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel, self.launches = kernel, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.launches += 1
+        return self.kernel(*args, **kwargs)

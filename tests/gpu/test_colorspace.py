@@ -8,28 +8,17 @@ exhaustive picture holds every (Y, U, V) triplet, and such a change moves a few 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from stages import colorspace
 from stages.colorspace import nv12_to_bgr
+from tests.gpu.frames import Counted
 from tests.unit.stages.test_colorspace import every_yuv_nv12, sample_nv12_frames
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
-
-
-class Counted:
-    """A kernel that counts its launches."""
-
-    def __init__(self, kernel: Any) -> None:
-        self.kernel, self.launches = kernel, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.launches += 1
-        return self.kernel(*args, **kwargs)
 
 
 @pytest.fixture()

@@ -9,7 +9,6 @@ and the resized pixels (a tensor with gain 1 and bias 0) must be OpenCV's exactl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import av
 import cv2
@@ -21,6 +20,7 @@ from stages import gpuprep
 from stages.colorspace import nv12_to_bgr
 from stages.gpuprep import taps_cache_info
 from stages.vision import prepare_image
+from tests.gpu.frames import Counted
 from tests.unit.stages.test_colorspace import sample_nv12_frames
 
 pytestmark = pytest.mark.gpu
@@ -31,17 +31,6 @@ def first_frame(sample_video: Path) -> np.ndarray:
     with av.open(str(sample_video)) as container:
         frame: np.ndarray = next(container.decode(video=0)).to_ndarray(format="bgr24")
     return frame
-
-
-class Counted:
-    """A kernel that counts its launches."""
-
-    def __init__(self, kernel: Any) -> None:
-        self.kernel, self.launches = kernel, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.launches += 1
-        return self.kernel(*args, **kwargs)
 
 
 @pytest.mark.parametrize(("card", "resize"), [("pp-ocrv4-det", "stretch"), ("pp-ocrv4-det", "letterbox")])
