@@ -125,16 +125,45 @@ def onnxruntime_package() -> str:
 
 def preload_cuda_libraries() -> None:
     """Load the CUDA, cuBLAS and cuDNN libraries onnxruntime-gpu needs from the nvidia-* wheels
-    (its ``[cuda,cudnn]`` extras, or PyTorch's); without them its CUDA provider does not load."""
+    (its ``[cuda,cudnn]`` extras, or PyTorch's); without them its CUDA provider does not load.
+    ``onnxruntime.preload_dlls`` looks only beside onnxruntime itself; the wheels may sit in
+    another folder of ``sys.path`` (onnxruntime-gpu installed with ``--target`` or in the user's
+    site, PyTorch's CUDA in the system's), so every such folder is tried first."""
     import onnxruntime
 
     preload = getattr(onnxruntime, "preload_dlls", None)
     if preload is None:
         return
+    for library in _nvidia_libraries(onnxruntime):
+        try:
+            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:  # a wheel of another CUDA major: the provider check names it
+            log.debug("cannot preload %s: %s", library, exc)
     try:
-        preload()
-    except Exception as exc:  # a missing wheel: the provider check below names the library
+        preload()  # what is loaded already is found by its name; registers the CUDA plugin too
+    except Exception as exc:
         log.debug("onnxruntime.preload_dlls: %s", exc)
+
+
+def _nvidia_libraries(onnxruntime: Any) -> list[Path]:
+    """The CUDA/cuDNN libraries onnxruntime would preload, found in any ``sys.path`` folder
+    that holds an ``nvidia`` package, in onnxruntime's order (cuBLASLt before cuBLAS)."""
+    import sys
+
+    relative_paths = getattr(onnxruntime, "_get_nvidia_dll_paths", None)
+    if relative_paths is None:
+        return []
+    try:
+        wanted: list[tuple[str, ...]] = list(relative_paths(False, True, True))
+    except Exception:  # a private helper: its signature may change
+        return []
+    found: dict[str, Path] = {}
+    for folder in sys.path:
+        for parts in wanted:
+            path = Path(folder or ".", *parts)
+            if parts[-1] not in found and path.is_file():
+                found[parts[-1]] = path
+    return [found[parts[-1]] for parts in wanted if parts[-1] in found]
 
 
 def loaded_providers(requested: list[str]) -> list[str]:

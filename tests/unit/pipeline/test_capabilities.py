@@ -74,3 +74,20 @@ def test_the_420_chroma_member_is_found_whatever_it_is_called():
     other = enum.Enum("cudaVideoChromaFormat", {"Monochrome": 0})
     with pytest.raises(LookupError, match="no 4:2:0 member"):
         capabilities._chroma_420(types.SimpleNamespace(cudaVideoChromaFormat=other))
+
+
+def test_cuda_libraries_are_found_in_any_folder_of_sys_path(tmp_path, monkeypatch):
+    """onnxruntime-gpu installed apart from the nvidia-* wheels (``--target``, the user's site) still
+    finds them: every ``sys.path`` folder is searched, in onnxruntime's order."""
+    import types
+
+    wanted = [("nvidia", "cu13", "lib", "libcublasLt.so.13"), ("nvidia", "cu13", "lib", "libcublas.so.13")]
+    ort = types.SimpleNamespace(_get_nvidia_dll_paths=lambda is_windows, cuda, cudnn: wanted)
+    first, second = tmp_path / "site-a", tmp_path / "site-b"
+    (second / "nvidia" / "cu13" / "lib").mkdir(parents=True)
+    for name in ("libcublas.so.13", "libcublasLt.so.13"):
+        (second / "nvidia" / "cu13" / "lib" / name).write_bytes(b"")
+    monkeypatch.setattr("sys.path", [str(first), str(second)])
+    lib = second / "nvidia" / "cu13" / "lib"
+    assert capabilities._nvidia_libraries(ort) == [lib / "libcublasLt.so.13", lib / "libcublas.so.13"]
+    assert capabilities._nvidia_libraries(types.SimpleNamespace()) == []  # an onnxruntime without the helper
