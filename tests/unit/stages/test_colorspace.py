@@ -4,9 +4,9 @@ conversion of the same decoded frames (what the CPU path uses)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import ctypes
 import functools
+import os
 import re
 import shutil
 import subprocess
