@@ -50,10 +50,10 @@ GPU_SITE ?= $(GPU_BUNDLE)/site
 GPU_REPORT ?= $(if $(OUT),$(OUT)/gpu-report.md,$(CURDIR)/gpu-report.md)
 # onnxruntime-gpu installed with --target looks for cuBLAS/cuDNN under $(GPU_SITE)/nvidia: point
 # the loader at the nvidia-* wheels (PyTorch's) this Python already has, then $LD_LIBRARY_PATH.
-GPU_NVIDIA_LIBS = $(shell $(GPU_PYTHON) scripts/gpu_bundle.py nvidia-libs 2>/dev/null)
+GPU_NVIDIA_LIBS = $(shell $(GPU_PYTHON) scripts/gpu_check.py nvidia-libs 2>/dev/null)
 GPU_ENV = PYTHONPATH=$(GPU_SITE):$(CURDIR) PATH=$(GPU_SITE)/bin:$$PATH STREAMGRAPH_CACHE=$(GPU_BUNDLE)/cache \
 	LD_LIBRARY_PATH=$(GPU_NVIDIA_LIBS) PYTHONUNBUFFERED=1
-GPU_STEP = $(GPU_PYTHON) scripts/gpu_bundle.py step --report $(GPU_REPORT)
+GPU_STEP = $(GPU_PYTHON) scripts/gpu_check.py step --report $(GPU_REPORT)
 
 .PHONY: gpu-bundle gpu-check
 
@@ -61,14 +61,14 @@ gpu-bundle: models
 	$(BIN)/python scripts/gpu_bundle.py pack --out .whl/gpu-bundle --wheels .whl/gpu-wheels --part-mib $(GPU_PART_MIB)
 
 gpu-check:
-	$(GPU_ENV) $(GPU_PYTHON) scripts/gpu_bundle.py start --report $(GPU_REPORT) --bundle $(GPU_BUNDLE)
+	$(GPU_ENV) $(GPU_PYTHON) scripts/gpu_check.py start --report $(GPU_REPORT) --bundle $(GPU_BUNDLE)
 	-if $(GPU_PYTHON) -m pip --version >/dev/null 2>&1; then \
 	  $(GPU_STEP) install 90 $(GPU_PYTHON) -m pip install --no-index --no-deps --upgrade --disable-pip-version-check \
 	    --find-links $(GPU_BUNDLE)/wheels --target $(GPU_SITE) $(GPU_BUNDLE)/wheels/*.whl; \
-	else $(GPU_STEP) install 90 $(GPU_PYTHON) scripts/gpu_bundle.py unpack-wheels $(GPU_BUNDLE)/wheels $(GPU_SITE); fi
-	-$(GPU_ENV) $(GPU_STEP) probe 45 $(GPU_PYTHON) scripts/gpu_bundle.py probe
+	else $(GPU_STEP) install 90 $(GPU_PYTHON) scripts/gpu_check.py unpack-wheels $(GPU_BUNDLE)/wheels $(GPU_SITE); fi
+	-$(GPU_ENV) $(GPU_STEP) probe 45 $(GPU_PYTHON) scripts/gpu_check.py probe
 	-$(GPU_ENV) $(GPU_STEP) doctor 45 $(GPU_PYTHON) -m pipeline.cli doctor
 	-$(GPU_ENV) $(GPU_STEP) --expect '[0-9]+ passed' pytest-gpu 240 \
 	  $(GPU_PYTHON) -m pytest -m gpu tests/gpu -ra -v -p no:cacheprovider --durations=10
 	-$(GPU_ENV) $(GPU_STEP) bench 120 $(GPU_PYTHON) bench/gpu.py --markdown --streams 1,8 --seconds 2
-	$(GPU_PYTHON) scripts/gpu_bundle.py finish --report $(GPU_REPORT)
+	$(GPU_PYTHON) scripts/gpu_check.py finish --report $(GPU_REPORT)

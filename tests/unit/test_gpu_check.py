@@ -1,5 +1,6 @@
-"""The offline GPU check (docs/gpu.md): ``make gpu-check``'s steps, scripts/gpu_bundle.py, and a
-complete model cache that is never downloaded again."""
+"""The offline GPU check (docs/gpu.md): ``make gpu-check``'s steps, scripts/gpu_bundle.py (the
+packing side), scripts/gpu_check.py (the device side), and a complete model cache that is never
+downloaded again."""
 
 from __future__ import annotations
 
@@ -20,19 +21,20 @@ from pipeline import cli, modelstore
 from pipeline.modelcard import list_cards, load_card
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "gpu_bundle.py"
+SCRIPTS = ROOT / "scripts"
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_bundle", SCRIPT)
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bundle"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-gpu_bundle = load_script()
+gpu_bundle = load_script("gpu_bundle")
+gpu_check = load_script("gpu_check")
 
 
 def normalized(text: str) -> list[str]:
@@ -79,13 +81,24 @@ def test_the_report_goes_to_out_when_it_is_set(monkeypatch: pytest.MonkeyPatch, 
 def test_the_no_make_fallback_runs_the_very_lines_of_the_makefile() -> None:
     out = make_dry_run("GPU_BUNDLE=/b", "GPU_REPORT=/r.md")
     dry = subprocess.run(
-        ["python3", str(SCRIPT), "check", "--dry-run", "--bundle", "/b", "--report", "/r.md"],
+        ["python3", str(SCRIPTS / "gpu_check.py"), "check", "--dry-run", "--bundle", "/b", "--report", "/r.md"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     assert normalized(dry) == normalized(out)
+
+
+def test_the_device_side_imports_only_the_standard_library() -> None:
+    """gpu_check.py runs before the bundle's wheels are installed: no pipeline, no third-party import."""
+    code = (
+        "import sys; sys.path.insert(0, 'scripts'); before = set(sys.modules); import gpu_check; "
+        "added = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(added - set(sys.stdlib_module_names) - {'gpu_check'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- the bundle's wheel list
@@ -178,7 +191,7 @@ def test_unpack_wheels_installs_without_pip(tmp_path: Path) -> None:
         },
     )
     site = tmp_path / "site"
-    assert gpu_bundle.main(["unpack-wheels", str(wheels), str(site)]) == 0
+    assert gpu_check.main(["unpack-wheels", str(wheels), str(site)]) == 0
     assert (site / "tool" / "__init__.py").read_text() == "VALUE = 7\n"
     assert (site / "tool_ext.py").is_file()
     assert (site / "tool-1.0.dist-info" / "METADATA").is_file()
@@ -193,7 +206,7 @@ def test_unpack_wheels_installs_without_pip(tmp_path: Path) -> None:
 def test_a_failed_step_is_reported_the_others_run_and_finish_fails(tmp_path: Path) -> None:
     report = tmp_path / "out" / "gpu-report.md"
     py = sys.executable
-    assert gpu_bundle.main(["start", "--report", str(report), "--bundle", "/b"]) == 0
+    assert gpu_check.main(["start", "--report", str(report), "--bundle", "/b"]) == 0
     steps = [
         ["bad", "30", py, "-c", "import sys; print('## not a heading'); print('~~~'); sys.exit(3)"],
         ["slow", "1", py, "-c", "import time; print('begun', flush=True); time.sleep(30)"],
@@ -201,8 +214,8 @@ def test_a_failed_step_is_reported_the_others_run_and_finish_fails(tmp_path: Pat
         ["--expect", "[0-9]+ passed", "good", "30", py, "-c", "print('2 passed in 1s')"],
     ]
     for step in steps:
-        assert gpu_bundle.main(["step", "--report", str(report), *step]) == 0
-    assert gpu_bundle.main(["finish", "--report", str(report)]) == 1
+        assert gpu_check.main(["step", "--report", str(report), *step]) == 0
+    assert gpu_check.main(["finish", "--report", str(report)]) == 1
     text = report.read_text()
     summary = text[text.index("## Summary") : text.index("## bad")]
     assert "| bad | FAILED | 3 |" in summary
@@ -216,16 +229,16 @@ def test_a_failed_step_is_reported_the_others_run_and_finish_fails(tmp_path: Pat
 
 def test_finish_passes_when_every_step_passed(tmp_path: Path) -> None:
     report = tmp_path / "gpu-report.md"
-    gpu_bundle.main(["start", "--report", str(report)])
-    gpu_bundle.main(["step", "--report", str(report), "one", "30", sys.executable, "-c", "print('fine')"])
-    assert gpu_bundle.main(["finish", "--report", str(report)]) == 0
+    gpu_check.main(["start", "--report", str(report)])
+    gpu_check.main(["step", "--report", str(report), "one", "30", sys.executable, "-c", "print('fine')"])
+    assert gpu_check.main(["finish", "--report", str(report)]) == 0
     assert "**all steps passed**" in report.read_text()
 
 
 def test_a_report_without_steps_fails(tmp_path: Path) -> None:
     report = tmp_path / "gpu-report.md"
-    gpu_bundle.main(["start", "--report", str(report)])
-    assert gpu_bundle.main(["finish", "--report", str(report)]) == 1
+    gpu_check.main(["start", "--report", str(report)])
+    assert gpu_check.main(["finish", "--report", str(report)]) == 1
 
 
 # --------------------------------------------------------------------------- a complete model cache
