@@ -28,7 +28,7 @@ def report() -> list[str]:
         lines.append(f"  {check.name:<{width}}  {state}: {why}")
         if not check.usable and check.detail:
             lines.append(f"  {'':<{width}}  ({check.detail})")
-    engine = choose_engine("auto")
+    engine = choose_engine()
     providers = f" [{', '.join(engine.providers)}]" if engine.providers else ""
     nvdec = capabilities.nvdec("h264")
     lines += [

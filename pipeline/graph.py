@@ -50,9 +50,13 @@ def build_graph(config: PipelineConfig, *, source: str | None = None) -> Graph:
                 raise ConfigError(f"{path}.name", f"duplicate stage name {stage_config.name!r}")
             cls = stage_class_for(stage_config.type, stage_config.class_, path)
             try:
-                params = cls.Params.model_validate(stage_config.params)
+                model = cls.params_model(stage_config.params)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}.{exc.path}", exc.message) from None
+            try:
+                params = model.model_validate(stage_config.params)
             except ValidationError as exc:
-                raise config_error_from(exc, prefix=f"{path}.params", model=cls.Params) from None
+                raise config_error_from(exc, prefix=f"{path}.params", model=model) from None
             stage = cls(stage_config.name, params)
             try:
                 stage.check(config.base_dir)

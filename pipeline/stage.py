@@ -112,6 +112,13 @@ class Stage:
         back to the host). Asked once started (the runner starts consumers first)."""
         return False
 
+    @classmethod
+    def params_model(cls, raw: Any) -> type[StrictModel]:
+        """The model that validates this stage's params as written in YAML (``raw``): ``Params``.
+        A stage whose keys depend on one of them (``infer``'s on its ``engine``) picks one by it,
+        or raises ``ConfigError`` with a path relative to the stage (``params.engine``)."""
+        return cls.Params
+
     def check(self, base_dir: Path) -> None:
         """Checks beyond parameter types, run by ``validate`` before anything starts (a model card
         exists, say). Raise ``ConfigError`` with a path relative to the stage (``params.model``)."""

@@ -22,6 +22,7 @@ cannot be prepared fails alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import time
 from collections.abc import Sequence
@@ -31,10 +32,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request, Superseded
-from pipeline.engines import Engine, EngineKind, EngineOptions, create_engine
+from pipeline.config import StrictModel, config_error_from
+from pipeline.engines import Engine, EngineOptions, RunSettings, UnknownEngine, create_engine, engine_entry
 from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, StreamInfo
 from pipeline.modelcard import ModelCard, load_model_card
@@ -64,22 +66,49 @@ class BatchParams(StageParams):
 
 
 class InferParams(StageParams):
+    """The keys every engine shares. The chosen engine's own keys (``providers``, ``fp16``,
+    ``tf32``, ``intra_op_threads``, ``server``, ...) sit beside them and are checked against its
+    strict options model: in YAML before anything starts (``Infer.params_model``), and by
+    ``engine_options`` for params built in code."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
     model: str
     """Model card name or path."""
     input: str | None = None
     """The stage whose tensor feeds the model; defaults to this stage's first input."""
-    engine: EngineKind = "auto"
-    """``auto``: TensorRT, else ONNX Runtime with CUDA, else ONNX Runtime on the CPU (logged)."""
-    fp16: bool = False
-    """TensorRT only: let it use half precision where that is faster."""
-    tf32: bool = True
-    """GPU only: let float32 matrix products run in TF32 (faster on Ampere and later, outputs move
-    by about 1e-2); off to match the CPU's results closely."""
-    providers: list[str] | None = None
-    """ONNX Runtime execution providers, in order; default: the best installed."""
-    intra_op_threads: int = Field(default=0, ge=0)
-    """Threads per model run; 0 lets ONNX Runtime use every core."""
+    engine: str = "auto"
+    """A registered engine (``pipeline.engines.engine_names()``). ``auto``: TensorRT, else ONNX
+    Runtime with CUDA, else ONNX Runtime on the CPU (logged)."""
     batch: BatchParams = BatchParams()
+
+    @model_validator(mode="after")
+    def _engine_takes_its_keys(self) -> InferParams:
+        """Params built in code are checked as YAML is: the engine exists and takes these keys."""
+        try:
+            self.engine_options()
+        except UnknownEngine as exc:
+            raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise ValueError(f"{where}: {error['msg']} (engine {self.engine!r})") from None
+        return self
+
+    def engine_options(self) -> EngineOptions:
+        """The engine's keys of these params, validated by its options model."""
+        options = engine_entry(self.engine).options
+        mine = set(InferParams.model_fields)
+        return options.model_validate({k: v for k, v in self.model_dump().items() if k not in mine})
+
+
+@functools.cache
+def infer_params_for(engine: str) -> type[InferParams]:
+    """``InferParams`` with ``engine``'s options as fields, strict: what YAML is validated by, so an
+    unknown or misspelt key is named with the keys this engine takes."""
+    options = engine_entry(engine).options
+    config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    return type(f"InferParams_{engine}", (InferParams, options), {"model_config": config, "__module__": __name__})
 
 
 LIVE_WAITING = 1
@@ -129,7 +158,23 @@ class Infer(Stage):
             return self.params.input == producer
         return self._ctx is not None and self.ctx.input_stages[:1] == (producer,)
 
+    @classmethod
+    def params_model(cls, raw: Any) -> type[StrictModel]:
+        engine = raw.get("engine", "auto") if isinstance(raw, dict) else "auto"
+        if not isinstance(engine, str):
+            return cls.Params  # its validation names the wrong type
+        try:
+            return infer_params_for(engine)
+        except UnknownEngine as exc:
+            raise ConfigError("params.engine", str(exc)) from None
+
     def check(self, base_dir: Path) -> None:
+        try:
+            self.params.engine_options()
+        except UnknownEngine as exc:
+            raise ConfigError("params.engine", str(exc)) from None
+        except ValidationError as exc:
+            raise config_error_from(exc, prefix="params") from None
         self._load_card(base_dir)
         max_size = self.params.batch.max_size
         if isinstance(max_size, int) and max_size < 1:
@@ -152,15 +197,11 @@ class Infer(Stage):
         await super().start(ctx)
         card = self._load_card(ctx.base_dir)
         batch = self.params.batch
-        options = EngineOptions(
-            providers=tuple(self.params.providers) if self.params.providers else None,
-            intra_op_threads=self.params.intra_op_threads,
-            max_batch=batch.size_limit if batch.max_size == "auto" else batch.max_size,
-            fp16=self.params.fp16,
-            tf32=self.params.tf32,
-        )
+        settings = RunSettings(max_batch=batch.size_limit if batch.max_size == "auto" else batch.max_size)
         self.card = card
-        self.engine: Engine = await ctx.run_blocking(create_engine, self.params.engine, card, options)
+        self.engine: Engine = await ctx.run_blocking(
+            create_engine, self.params.engine, card, self.params.engine_options(), settings
+        )
         self.tensor_key = self.params.input or ctx.input_stages[0]
         self._data_input = card.data_inputs[0].name
         self._outputs = {

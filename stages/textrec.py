@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from pydantic import Field
 
 from pipeline.errors import ModelError
 from pipeline.media import Item
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.modelstore import model_path
+from pipeline.onnxfile import metadata_props
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 from .infer import ModelOutput
@@ -132,11 +132,10 @@ def load_ctc_classes(card: ModelCard) -> tuple[str, ...]:
     room for one (PaddleOCR's ``use_space_char``). Checked against the card's class count."""
     path = model_path(card)
     try:
-        # Only the metadata is wanted: the CPU provider avoids initializing a GPU for it.
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-        raise ModelError(f"model {card.name!r}: ONNX Runtime cannot load {path}: {exc}") from None
-    metadata: dict[str, str] = session.get_modelmeta().custom_metadata_map
+        # Read from the file itself, whatever engine runs the model (a remote server, say).
+        metadata = metadata_props(path)
+    except ValueError as exc:
+        raise ModelError(f"model {card.name!r}: {path} is not a readable ONNX file: {exc}") from None
     if DICTIONARY_KEY not in metadata:
         raise ModelError(f"model {card.name!r}: {path.name} has no {DICTIONARY_KEY!r} dictionary in its metadata")
     # "\n" only: str.splitlines would also split on dictionary entries such as U+2028 or U+0085.

@@ -8,24 +8,47 @@ from typing import Any
 
 import numpy as np
 
+from ..config import StrictModel
+from ..errors import ModelError
 from ..modelcard import ModelCard, TensorSpec
 
 
+class EngineOptions(StrictModel):
+    """Base of an engine's options: the keys of an ``infer`` stage's params that the engine reads
+    (``providers``, ``server``, ...). Each engine declares its own strict model, so a key the chosen
+    engine does not take is a config error before anything starts."""
+
+
 @dataclass(frozen=True)
-class EngineOptions:
-    providers: tuple[str, ...] | None = None
-    """ONNX Runtime execution providers in order; None: every usable one, best first."""
-    intra_op_threads: int = 0
-    """Threads one model run may use; 0 lets the engine decide."""
+class RunSettings:
+    """What the ``infer`` stage itself asks of an engine (not YAML keys of the engine's)."""
+
     max_batch: int = 1
     """The largest batch the stage sends (TensorRT builds its optimization profile up to it)."""
-    fp16: bool = False
-    """Let TensorRT use half precision where it is faster."""
     device_outputs: bool = False
     """GPU engines return device arrays (CuPy) instead of copying outputs to host numpy arrays."""
-    tf32: bool = True
-    """GPU engines may compute float32 matrix products in TF32 (faster on Ampere and later; moves
-    outputs by about 1e-2). Off for parity checks against the CPU."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as an engine runs it."""
+
+    name: str
+    dtype: str
+    """numpy's name for it (``float32``), or the engine's own where numpy has none."""
+    shape: list[int | str]
+    """Fixed sizes as ints; an axis the engine takes at any size by a name."""
+
+
+@dataclass(frozen=True)
+class EngineMetadata:
+    """What an engine really runs: its tensors' names, dtypes and shapes (an int, or a name for an
+    axis it takes at any size), and the largest batch it takes (None: no limit it knows of). The
+    infer stage checks the model card against it (``check_card``)."""
+
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    max_batch: int | None = None
 
 
 class Engine(ABC):
@@ -58,6 +81,10 @@ class Engine(ABC):
         """What runs the model (engine and device), for logs."""
 
     @abstractmethod
+    def metadata(self) -> EngineMetadata:
+        """The tensors and batch limit of the model as this engine loaded it."""
+
+    @abstractmethod
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run one batch: input name -> array, returns output name -> array."""
 
@@ -74,3 +101,35 @@ def is_contiguous(interface: dict[str, Any]) -> bool:
         expected.append(step)
         step *= dim
     return tuple(strides) == tuple(reversed(expected))
+
+
+def check_card(card: ModelCard, metadata: EngineMetadata) -> None:
+    """The model as the engine runs it must have exactly the card's tensors, with its dtypes and
+    compatible shapes; a ``ModelError`` names the card and the difference."""
+    check_signature(card, "input", card.inputs, metadata.inputs)
+    check_signature(card, "output", card.outputs, metadata.outputs)
+
+
+def check_signature(card: ModelCard, kind: str, specs: list[TensorSpec], actual: list[TensorInfo]) -> None:
+    by_name = {node.name: node for node in actual}
+    expected_names = [spec.name for spec in specs]
+    if sorted(by_name) != sorted(expected_names):
+        raise ModelError(
+            f"model {card.name!r} ({card.card_path}): card lists {kind}s {expected_names}, "
+            f"the model has {sorted(by_name)}"
+        )
+    for spec in specs:
+        node = by_name[spec.name]
+        if node.dtype != spec.dtype:
+            raise ModelError(
+                f"model {card.name!r}: {kind} {spec.name!r} is {node.dtype} in the model, {spec.dtype} in the card"
+            )
+        shape = list(node.shape)
+        fits = len(shape) == len(spec.shape) and all(
+            not (isinstance(have, int) and isinstance(want, int)) or have == want
+            for have, want in zip(shape, spec.shape, strict=True)
+        )
+        if not fits:
+            raise ModelError(
+                f"model {card.name!r}: {kind} {spec.name!r} has shape {shape} in the model, {spec.shape} in the card"
+            )

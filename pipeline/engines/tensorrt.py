@@ -3,7 +3,7 @@
 Optimization profile (one): TensorRT picks each layer's kernels for the profile's ``opt`` shape and
 runs every shape between ``min`` and ``max`` with them.
 
-* ``batch``: 1 to the stage's largest batch (``EngineOptions.max_batch``: ``max_size``, or
+* ``batch``: 1 to the stage's largest batch (``RunSettings.max_batch``: ``max_size``, or
   ``size_limit`` for ``auto``), tuned for ``max(1, max_batch // 2)``. Full batches are where
   throughput is decided (a stage that falls behind fills them), so the tuned shape stays within a
   factor of two of them; half-way brings it closer to the single-frame batches of lightly loaded
@@ -18,7 +18,7 @@ runs every shape between ``min`` and ``max`` with them.
   A narrower ``width_bucket`` or ``max_width`` makes crops outside the profile, refused by
   ``infer`` with the profile's range; 1-px-wide inputs are not worth tuning kernels around.
 
-Precision: FP32, with TF32 matrix products unless ``EngineOptions.tf32`` is off (parity runs);
+Precision: FP32, with TF32 matrix products unless ``TensorRtOptions.tf32`` is off (parity runs);
 FP16 when asked, which needs TensorRT 10 (11 removed ``BuilderFlag.FP16`` for strongly typed
 networks) and is refused on any other version; on TensorRT 11 an FP32 engine is built with a
 warning (written to the 10 API, unverified on 11). A timing cache and the serialized engine are
@@ -53,7 +53,8 @@ import numpy as np
 from ..errors import ModelError
 from ..modelcard import ModelCard, TensorSpec
 from ..modelstore import cache_dir, model_path
-from .base import Engine, EngineOptions, is_contiguous
+from .base import Engine, EngineMetadata, EngineOptions, RunSettings, TensorInfo, is_contiguous
+from .registry import register_engine
 
 log = logging.getLogger("streamgraph.engine.tensorrt")
 
@@ -182,9 +183,18 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(handle.name, path)
 
 
+class TensorRtOptions(EngineOptions):
+    fp16: bool = False
+    """Half precision where that is faster (TensorRT 10 only)."""
+    tf32: bool = True
+    """float32 matrix products in TF32 (faster on Ampere and later; outputs move by about 1e-2)."""
+
+
+@register_engine("tensorrt", TensorRtOptions)
 class TensorRtEngine(Engine):
-    def __init__(self, card: ModelCard, options: EngineOptions) -> None:
+    def __init__(self, card: ModelCard, options: TensorRtOptions, settings: RunSettings | None = None) -> None:
         super().__init__(card)  # first: it sets host_copies and device_copies, counted from here on
+        settings = settings or RunSettings()
         import cupy
         import tensorrt as trt
 
@@ -194,11 +204,12 @@ class TensorRtEngine(Engine):
 
         self._trt = trt
         self._cupy = cupy
-        self._device_outputs = options.device_outputs
+        self._device_outputs = settings.device_outputs
         self._logger = trt.Logger(trt.Logger.WARNING)
         _, props = cuda_check(cudart.cudaGetDeviceProperties(0))
         self.gpu = props.name.decode(errors="replace").strip("\0")
-        self.shapes = profile_shapes(card, options.max_batch)
+        self.shapes = profile_shapes(card, settings.max_batch)
+        self._max_batch = settings.max_batch
         key = engine_key(
             onnx_sha256=card.sha256,
             shapes=self.shapes,
@@ -228,9 +239,6 @@ class TensorRtEngine(Engine):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        expected = sorted(spec.name for spec in card.inputs), sorted(spec.name for spec in card.outputs)
-        if (sorted(self._input_names), sorted(self._output_names)) != expected:
-            raise ModelError(f"model {card.name!r}: the engine's tensors {names} are not the card's {expected}")
         self._dtypes = {spec.name: spec.dtype for spec in card.inputs + card.outputs}
         log.info(
             "model %s on TensorRT %s (%s), engine %s (%s)",
@@ -248,6 +256,20 @@ class TensorRtEngine(Engine):
     @property
     def on_device(self) -> bool:
         return True
+
+    def metadata(self) -> EngineMetadata:
+        """The built engine's tensors (an axis of -1 is dynamic, within the profile) and its
+        profile's largest batch."""
+        import numpy as np
+
+        def info(name: str) -> TensorInfo:
+            dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name))).name
+            shape: list[int | str] = [d if d >= 0 else "dynamic" for d in self._engine.get_tensor_shape(name)]
+            return TensorInfo(name, dtype, shape)
+
+        return EngineMetadata(
+            [info(n) for n in self._input_names], [info(n) for n in self._output_names], self._max_batch
+        )
 
     def _load_cached(self, runtime: Any) -> Any:
         if not self.engine_path.is_file():

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipeline.engines.base import EngineOptions
-from pipeline.engines.onnxruntime import OnnxRuntimeEngine
+from pipeline.engines.base import RunSettings
+from pipeline.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
 from pipeline.modelcard import load_card
 
 from .frames import assert_differs_from_zeros, detector_batch
@@ -23,9 +23,9 @@ pytestmark = [
         reason="this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)",
     ),
 ]
-CUDA = ("CUDAExecutionProvider",)
+CUDA = ["CUDAExecutionProvider"]
 """No CPU fallback: a node ONNX Runtime would put on the CPU must not pass as a CUDA run."""
-CPU = ("CPUExecutionProvider",)
+CPU = ["CPUExecutionProvider"]
 TOLERANCE = 1e-3
 
 
@@ -38,7 +38,7 @@ def card():  # type: ignore[no-untyped-def]
 def reference(card, sample_video: Path) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     """The CPU's outputs on two real frames, and on zeros of the same shape."""
     batch = detector_batch(sample_video)
-    cpu = OnnxRuntimeEngine(card, EngineOptions(providers=CPU))
+    cpu = OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=CPU))
     name = card.outputs[0].name
     return {
         "batch": batch,
@@ -48,7 +48,7 @@ def reference(card, sample_video: Path) -> dict[str, np.ndarray]:  # type: ignor
 
 
 def test_cuda_outputs_match_the_cpu_on_real_frames(card, reference: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
-    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA, tf32=False))
+    engine = OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=CUDA, tf32=False))
     assert engine.providers[0] == "CUDAExecutionProvider" and engine.on_device
     cuda = engine.infer({"x": reference["batch"]})[card.outputs[0].name]
     assert isinstance(cuda, np.ndarray)
@@ -61,7 +61,7 @@ def test_device_inputs_are_bound_without_a_host_copy_and_outputs_stay_on_the_dev
     card, reference: dict[str, np.ndarray]
 ) -> None:
     cupy = pytest.importorskip("cupy")
-    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA, device_outputs=True, tf32=False))
+    engine = OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=CUDA, tf32=False), RunSettings(device_outputs=True))
     outputs = engine.infer({"x": cupy.asarray(reference["batch"])})
     assert engine.host_copies == 0
     value = outputs[card.outputs[0].name]
@@ -72,7 +72,7 @@ def test_device_inputs_are_bound_without_a_host_copy_and_outputs_stay_on_the_dev
 def test_a_non_contiguous_device_input_is_read_as_its_values(card, reference: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
     """A view with strides (every other frame of a stack) is made dense, not misread."""
     cupy = pytest.importorskip("cupy")
-    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CUDA, tf32=False))
+    engine = OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=CUDA, tf32=False))
     batch = reference["batch"]
     interleaved = cupy.asarray(np.stack([batch[0], np.zeros_like(batch[0]), batch[1], np.zeros_like(batch[0])]))
     view = interleaved[::2]
@@ -83,7 +83,7 @@ def test_a_non_contiguous_device_input_is_read_as_its_values(card, reference: di
 
 def test_a_cpu_session_given_device_inputs_copies_them_and_counts_it(card, reference: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
     cupy = pytest.importorskip("cupy")
-    engine = OnnxRuntimeEngine(card, EngineOptions(providers=CPU))
+    engine = OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=CPU))
     got = engine.infer({"x": cupy.asarray(reference["batch"])})[card.outputs[0].name]
     assert engine.device_copies == 1
     assert np.abs(got - reference["cpu"]).max() <= 1e-5

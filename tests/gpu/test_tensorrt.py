@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from pipeline.engines import cuda_device_unusable
-from pipeline.engines.base import EngineOptions
-from pipeline.engines.onnxruntime import OnnxRuntimeEngine
-from pipeline.engines.tensorrt import TENSORRT_FIX, TENSORRT_MAJOR, TensorRtEngine, tensorrt_major
+from pipeline.engines.base import RunSettings
+from pipeline.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
+from pipeline.engines.tensorrt import TENSORRT_FIX, TENSORRT_MAJOR, TensorRtEngine, TensorRtOptions, tensorrt_major
 from pipeline.errors import ModelError
 from pipeline.modelcard import ModelCard, load_card
 
@@ -68,7 +68,7 @@ def card() -> ModelCard:
 def reference(card: ModelCard, sample_video: Path) -> dict[str, np.ndarray]:
     """Two different real frames, and the CPU's outputs on them and on zeros of the same shape."""
     batch = detector_batch(sample_video)
-    cpu = OnnxRuntimeEngine(card, EngineOptions(providers=("CPUExecutionProvider",)))
+    cpu = OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=["CPUExecutionProvider"]))
     name = card.outputs[0].name
     outputs = cpu.infer({"x": batch})[name]
     # The frames differ where it matters: an engine that ran one frame twice would fail parity.
@@ -78,7 +78,7 @@ def reference(card: ModelCard, sample_video: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def fp32_engine(engine_cache: Path, card: ModelCard) -> TensorRtEngine:
-    return TensorRtEngine(card, EngineOptions(max_batch=MAX_BATCH, tf32=False))
+    return TensorRtEngine(card, TensorRtOptions(tf32=False), RunSettings(max_batch=MAX_BATCH))
 
 
 def test_fp32_matches_onnxruntime_on_real_frames_from_device_inputs(
@@ -128,7 +128,7 @@ def test_device_outputs_stay_on_the_device(
     fp32_engine: TensorRtEngine, card: ModelCard, reference: dict[str, np.ndarray]
 ) -> None:
     # The same engine file: device_outputs only changes what infer returns.
-    engine = TensorRtEngine(card, EngineOptions(max_batch=MAX_BATCH, tf32=False, device_outputs=True))
+    engine = TensorRtEngine(card, TensorRtOptions(tf32=False), RunSettings(max_batch=MAX_BATCH, device_outputs=True))
     assert engine.engine_path == fp32_engine.engine_path and engine.cache_hit
     outputs = engine.infer({"x": cupy.asarray(reference["batch"])})
     value = outputs[card.outputs[0].name]
@@ -138,7 +138,7 @@ def test_device_outputs_stay_on_the_device(
 
 def test_the_engine_is_built_once_then_reused_from_the_cache(fp32_engine: TensorRtEngine, card: ModelCard) -> None:
     assert fp32_engine.cache_hit is False and fp32_engine.engine_path.is_file()
-    again = TensorRtEngine(card, EngineOptions(max_batch=MAX_BATCH, tf32=False))
+    again = TensorRtEngine(card, TensorRtOptions(tf32=False), RunSettings(max_batch=MAX_BATCH))
     assert again.cache_hit is True and again.engine_path == fp32_engine.engine_path
 
 
@@ -147,18 +147,18 @@ def test_a_corrupt_engine_file_is_rebuilt_not_trusted(
 ) -> None:
     (tmp_path / "models").symlink_to(engine_cache.parent / "models", target_is_directory=True)
     monkeypatch.setenv("STREAMGRAPH_CACHE", str(tmp_path))  # its own cache: the module's stays sound
-    engine = TensorRtEngine(card, EngineOptions(max_batch=1))
+    engine = TensorRtEngine(card, TensorRtOptions(), RunSettings(max_batch=1))
     engine.engine_path.write_bytes(b"not an engine")
-    rebuilt = TensorRtEngine(card, EngineOptions(max_batch=1))
+    rebuilt = TensorRtEngine(card, TensorRtOptions(), RunSettings(max_batch=1))
     assert rebuilt.cache_hit is False
-    assert TensorRtEngine(card, EngineOptions(max_batch=1)).cache_hit is True
+    assert TensorRtEngine(card, TensorRtOptions(), RunSettings(max_batch=1)).cache_hit is True
 
 
 @pytest.mark.skipif(tensorrt_major(trt.__version__) != TENSORRT_MAJOR, reason="FP16 needs TensorRT 10")
 def test_an_fp16_engine_stays_close_to_fp32_on_real_frames(
     engine_cache: Path, card: ModelCard, reference: dict[str, np.ndarray]
 ) -> None:
-    engine = TensorRtEngine(card, EngineOptions(max_batch=MAX_BATCH, fp16=True, tf32=False))
+    engine = TensorRtEngine(card, TensorRtOptions(fp16=True, tf32=False), RunSettings(max_batch=MAX_BATCH))
     got = engine.infer({"x": cupy.asarray(reference["batch"])})[card.outputs[0].name]
     difference = np.abs(got - reference["cpu"])
     mask_agreement = float(np.mean((got > MASK_THRESHOLD) == (reference["cpu"] > MASK_THRESHOLD)))
@@ -170,4 +170,4 @@ def test_an_fp16_engine_stays_close_to_fp32_on_real_frames(
 @pytest.mark.skipif(tensorrt_major(trt.__version__) == TENSORRT_MAJOR, reason="TensorRT 10 builds FP16")
 def test_fp16_is_refused_where_tensorrt_is_not_10(engine_cache: Path, card: ModelCard) -> None:
     with pytest.raises(ModelError, match=re.escape(TENSORRT_FIX)):
-        TensorRtEngine(card, EngineOptions(max_batch=1, fp16=True))
+        TensorRtEngine(card, TensorRtOptions(fp16=True), RunSettings(max_batch=1))

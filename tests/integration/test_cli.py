@@ -62,6 +62,20 @@ def test_validate_accepts_the_demo_config() -> None:
             ),
             "stages[3].params.intra_op_threads: expected int, got 'lots'",
         ),
+        (
+            (
+                "      model: pp-ocrv4-det\n  - name: text",
+                "      model: pp-ocrv4-det\n      engine: nosuch\n  - name: text",
+            ),
+            "stages[3].params.engine: unknown engine 'nosuch'; available: auto, onnxruntime, tensorrt",
+        ),
+        (
+            (
+                "      model: pp-ocrv4-det\n  - name: text",
+                "      model: pp-ocrv4-det\n      engine: tensorrt\n      provider: [CPUExecutionProvider]\n  - name: text",
+            ),
+            "stages[3].params.provider: unknown key; allowed: batch, engine, fp16, input, model, tf32",
+        ),
     ],
 )
 def test_validate_names_the_yaml_path_at_fault(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:

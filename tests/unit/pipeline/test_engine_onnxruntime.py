@@ -7,19 +7,20 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.engines import EngineOptions, create_engine
+from pipeline.engines import AutoOptions, UnknownEngine, create_engine
+from pipeline.engines.base import check_signature
 from pipeline.engines.onnxruntime import (
     PREFERRED_PROVIDERS,
     OnnxRuntimeEngine,
+    OnnxRuntimeOptions,
     check_loaded,
-    check_signature,
     choose_providers,
     provider_options,
 )
 from pipeline.errors import ModelError
 from pipeline.modelcard import ModelCard, TensorSpec, load_card
 
-CPU = ("CPUExecutionProvider",)
+CPU = ["CPUExecutionProvider"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def card() -> ModelCard:
 
 @pytest.fixture(scope="module")
 def engine(card) -> OnnxRuntimeEngine:
-    return OnnxRuntimeEngine(card, EngineOptions(providers=CPU, intra_op_threads=1))
+    return OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=CPU, intra_op_threads=1))
 
 
 def with_input(card: ModelCard, **changes) -> ModelCard:
@@ -94,24 +95,24 @@ def test_engine_follows_the_input_size(engine):
 
 
 def test_create_engine_auto_is_onnxruntime(card):
-    assert isinstance(create_engine("auto", card, EngineOptions(providers=CPU)), OnnxRuntimeEngine)
-    with pytest.raises(ValueError, match="unknown engine"):
-        create_engine("tensorflow", card, EngineOptions())  # type: ignore[arg-type]
+    assert isinstance(create_engine("auto", card, AutoOptions(providers=CPU)), OnnxRuntimeEngine)
+    with pytest.raises(UnknownEngine, match="unknown engine 'tensorflow'; available: auto, onnxruntime, tensorrt"):
+        create_engine("tensorflow", card)
 
 
 def test_engine_with_an_unavailable_provider(card):
     with pytest.raises(ModelError, match="NoSuchExecutionProvider are not available"):
-        OnnxRuntimeEngine(card, EngineOptions(providers=("NoSuchExecutionProvider",)))
+        OnnxRuntimeEngine(card, OnnxRuntimeOptions(providers=["NoSuchExecutionProvider"]))
 
 
 def test_engine_rejects_a_card_whose_input_name_differs(card):
     renamed = with_input(card, name="image")
     with pytest.raises(ModelError) as info:
-        OnnxRuntimeEngine(renamed, EngineOptions(providers=CPU))
+        create_engine("onnxruntime", renamed, OnnxRuntimeOptions(providers=CPU))
     message = str(info.value)
     assert "model 'pp-ocrv4-det'" in message
     assert "card lists inputs ['image']" in message
-    assert "the ONNX file has ['x']" in message
+    assert "the model has ['x']" in message
 
 
 def test_engine_rejects_a_file_onnxruntime_cannot_load(tmp_path):
@@ -123,7 +124,7 @@ def test_engine_rejects_a_file_onnxruntime_cannot_load(tmp_path):
         "inputs: [{name: x, dtype: float32, shape: [1]}]\noutputs: [{name: y, dtype: float32, shape: [1]}]\n"
     )
     with pytest.raises(ModelError, match="model 'bad': ONNX Runtime cannot load"):
-        OnnxRuntimeEngine(load_card(str(tmp_path / "bad.yaml")), EngineOptions(providers=CPU))
+        OnnxRuntimeEngine(load_card(str(tmp_path / "bad.yaml")), OnnxRuntimeOptions(providers=CPU))
 
 
 # --- check_signature -------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def test_engine_rejects_a_file_onnxruntime_cannot_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def file_inputs(engine):
-    return engine._session.get_inputs()
+    return engine.metadata().inputs
 
 
 def test_check_signature_accepts_the_card(card, file_inputs):
@@ -140,7 +141,7 @@ def test_check_signature_accepts_the_card(card, file_inputs):
 
 def test_check_signature_rejects_a_different_name(card, file_inputs):
     renamed = with_input(card, name="y")
-    with pytest.raises(ModelError, match=r"card lists inputs \['y'\], the ONNX file has \['x'\]"):
+    with pytest.raises(ModelError, match=r"card lists inputs \['y'\], the model has \['x'\]"):
         check_signature(renamed, "input", renamed.inputs, file_inputs)
 
 
@@ -152,7 +153,7 @@ def test_check_signature_rejects_an_extra_tensor(card, file_inputs):
 
 def test_check_signature_rejects_a_different_dtype(card, file_inputs):
     half = with_input(card, dtype="float16")
-    with pytest.raises(ModelError, match="input 'x' is float32 in the file, float16 in the card"):
+    with pytest.raises(ModelError, match="input 'x' is float32 in the model, float16 in the card"):
         check_signature(half, "input", half.inputs, file_inputs)
 
 
@@ -195,11 +196,11 @@ def test_providers_that_loaded_pass():
 def test_provider_options_turn_tf32_off_and_keep_the_tensorrt_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMGRAPH_CACHE", str(tmp_path))
     providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    trt, cuda, cpu = provider_options(providers, EngineOptions(tf32=False, fp16=True))
+    trt, cuda, cpu = provider_options(providers, OnnxRuntimeOptions(tf32=False, fp16=True))
     assert cuda["use_tf32"] == "0" and cpu == {}
     assert trt["trt_engine_cache_enable"] == "True" and trt["trt_fp16_enable"] == "True"
     assert trt["trt_engine_cache_path"] == str(tmp_path / "onnxruntime-tensorrt")
-    assert provider_options(["CUDAExecutionProvider"], EngineOptions())[0]["use_tf32"] == "1"
+    assert provider_options(["CUDAExecutionProvider"], OnnxRuntimeOptions())[0]["use_tf32"] == "1"
 
 
 def test_a_cpu_engine_is_not_on_the_device(engine):

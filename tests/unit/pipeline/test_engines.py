@@ -6,8 +6,12 @@ import json
 import subprocess
 import sys
 
-from pipeline.engines import choose_engine, create_engine
-from pipeline.engines.base import EngineOptions
+import pytest
+from pydantic import ValidationError
+
+from pipeline.engines import AutoOptions, choose_engine, create_engine
+from pipeline.engines.onnxruntime import OnnxRuntimeOptions
+from pipeline.errors import ModelError
 from pipeline.modelcard import load_card
 
 
@@ -16,36 +20,52 @@ def usable() -> None:
 
 
 def test_auto_prefers_tensorrt_when_it_is_usable():
-    choice = choose_engine("auto", tensorrt=usable, onnxruntime_cuda=usable)
+    choice = choose_engine(tensorrt=usable, onnxruntime_cuda=usable)
     assert choice.kind == "tensorrt"
 
 
 def test_auto_falls_back_to_onnxruntime_cuda_and_says_why():
-    choice = choose_engine("auto", tensorrt=lambda: "not installed: tensorrt", onnxruntime_cuda=usable)
+    choice = choose_engine(tensorrt=lambda: "not installed: tensorrt", onnxruntime_cuda=usable)
     assert (choice.kind, choice.providers) == ("onnxruntime", ("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert "TensorRT: not installed: tensorrt" in choice.why
 
 
 def test_auto_ends_on_the_cpu_naming_both_reasons():
-    choice = choose_engine("auto", tensorrt=lambda: "no CUDA device", onnxruntime_cuda=lambda: "no provider")
+    choice = choose_engine(tensorrt=lambda: "no CUDA device", onnxruntime_cuda=lambda: "no provider")
     assert (choice.kind, choice.providers) == ("onnxruntime", ("CPUExecutionProvider",))
     assert choice.why == "TensorRT: no CUDA device; ONNX Runtime CUDA: no provider"
 
 
-def test_a_named_engine_is_taken_as_asked():
-    broken = lambda: "broken"  # noqa: E731
-    assert choose_engine("tensorrt", tensorrt=broken, onnxruntime_cuda=broken).kind == "tensorrt"
-    assert choose_engine("onnxruntime", tensorrt=usable, onnxruntime_cuda=usable).providers is None
+def test_engines_are_registered_by_name_each_with_its_strict_options():
+    from pipeline.engines import engine_entry, engine_names
+    from pipeline.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
+    from pipeline.engines.tensorrt import TensorRtEngine, TensorRtOptions
+
+    assert engine_names() == ["auto", "onnxruntime", "tensorrt"]
+    assert (engine_entry("onnxruntime").load, engine_entry("onnxruntime").options) == (
+        OnnxRuntimeEngine,
+        OnnxRuntimeOptions,
+    )
+    assert (engine_entry("tensorrt").load, engine_entry("tensorrt").options) == (TensorRtEngine, TensorRtOptions)
+    with pytest.raises(ValidationError, match="intra_op_threads"):
+        TensorRtOptions.model_validate({"intra_op_threads": 2})  # an ONNX Runtime key: not TensorRT's
+
+
+def test_a_model_whose_tensors_are_not_the_cards_is_refused_by_create_engine():
+    card = load_card("pp-ocrv4-det")
+    renamed = card.model_copy(update={"outputs": [card.outputs[0].model_copy(update={"name": "probability"})]})
+    with pytest.raises(ModelError, match=r"card lists outputs \['probability'\], the model has \['sigmoid_0.tmp_0'\]"):
+        create_engine("onnxruntime", renamed, OnnxRuntimeOptions(providers=["CPUExecutionProvider"]))
 
 
 def test_auto_with_providers_named_is_onnxruntime_with_those_providers():
-    engine = create_engine("auto", load_card("pp-ocrv4-det"), EngineOptions(providers=("CPUExecutionProvider",)))
+    engine = create_engine("auto", load_card("pp-ocrv4-det"), AutoOptions(providers=["CPUExecutionProvider"]))
     assert engine.description == "onnxruntime[CPUExecutionProvider]"
 
 
 def test_on_this_machine_auto_loads_a_working_engine():
     card = load_card("pp-ocrv4-det")
-    engine = create_engine("auto", card, EngineOptions())
+    engine = create_engine("auto", card)
     assert engine.description.startswith(("onnxruntime", "tensorrt"))
 
 
@@ -55,9 +75,8 @@ def test_the_cpu_path_imports_nothing_from_the_gpu_stack():
         "import sys, json\n"
         "import pipeline.cli, stages\n"
         "from pipeline.engines import create_engine\n"
-        "from pipeline.engines.base import EngineOptions\n"
         "from pipeline.modelcard import load_card\n"
-        "create_engine('auto', load_card('pp-ocrv4-det'), EngineOptions())\n"
+        "create_engine('auto', load_card('pp-ocrv4-det'))\n"
         "gpu = ('cupy', 'tensorrt', 'torch', 'cuda', 'PyNvVideoCodec')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in gpu)))\n"
     )

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 import stages  # noqa: F401  (registers the built-in stage types)
 from pipeline.config import parse_config
-from pipeline.engines import Engine, EngineOptions, create_engine
+from pipeline.engines import Engine, create_engine
+from pipeline.engines.onnxruntime import OnnxRuntimeOptions
 from pipeline.errors import ConfigError, ModelError
 from pipeline.graph import build_graph
 from pipeline.media import Item, VideoFrame
@@ -256,7 +257,9 @@ PAD = 3  # the truth boxes are tight around the glyphs; the detector's boxes hav
 
 @pytest.fixture(scope="module")
 def engine(card: ModelCard) -> Engine:
-    return create_engine("onnxruntime", card, EngineOptions(providers=("CPUExecutionProvider",), intra_op_threads=1))
+    return create_engine(
+        "onnxruntime", card, OnnxRuntimeOptions(providers=["CPUExecutionProvider"], intra_op_threads=1)
+    )
 
 
 @pytest.fixture(scope="module")
