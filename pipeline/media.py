@@ -8,6 +8,7 @@ every stage sees a stream begin before its first item and end after its last.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
@@ -207,3 +208,12 @@ class StreamStatus:
 
 Control = StreamStarted | StreamStatus | EndOfStream
 Message = Item | Control
+
+
+def overdue_ms(capture_time: float, budget_ms: float | None, *, now: float | None = None) -> float | None:
+    """How long ago (ms) an item captured at ``capture_time`` (wall clock) was, if that is over
+    ``budget_ms``; ``None`` while it is within the budget or there is no budget."""
+    if budget_ms is None:
+        return None
+    age_ms = ((time.time() if now is None else now) - capture_time) * 1000.0
+    return age_ms if age_ms > budget_ms else None

@@ -20,9 +20,8 @@ from typing import Any, Literal
 import av
 from pydantic import Field
 
-from pipeline.batching import overdue_ms
 from pipeline.errors import ConfigError, StreamError
-from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
+from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame, overdue_ms
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 from .decoding import count_decode_error

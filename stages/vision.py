@@ -19,9 +19,8 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from pipeline.batching import overdue_ms
 from pipeline.errors import ConfigError
-from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
+from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame, overdue_ms
 from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 

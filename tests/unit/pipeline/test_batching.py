@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from pipeline.batching import (
-    PROBE_RUNS,
     AdaptiveSize,
     Batcher,
     BatcherClosed,
@@ -17,8 +16,9 @@ from pipeline.batching import (
     DeadlineMissed,
     Request,
     Superseded,
-    overdue_ms,
 )
+from pipeline.batching.sizing import PROBE_RUNS
+from pipeline.media import overdue_ms
 
 
 class ManualClock:
