@@ -6,12 +6,17 @@ A pipeline takes streams at run time through a source that hosts them (``type: s
 -> ``rtsp``, ``whip:`` -> ``whip``, a path or ``file://`` -> ``file``) and feeds the same stages as
 every other stream of that host. Removing a stream stops its child source, which ends the stream
 (``ended`` event, reason ``stopped``) like any other; the other streams never notice.
+
+An operation that cannot be done raises a ``StreamControlError`` of a type that says why
+(``StreamNotFound``, ``StreamExists``, ``BadStreamRequest``...); the HTTP server
+(``pipeline.server.errors``) and the NATS control (``pipeline.control_nats``) each map the types to
+their own replies. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from pydantic import Field, ValidationError
 
@@ -39,19 +44,35 @@ class StreamSpec(StreamEntry):
 
 
 class StreamControlError(PipelineError):
-    """A stream operation that cannot be done; ``status`` is the HTTP status it maps to."""
+    """A stream operation that cannot be done; the subclass says why, ``message`` says how."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
 
 
-@runtime_checkable
-class SdpAnswerer(Protocol):
-    """A source that negotiates its media over WebRTC (WHIP): takes an SDP offer, gives the answer."""
+class BadStreamRequest(StreamControlError, ValueError):
+    """The request itself is wrong: not a JSON object, a bad field or option, an unknown source."""
 
-    async def answer(self, offer_sdp: str) -> str: ...
+
+class StreamNotFound(StreamControlError, LookupError):
+    """No running stream has this id."""
+
+
+class StreamExists(StreamControlError, ValueError):
+    """A stream with this id runs already (in any source of the pipeline)."""
+
+
+class NoStreamHost(StreamControlError, RuntimeError):
+    """The pipeline takes no streams at run time: it has no ``type: streams`` source."""
+
+
+class StreamLimitReached(StreamControlError, RuntimeError):
+    """The source runs as many streams as it may (``max_streams``)."""
+
+
+class StreamHostUnavailable(StreamControlError, RuntimeError):
+    """The source takes no streams now: it is stopping, or has not started."""
 
 
 class StreamHost(Source):
@@ -59,11 +80,12 @@ class StreamHost(Source):
 
     async def add_stream(self, spec: StreamSpec) -> Source:
         """Start the stream; returns the child source that produces it. Raises
-        ``StreamControlError`` (409 for a duplicate id, 400 for bad options)."""
+        ``StreamExists``, ``StreamLimitReached``, ``StreamHostUnavailable``, or
+        ``BadStreamRequest`` for bad options."""
         raise NotImplementedError
 
     async def remove_stream(self, stream_id: str) -> None:
-        """Stop the stream and wait until it has ended; ``StreamControlError`` 404 if unknown."""
+        """Stop the stream and wait until it has ended; ``StreamNotFound`` if unknown."""
         raise NotImplementedError
 
     def describe_streams(self) -> list[dict[str, Any]]:
@@ -72,7 +94,7 @@ class StreamHost(Source):
 
 
 class StreamControl:
-    """Stream operations on a running graph's stream hosts, for the HTTP API and NATS."""
+    """Stream operations on a running graph's stream hosts, for the HTTP server and NATS."""
 
     def __init__(
         self, hosts: dict[str, StreamHost], *, open_streams: Callable[[], Collection[str]] = frozenset
@@ -86,19 +108,19 @@ class StreamControl:
         return bool(self._hosts)
 
     def parse(self, body: Any) -> StreamSpec:
-        """A request body as a ``StreamSpec``; a 400 error that names the field at fault."""
+        """A request body as a ``StreamSpec``; ``BadStreamRequest`` names the field at fault."""
         if not isinstance(body, dict):
-            raise StreamControlError(400, f"expected a JSON object, got {type(body).__name__}")
+            raise BadStreamRequest(f"expected a JSON object, got {type(body).__name__}")
         try:
             return StreamSpec.model_validate(body)
         except ValidationError as exc:
-            raise StreamControlError(400, str(config_error_from(exc, model=StreamSpec))) from None
+            raise BadStreamRequest(str(config_error_from(exc, model=StreamSpec))) from None
 
     async def add(self, spec: StreamSpec) -> Source:
         host = self._host(spec.source)
         running = {s["id"] for h in self._hosts.values() for s in h.describe_streams()}
         if spec.id in running or spec.id in self._open_streams():
-            raise StreamControlError(409, f"stream {spec.id!r} already exists")
+            raise StreamExists(f"stream {spec.id!r} already exists")
         return await host.add_stream(spec)
 
     async def remove(self, stream_id: str) -> None:
@@ -106,28 +128,26 @@ class StreamControl:
             if any(s["id"] == stream_id for s in host.describe_streams()):
                 await host.remove_stream(stream_id)
                 return
-        raise StreamControlError(404, f"no stream {stream_id!r}")
+        raise StreamNotFound(f"no stream {stream_id!r}")
 
     def describe(self, stream_id: str) -> dict[str, Any]:
-        """One running stream as ``list`` shows it; ``StreamControlError`` 404 if unknown."""
+        """One running stream as ``list`` shows it; ``StreamNotFound`` if unknown."""
         for stream in self.list():
             if stream["id"] == stream_id:
                 return stream
-        raise StreamControlError(404, f"no stream {stream_id!r}")
+        raise StreamNotFound(f"no stream {stream_id!r}")
 
     def list(self) -> list[dict[str, Any]]:
         return [{**stream, "source": name} for name, host in self._hosts.items() for stream in host.describe_streams()]
 
     def _host(self, name: str | None) -> StreamHost:
         if not self._hosts:
-            raise StreamControlError(
-                409, "this pipeline takes no streams at run time: give it a source of 'type: streams'"
-            )
+            raise NoStreamHost("this pipeline takes no streams at run time: give it a source of 'type: streams'")
         if name is None:
             if len(self._hosts) > 1:
-                raise StreamControlError(400, f"source: name one of {sorted(self._hosts)}")
+                raise BadStreamRequest(f"source: name one of {sorted(self._hosts)}")
             return next(iter(self._hosts.values()))
         host = self._hosts.get(name)
         if host is None:
-            raise StreamControlError(400, f"source: no 'streams' stage {name!r}; known: {sorted(self._hosts)}")
+            raise BadStreamRequest(f"source: no 'streams' stage {name!r}; known: {sorted(self._hosts)}")
         return host

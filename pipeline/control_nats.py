@@ -2,7 +2,9 @@
 
 Requests and replies are JSON. ``add`` takes what ``POST /streams`` takes; ``remove`` takes
 ``{"id": ...}``; ``list`` takes nothing. A reply is ``{"ok": true, ...}`` or
-``{"ok": false, "status": <the HTTP status>, "error": "..."}``. A request may name
+``{"ok": false, "status": <the HTTP status>, "error": "..."}``: ``STATUS`` maps each typed error of
+``pipeline.control`` to the status ``POST /streams`` would answer (``pipeline.server.errors``
+holds the same table for HTTP; this module never imports the server). A request may name
 ``"pipeline"``: only that pipeline answers (several pipelines can share one prefix).
 """
 
@@ -12,7 +14,15 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .control import StreamControlError
+from .control import (
+    BadStreamRequest,
+    NoStreamHost,
+    StreamControlError,
+    StreamExists,
+    StreamHostUnavailable,
+    StreamLimitReached,
+    StreamNotFound,
+)
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -22,9 +32,24 @@ log = logging.getLogger("streamgraph.control")
 
 OPERATIONS = ("add", "remove", "list")
 
+STATUS: dict[type[StreamControlError], int] = {
+    BadStreamRequest: 400,
+    StreamNotFound: 404,
+    StreamExists: 409,
+    NoStreamHost: 409,
+    StreamLimitReached: 409,
+    StreamHostUnavailable: 503,
+    StreamControlError: 400,
+}
+"""A reply's ``status`` for each error; a subclass not listed gets its nearest base's."""
+
 
 def control_subject(prefix: str, operation: str) -> str:
     return f"{prefix}.control.streams.{operation}"
+
+
+def status_of(exc: StreamControlError) -> int:
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
 
 class NatsControl:
@@ -61,7 +86,7 @@ class NatsControl:
         try:
             reply = await self._handle(operation, body)
         except StreamControlError as exc:
-            reply = {"ok": False, "status": exc.status, "error": exc.message}
+            reply = {"ok": False, "status": status_of(exc), "error": exc.message}
         except Exception:
             log.exception("control request %s failed", msg.subject)
             reply = {"ok": False, "status": 500, "error": "internal error (logged by the server)"}
@@ -78,7 +103,7 @@ class NatsControl:
             await control.add(spec)
             return {"ok": True, "stream": control.describe(spec.id)}
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or set(body) != {"id"}:
-            raise StreamControlError(400, 'remove takes {"id": "<stream id>"} and nothing else')
+            raise BadStreamRequest('remove takes {"id": "<stream id>"} and nothing else')
         await control.remove(body["id"])
         return {"ok": True, "id": body["id"], "removed": True}
 

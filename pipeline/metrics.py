@@ -1,4 +1,4 @@
-"""``GET /metrics``: the pipeline's counters, gauges and histograms in Prometheus text format.
+"""The pipeline's counters, gauges and histograms, rendered in Prometheus text format.
 
 Each runner owns a ``Metrics`` with its own ``CollectorRegistry`` (never the process-wide one),
 so two pipelines in one process never collide. Two kinds of series live in it:
@@ -10,7 +10,8 @@ so two pipelines in one process never collide. Two kinds of series live in it:
   (``observe_published``, called by ``publish``), batch sizes and model run times
   (``observe_batch``, called by ``infer``).
 
-Every series is named ``streamgraph_*`` and carries a ``pipeline`` label.
+Every series is named ``streamgraph_*`` and carries a ``pipeline`` label. The HTTP route that
+serves them (``GET /metrics``) is the server's (``pipeline.server.metrics``).
 """
 
 from __future__ import annotations
@@ -18,19 +19,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .edges import Edge
 from .media import Item
 from .stats import StreamStats
-
-if TYPE_CHECKING:
-    from .runner import Runner
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -199,12 +195,3 @@ def _counter(name: str, documentation: str, labels: list[str]) -> CounterMetricF
 
 def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=labels)
-
-
-def add_routes(app: web.Application, runner: Runner) -> None:
-    """``GET /metrics`` (behind the API's bearer token like every route but ``/healthz``)."""
-
-    async def serve(request: web.Request) -> web.Response:
-        return web.Response(body=runner.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app.router.add_get("/metrics", serve)

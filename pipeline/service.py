@@ -1,4 +1,8 @@
-"""Run one pipeline config end to end: connect the bus, build the graph, run it, close down."""
+"""Run one pipeline config end to end: connect the bus, build the graph, run it, close down.
+
+The composition root: the one runtime module that starts the HTTP server (``pipeline.server``),
+when the config has an ``api`` section.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ import logging
 import signal
 from collections.abc import Callable
 
-from .api import ApiServer, build_app
 from .bus import Bus
 from .config import PipelineConfig
 from .control_nats import NatsControl
 from .graph import Graph, build_graph
 from .runner import Runner, RunSummary
+from .server import ApiServer, build_app
 
 log = logging.getLogger("streamgraph")
 

@@ -20,7 +20,16 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from pipeline.config import config_error_from
-from pipeline.control import StreamControlError, StreamEntry, StreamHost, StreamSpec
+from pipeline.control import (
+    BadStreamRequest,
+    StreamEntry,
+    StreamExists,
+    StreamHost,
+    StreamHostUnavailable,
+    StreamLimitReached,
+    StreamNotFound,
+    StreamSpec,
+)
 from pipeline.errors import ConfigError
 from pipeline.media import Message
 from pipeline.sourcerun import run_source
@@ -41,7 +50,7 @@ class StreamsParams(StageParams):
     """Keep running, ready for streams added at run time, when no stream is left (a service);
     false: this source ends with its last stream (the pipeline ends when every source has)."""
     max_streams: int = Field(default=64, ge=1)
-    """Streams running at once; adding one more is refused (409)."""
+    """Streams running at once; adding one more is refused (``StreamLimitReached``)."""
 
     @field_validator("streams")
     @classmethod
@@ -121,20 +130,20 @@ class StreamSet(StreamHost):
 
     async def add_stream(self, spec: StreamSpec) -> Source:
         if self.stopping.is_set() or self._ended or self._group is None:
-            raise StreamControlError(503, f"source {self.name} is not taking streams (stopping or not started)")
+            raise StreamHostUnavailable(f"source {self.name} is not taking streams (stopping or not started)")
         if spec.id in self._children:
-            raise StreamControlError(409, f"stream {spec.id!r} already exists")
+            raise StreamExists(f"stream {spec.id!r} already exists")
         if len(self._children) >= self.params.max_streams:
-            raise StreamControlError(409, f"source {self.name} already runs max_streams={self.params.max_streams}")
+            raise StreamLimitReached(f"source {self.name} already runs max_streams={self.params.max_streams}")
         try:
             return await self._launch(spec.id, spec.uri, spec.options, "")
         except ConfigError as exc:
-            raise StreamControlError(400, str(exc)) from None
+            raise BadStreamRequest(str(exc)) from None
 
     async def remove_stream(self, stream_id: str) -> None:
         child = self._children.get(stream_id)
         if child is None:
-            raise StreamControlError(404, f"no stream {stream_id!r}")
+            raise StreamNotFound(f"no stream {stream_id!r}")
         child.removing = True
         child.source.request_stop()
         try:

@@ -106,7 +106,7 @@ class _Received:
 
 @register_stage("whip")
 class WhipSource(Source):
-    """One WHIP publisher. Implements ``pipeline.control.SdpAnswerer``."""
+    """One WHIP publisher. Implements ``pipeline.server.whip.SdpAnswerer`` (the server checks it)."""
 
     Params = WhipParams
     params: WhipParams

@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from pipeline.api import ApiServer, build_app
 from pipeline.config import parse_config
 from pipeline.media import Item
 from pipeline.runner import Runner
+from pipeline.server import ApiServer, build_app
 from pipeline.service import build
 from pipeline.stage import Stage
 

@@ -1,5 +1,6 @@
 """pipeline.metrics: series read from hand-built stats and edges, observed latencies and batches,
-fps over a window, and per-runner registries; checked by parsing the exposition text."""
+fps over a window, and per-runner registries; checked by parsing the exposition text. And the
+server's ``GET /metrics`` route (pipeline.server.metrics) that serves them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.edges import Edge
 from pipeline.media import EncodedPacket, Item
-from pipeline.metrics import Metrics, add_routes
+from pipeline.metrics import Metrics
+from pipeline.server.metrics import add_routes
 from pipeline.stats import StreamStats
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

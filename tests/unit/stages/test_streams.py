@@ -10,10 +10,17 @@ from typing import Any
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.control import StreamControlError, StreamSpec
+from pipeline.control import (
+    StreamControlError,
+    StreamExists,
+    StreamHostUnavailable,
+    StreamLimitReached,
+    StreamSpec,
+)
 from pipeline.errors import ConfigError
 from pipeline.media import Item
 from pipeline.runner import Runner
+from pipeline.server.errors import status_of
 from pipeline.service import build
 from pipeline.stage import Stage, source_class_for_uri
 from stages.rtsp import RtspSource
@@ -99,11 +106,12 @@ async def test_max_streams_and_a_stopping_pipeline_refuse_new_streams(sample_vid
         await asyncio.sleep(0.01)
     with pytest.raises(StreamControlError) as full:
         await control.add(StreamSpec(id="more", uri=sample_video.name))
-    assert full.value.status == 409 and "max_streams=1" in full.value.message
+    assert isinstance(full.value, StreamLimitReached) and "max_streams=1" in full.value.message
+    assert status_of(full.value) == 409
     runner.request_stop()
     with pytest.raises(StreamControlError) as stopping:
         await control.add(StreamSpec(id="late", uri=sample_video.name))
-    assert stopping.value.status == 503
+    assert isinstance(stopping.value, StreamHostUnavailable) and status_of(stopping.value) == 503
     summary = await asyncio.wait_for(task, 30)
     assert summary.stats.stream("only").ended is False  # no publisher here; the sink counted instead
     assert summary.stats.stream("only").decoded == summary.stats.stream("only").published
@@ -133,6 +141,6 @@ async def test_an_id_a_yaml_source_already_runs_is_refused(sample_video: Path) -
         await asyncio.sleep(0.01)
     with pytest.raises(StreamControlError) as duplicate:
         await runner.control.add(StreamSpec(id="clip", uri=sample_video.name))
-    assert duplicate.value.status == 409
+    assert isinstance(duplicate.value, StreamExists) and status_of(duplicate.value) == 409
     runner.request_stop()
     await asyncio.wait_for(task, 30)

@@ -1,0 +1,87 @@
+"""The application: every route, the middlewares, and ``ApiServer`` that listens.
+
+Routes: ``GET /healthz`` (the process is alive), ``GET /readyz`` (bus connected, models loaded,
+not stopping), the stream routes (``streams``), ``GET /metrics`` (``metrics``), the WHIP routes
+and ``/publish`` (``whip``), and ``GET /streams/{id}/results`` (``events``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..errors import PipelineError
+from . import events, metrics, streams, whip
+from .auth import bearer_token
+from .errors import errors_as_json
+
+if TYPE_CHECKING:
+    from ..bus import Bus
+    from ..runner import Runner
+
+log = logging.getLogger("streamgraph.api")
+
+RUNNER: web.AppKey[Runner] = web.AppKey("runner")
+BUS: web.AppKey[Bus | None] = web.AppKey("bus")
+MAX_BODY_BYTES = 1 << 20
+
+
+def build_app(runner: Runner, *, bus: Bus | None = None, token: str = "") -> web.Application:
+    app = web.Application(middlewares=[errors_as_json, bearer_token(token)], client_max_size=MAX_BODY_BYTES)
+    app[RUNNER] = runner
+    app[BUS] = bus
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    streams.add_routes(app, runner)
+    metrics.add_routes(app, runner)
+    whip.add_routes(app, runner)
+    events.add_routes(app, runner, bus)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    runner = request.app[RUNNER]
+    bus = request.app[BUS]
+    checks = {
+        "bus_connected": bus is not None and bus.connected,
+        "models_loaded": runner.started.is_set(),
+        "not_stopping": not runner.stopping,
+    }
+    ready = all(checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+class ApiServer:
+    """The app on ``host:port``; ``port`` is the bound one (useful with port 0)."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self._host = host
+        self._port = port
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise PipelineError(f"api.listen: cannot listen on {self._host}:{self._port}: {exc.strerror}") from None
+        addresses = self._runner.addresses  # each bound socket's getsockname(): (host, port, ...)
+        if addresses:
+            self.port = addresses[0][1]
+        log.info("control plane on %s", self.url)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

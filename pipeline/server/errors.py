@@ -1,0 +1,75 @@
+"""Errors as HTTP replies: the one table from the runtime's typed errors to status codes.
+
+Every error reply is JSON ``{"error": "..."}`` with a 4xx status that says whose fault it is; a
+500 means a bug of ours (logged here). The runtime raises typed errors (``pipeline.control``) and
+never names a status; ``HttpError`` is for what only HTTP can get wrong (a content type, a
+WHIP session, a query parameter).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..control import (
+    BadStreamRequest,
+    NoStreamHost,
+    StreamControlError,
+    StreamExists,
+    StreamHostUnavailable,
+    StreamLimitReached,
+    StreamNotFound,
+)
+from ..errors import PipelineError
+
+log = logging.getLogger("streamgraph.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATUS: dict[type[StreamControlError], int] = {
+    BadStreamRequest: 400,
+    StreamNotFound: 404,
+    StreamExists: 409,
+    NoStreamHost: 409,
+    StreamLimitReached: 409,
+    StreamHostUnavailable: 503,
+    StreamControlError: 400,  # any other refusal of a stream operation (a third-party StreamHost's)
+}
+"""The status of each stream operation error; a subclass not listed gets its nearest base's."""
+
+
+class HttpError(PipelineError):
+    """A request the server refuses on HTTP grounds, with the status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def status_of(exc: StreamControlError) -> int:
+    """The status of ``exc``: its class's in ``STATUS``, else its nearest listed base's."""
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StreamControlError as exc:
+        return error_response(status_of(exc), exc.message)
+    except HttpError as exc:
+        return error_response(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal error (logged by the server)")
