@@ -72,14 +72,14 @@ import onnxruntime as ort
 from pipeline.bus import NatsServer
 from pipeline.config import parse_config
 from pipeline.engines.onnxruntime import choose_providers
+from pipeline.imaging import prepare_image
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.modelstore import model_path
 from pipeline.results import LATENCY_KEYS
 from pipeline.runner import Runner
 from pipeline.service import run_pipeline
 from stages.infer import Infer
-from stages.textdet import TextDetectionParams, db_boxes
-from stages.vision import prepare_image
+from stages.text.text_detection import TextDetectionParams, db_boxes
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "text.mp4"

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batching import SAMPLE, Collector, Outcome, Setup, ensure_sample, reencode_live, run_streamgraph
 
 from pipeline.bus import NatsServer
-from stages.nvdec import nvdec_unusable
+from stages.decode.nvdec import nvdec_unusable
 
 FPS = 25
 

@@ -174,3 +174,11 @@ def load_model_card(ref: str, base_dir: Path) -> ModelCard:
     except ConfigError as exc:
         where = f" ({exc.source}: {exc.path})" if exc.source else ""
         raise ConfigError("params.model", f"{exc.message}{where}") from None
+
+
+def load_preprocess(model: str, base_dir: Path) -> tuple[ModelCard, Preprocess]:
+    """A stage's model card and its ``preprocess`` section (a ``ConfigError`` at params.model without)."""
+    card = load_model_card(model, base_dir)
+    if card.preprocess is None:
+        raise ConfigError("params.model", f"model card {card.name!r} has no preprocess section")
+    return card, card.preprocess

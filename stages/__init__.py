@@ -1,20 +1,9 @@
-"""Stage implementations. Importing this package registers every built-in stage type."""
+"""Stage implementations, by family. Importing this package registers every built-in stage type.
 
-from . import audio, decode, infer, join, publish, rtsp, sources, streams, textcrop, textdet, textrec, vad, vision, whip
+A stage module imports the runtime (``pipeline``) and modules of its own family, never another
+family's: what flows between stages lives in the runtime (``pipeline.media``, ``pipeline.tensors``).
+"""
 
-__all__ = [
-    "audio",
-    "decode",
-    "infer",
-    "join",
-    "publish",
-    "rtsp",
-    "sources",
-    "streams",
-    "textcrop",
-    "textdet",
-    "textrec",
-    "vad",
-    "vision",
-    "whip",
-]
+from . import audio, decode, infer, join, publish, rtsp, sources, streams, text, vision, whip
+
+__all__ = ["audio", "decode", "infer", "join", "publish", "rtsp", "sources", "streams", "text", "vision", "whip"]

@@ -41,17 +41,7 @@ from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, StreamInfo
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
-
-from .vision import DeferredTensor, Geometry, ModelInput, array_module
-
-
-@dataclass(frozen=True, slots=True)
-class ModelOutput:
-    """One tensor's outputs (batch dimension removed) and the geometry of the tensor it ran on."""
-
-    model: str
-    outputs: dict[str, np.ndarray]
-    geometry: Geometry | None
+from pipeline.tensors import DeferredTensor, ModelInput, ModelOutput, array_module
 
 
 class BatchParams(StageParams):

@@ -13,8 +13,8 @@ from typing import Any
 import av
 import numpy as np
 
+from pipeline.imaging import prepare_image
 from pipeline.modelcard import load_card
-from stages.vision import prepare_image
 
 
 def sample_frames(video: Path, indices: tuple[int, ...]) -> list[np.ndarray]:

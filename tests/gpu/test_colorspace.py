@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import colorspace
-from stages.colorspace import nv12_to_bgr
+from stages.decode import colorspace
+from stages.decode.colorspace import nv12_to_bgr
 from tests.gpu.frames import Counted
 from tests.unit.stages.test_colorspace import every_yuv_nv12, sample_nv12_frames
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.engines import onnxruntime_cuda_unusable
-from stages.nvdec import nvdec_unusable
+from stages.decode.nvdec import nvdec_unusable
 from tests.integration.support import iou, run_to_end
 
 pytestmark = pytest.mark.gpu

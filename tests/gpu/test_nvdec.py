@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoCodecParams
-from stages.decode import Decode, DecodeParams
+from stages.decode.decode import Decode, DecodeParams
+from stages.decode.nvdec import nvdec_unusable
 from stages.infer import Infer, InferParams
-from stages.nvdec import nvdec_unusable
-from stages.vision import Prepare, PrepareParams
+from stages.vision.prepare import Prepare, PrepareParams
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")

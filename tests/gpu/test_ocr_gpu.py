@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.nvdec import nvdec_unusable
+from stages.decode.nvdec import nvdec_unusable
 from tests.integration.support import run_to_end
 from tests.integration.test_ocr import CONFIG, assert_ocr_read_the_sample
 

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline import gpuprep
+from pipeline.gpuprep import taps_cache_info
+from pipeline.imaging import prepare_image
 from pipeline.modelcard import Preprocess, load_card
-from stages import gpuprep
-from stages.colorspace import nv12_to_bgr
-from stages.gpuprep import taps_cache_info
-from stages.vision import prepare_image
+from stages.decode.colorspace import nv12_to_bgr
 from tests.gpu.frames import Counted
 from tests.unit.stages.test_colorspace import sample_nv12_frames
 

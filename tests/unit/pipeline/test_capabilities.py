@@ -39,7 +39,7 @@ def test_a_codec_nvdec_does_not_take_is_named():
 
 def test_the_engine_and_decode_probes_agree_with_the_checks():
     from pipeline.engines import cuda_device_unusable, onnxruntime_cuda_unusable, tensorrt_unusable
-    from stages.nvdec import nvdec_unusable
+    from stages.decode.nvdec import nvdec_unusable
 
     assert tensorrt_unusable() == capabilities.tensorrt().problem
     assert onnxruntime_cuda_unusable() == capabilities.onnxruntime_cuda().problem

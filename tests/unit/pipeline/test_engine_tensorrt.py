@@ -20,7 +20,7 @@ from pipeline.engines.tensorrt import (
 )
 from pipeline.errors import ModelError
 from pipeline.modelcard import load_card
-from stages.textcrop import TextCropsParams, padded_width
+from stages.text.text_crops import TextCropsParams, padded_width
 
 
 def fake_tensorrt(version: str, *, fp16_flag: bool) -> Any:

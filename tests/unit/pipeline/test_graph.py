@@ -12,9 +12,9 @@ from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.graph import Graph, build_graph
 from pipeline.stage import Source, Stage, StageParams
-from stages.decode import Decode
+from stages.decode.decode import Decode
 from stages.sources import FileSource
-from stages.textdet import TextDetection
+from stages.text.text_detection import TextDetection
 
 
 class CustomParams(StageParams):

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from stages.annexb import START_CODE, AnnexB
+from stages.decode.annexb import START_CODE, AnnexB
 
 
 def encode(path: Path, codec: str, frames: int = 12) -> Path:

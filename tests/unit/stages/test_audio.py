@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from pipeline.errors import StreamError
 from pipeline.media import AudioChunk, AudioCodecParams, EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
-from stages.audio import AudioDecode, AudioDecodeParams
-from stages.vision import PreparedTensor
+from pipeline.tensors import PreparedTensor
+from stages.decode.audio_decode import AudioDecode, AudioDecodeParams
 
 RATE = 16000
 

@@ -22,8 +22,9 @@ import av
 import numpy as np
 import pytest
 
-from stages import colorspace, gpuprep
-from stages.colorspace import nv12_to_bgr
+from pipeline import gpuprep
+from stages.decode import colorspace
+from stages.decode.colorspace import nv12_to_bgr
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -259,5 +260,5 @@ def test_the_device_conversion_reads_a_pitched_surface(cupy_on_the_cpu: CupyOnTh
 
 
 def test_importing_the_stages_imports_no_cupy():
-    code = "import sys, stages.colorspace, stages.gpuprep, stages.vision; sys.exit('cupy' in sys.modules)"
+    code = "import sys, stages.decode.colorspace, pipeline.gpuprep, stages.vision; sys.exit('cupy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -15,7 +15,7 @@ import pytest
 from pipeline.errors import StreamError
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoCodecParams, VideoFrame
 from pipeline.stage import Stage
-from stages.decode import Decode, DecodeParams
+from stages.decode.decode import Decode, DecodeParams
 
 FRAMES = 10
 SIZE = 64
@@ -267,7 +267,7 @@ async def test_packets_started_together_decode_in_order_per_stream(make_ctx, h26
 
 async def test_device_gpu_without_nvdec_fails_at_start_naming_why(make_ctx):
     from pipeline.errors import ConfigError
-    from stages.nvdec import nvdec_unusable
+    from stages.decode.nvdec import nvdec_unusable
 
     problem = nvdec_unusable()
     if problem is None:
@@ -278,7 +278,7 @@ async def test_device_gpu_without_nvdec_fails_at_start_naming_why(make_ctx):
 
 
 async def test_device_auto_decodes_on_the_cpu_where_nvdec_is_missing(make_ctx, h264_file, caplog):
-    from stages.nvdec import nvdec_unusable
+    from stages.decode.nvdec import nvdec_unusable
 
     problem = nvdec_unusable()
     if problem is None:
@@ -320,7 +320,7 @@ class _Consumer(Stage):
 )
 async def test_device_auto_takes_nvdec_only_for_a_consumer_on_the_gpu(make_ctx, monkeypatch, caplog, on_device, where):
     """Frames decoded on the GPU for a model on the CPU would each be copied back to the host."""
-    monkeypatch.setattr("stages.decode.nvdec_unusable", lambda codec=None: None)  # as where NVDEC works
+    monkeypatch.setattr("stages.decode.decode.nvdec_unusable", lambda codec=None: None)  # as where NVDEC works
     caplog.set_level("INFO")
     stage = Decode("decode", DecodeParams(device="auto"))
     await stage.start(make_ctx("decode", consumers=(_Consumer(on_device),)))
@@ -328,7 +328,7 @@ async def test_device_auto_takes_nvdec_only_for_a_consumer_on_the_gpu(make_ctx, 
 
 
 async def test_prepare_takes_device_arrays_when_a_stage_it_feeds_does(make_ctx):
-    from stages.vision import Prepare, PrepareParams
+    from stages.vision.prepare import Prepare, PrepareParams
 
     for on_device in (False, True):
         prepare = Prepare("prep", PrepareParams(model="pp-ocrv4-det"))

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from pipeline import imaging
 from pipeline.batching import Request
 from pipeline.errors import ConfigError
 from pipeline.media import Item, StreamInfo, VideoFrame
-from stages import vision
+from pipeline.tensors import DeferredTensor, PreparedTensor
 from stages.infer import Infer, InferParams, ModelOutput
-from stages.vision import DeferredTensor, Prepare, PreparedTensor, PrepareParams
+from stages.vision.prepare import Prepare, PrepareParams
 
 MODEL = "pp-ocrv4-det"
 OUTPUT = "sigmoid_0.tmp_0"
@@ -207,8 +208,8 @@ async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepar
         items.extend(await prepare.process(item))
     assert all(isinstance(item.tensors["prep"], DeferredTensor) for item in items)
     prepared: list[int] = []
-    original = vision.prepare_frame
-    monkeypatch.setattr(vision, "prepare_frame", lambda *args: prepared.append(1) or original(*args))
+    original = imaging.prepare_frame
+    monkeypatch.setattr(imaging, "prepare_frame", lambda *args: prepared.append(1) or original(*args))
 
     outs = await asyncio.gather(*(infer.process(item) for item in items))
 
@@ -238,9 +239,9 @@ async def test_a_batch_of_deferred_frames_is_prepared_side_by_side_off_the_model
             await stage.on_stream_added(StreamInfo(stream, f"rtsp://{stream}", live=True))
         items.extend(await prepare.process(Item(stream_id=stream, media=sample_frame, capture_time=time.time())))
     threads: list[str] = []
-    original = vision.prepare_frame
+    original = imaging.prepare_frame
     monkeypatch.setattr(
-        vision, "prepare_frame", lambda *args: threads.append(threading.current_thread().name) or original(*args)
+        imaging, "prepare_frame", lambda *args: threads.append(threading.current_thread().name) or original(*args)
     )
 
     outs = await asyncio.gather(*(infer.process(item) for item in items))

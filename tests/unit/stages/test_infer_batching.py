@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline.media import AudioChunk, EndOfStream, Item, StreamInfo
+from pipeline.tensors import PreparedTensor
 from stages.infer import Infer, InferParams, ModelOutput
-from stages.vision import PreparedTensor
 
 CPU = ["CPUExecutionProvider"]
 SPEECH = Path(__file__).resolve().parents[3] / "samples" / "speech.flac"

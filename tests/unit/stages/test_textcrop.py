@@ -13,11 +13,12 @@ import stages  # noqa: F401  (registers the built-in stage types)
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
+from pipeline.imaging import prepare_image
 from pipeline.media import EncodedPacket, Item, VideoFrame
 from pipeline.modelcard import Preprocess, load_card
-from stages.textcrop import TextCrops, TextCropsParams, crop_quad, padded_width, prepare_crop
-from stages.textdet import order_clockwise
-from stages.vision import PreparedTensor, prepare_image
+from pipeline.tensors import PreparedTensor
+from stages.text.text_crops import TextCrops, TextCropsParams, crop_quad, padded_width, prepare_crop
+from stages.text.text_detection import order_clockwise
 
 MODEL = "pp-ocrv4-rec"
 SPEC = load_card(MODEL).preprocess

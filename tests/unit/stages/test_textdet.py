@@ -14,9 +14,9 @@ from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
 from pipeline.media import Item, VideoFrame
+from pipeline.tensors import Geometry
 from stages.infer import ModelOutput
-from stages.textdet import TextDetection, TextDetectionParams, db_boxes, order_clockwise
-from stages.vision import Geometry
+from stages.text.text_detection import TextDetection, TextDetectionParams, db_boxes, order_clockwise
 
 RECT_A = (20, 10, 80, 20)  # x1, y1, x2, y2 (exclusive), the upper one
 RECT_B = (100, 50, 180, 70)

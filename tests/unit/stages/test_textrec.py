@@ -25,8 +25,8 @@ from pipeline.modelcard import ModelCard, TensorSpec, load_card
 from pipeline.results import RESULT_SCHEMA, build_result, encode
 from pipeline.stats import StreamCounters
 from stages.infer import ModelOutput
-from stages.textcrop import TextCrops, TextCropsParams
-from stages.textrec import TextRecognition, TextRecognitionParams, ctc_greedy_decode, load_ctc_classes
+from stages.text.text_crops import TextCrops, TextCropsParams
+from stages.text.text_recognition import TextRecognition, TextRecognitionParams, ctc_greedy_decode, load_ctc_classes
 
 MODEL = "pp-ocrv4-rec"
 OUTPUT = "softmax_11.tmp_0"

@@ -28,11 +28,11 @@ from pipeline.modelstore import model_path
 from pipeline.runner import Runner
 from pipeline.stage import Stage, StageContext
 from pipeline.stats import StreamStats
-from stages.audio import AudioDecode, AudioDecodeParams
+from pipeline.tensors import PreparedTensor
+from stages.audio.speech_segments import SpeechSegments, SpeechSegmentsParams
+from stages.decode.audio_decode import AudioDecode, AudioDecodeParams
 from stages.infer import ModelOutput
 from stages.sources import FileParams, FileSource
-from stages.vad import SpeechSegments, SpeechSegmentsParams
-from stages.vision import PreparedTensor
 
 ROOT = Path(__file__).resolve().parents[3]
 RATE = 16000

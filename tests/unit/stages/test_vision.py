@@ -13,23 +13,14 @@ import pytest
 import stages  # noqa: F401  (registers the built-in stage types)
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError
+from pipeline.gpuprep import linear_taps, prepare_reference, taps_cache_info
 from pipeline.graph import build_graph
+from pipeline.imaging import _fixed_point_taps, fit_geometry, prepare_image, prepare_plan, resize_linear_exact
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import Preprocess
-from stages.gpuprep import linear_taps, prepare_reference, taps_cache_info
+from pipeline.tensors import DeferredTensor, Geometry, PreparedTensor
 from stages.infer import Infer, InferParams
-from stages.vision import (
-    DeferredTensor,
-    Geometry,
-    Prepare,
-    PreparedTensor,
-    PrepareParams,
-    _fixed_point_taps,
-    fit_geometry,
-    prepare_image,
-    prepare_plan,
-    resize_linear_exact,
-)
+from stages.vision.prepare import Prepare, PrepareParams
 from tests.unit.stages.test_colorspace import CupyOnTheCpu, cupy_running_on_the_cpu
 
 BGR = (10, 20, 30)

@@ -25,8 +25,7 @@ from pydantic import Field, model_validator
 
 from pipeline.media import AudioChunk, EndOfStream, Item
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
-
-from .infer import ModelOutput
+from pipeline.tensors import ModelOutput
 
 
 class SpeechSegmentsParams(StageParams):

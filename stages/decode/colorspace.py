@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .gpuprep import launch
+from pipeline.gpuprep import launch
 
 # R, G, B from (Y - 16), (U - 128), (V - 128), limited range.
 _MATRICES = {

@@ -26,9 +26,9 @@ from pydantic import Field
 from pipeline.errors import StreamError
 from pipeline.media import AudioChunk, EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.stage import Stage, StageParams, register_stage
+from pipeline.tensors import PreparedTensor
 
-from .decoding import count_decode_error
-from .vision import PreparedTensor
+from .errors import count_decode_error
 
 
 class AudioDecodeParams(StageParams):

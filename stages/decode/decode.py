@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError, StreamError
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame, overdue_ms
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-from .decoding import count_decode_error
+from .errors import count_decode_error
 from .nvdec import NvdecDecoder, nvdec_unusable
 
 

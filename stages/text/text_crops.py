@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from pipeline.imaging import prepare_image
 from pipeline.media import Item, VideoFrame
-from pipeline.modelcard import Preprocess
+from pipeline.modelcard import Preprocess, load_preprocess
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
-
-from .vision import PreparedTensor, load_preprocess, prepare_image, to_host
+from pipeline.tensors import PreparedTensor, to_host
 
 VERTICAL_RATIO = 1.5
 """A crop this many times taller than wide is vertical text: PaddleOCR turns it 90° first."""

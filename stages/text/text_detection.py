@@ -17,8 +17,7 @@ from pydantic import Field
 
 from pipeline.media import Item
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
-
-from .infer import ModelOutput
+from pipeline.tensors import ModelOutput
 
 
 class TextDetectionParams(StageParams):

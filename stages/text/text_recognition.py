@@ -21,8 +21,7 @@ from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.modelstore import model_path
 from pipeline.onnxfile import metadata_props
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
-
-from .infer import ModelOutput
+from pipeline.tensors import ModelOutput
 
 BLANK = 0
 DICTIONARY_KEY = "character"

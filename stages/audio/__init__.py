@@ -1,0 +1,3 @@
+"""Audio models' post-processing: speech segments from voice activity."""
+
+from . import speech_segments as speech_segments

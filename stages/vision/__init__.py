@@ -1,0 +1,3 @@
+"""Images to model inputs."""
+
+from . import prepare as prepare
