@@ -1,0 +1,151 @@
+"""pipeline.control: each refusal of a stream operation is a typed error (no HTTP status in it),
+and NATS control maps the types to its replies' ``status``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from pipeline import control_nats
+from pipeline.control import (
+    BadStreamRequest,
+    NoStreamHost,
+    StreamControl,
+    StreamControlError,
+    StreamExists,
+    StreamHost,
+    StreamHostUnavailable,
+    StreamLimitReached,
+    StreamNotFound,
+    StreamSpec,
+)
+from pipeline.errors import PipelineError
+from pipeline.stage import Source
+
+TYPED = {
+    BadStreamRequest: ValueError,
+    StreamNotFound: LookupError,
+    StreamExists: ValueError,
+    NoStreamHost: RuntimeError,
+    StreamLimitReached: RuntimeError,
+    StreamHostUnavailable: RuntimeError,
+}
+
+
+def control_errors() -> set[type[StreamControlError]]:
+    """Every subclass of ``StreamControlError`` defined so far, at any depth."""
+    found: set[type[StreamControlError]] = set()
+    todo = [StreamControlError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub)
+            todo.append(sub)
+    return found
+
+
+@pytest.mark.parametrize("error", list(TYPED))
+def test_each_error_is_a_stream_control_error_and_its_builtin(error: type[StreamControlError]) -> None:
+    exc = error("why")
+    assert isinstance(exc, StreamControlError) and isinstance(exc, PipelineError) and isinstance(exc, TYPED[error])
+    assert exc.message == "why" and str(exc) == "why"
+    assert not hasattr(exc, "status")  # the runtime names no HTTP status
+
+
+class Host(StreamHost):
+    def __init__(self, name: str, streams: list[str]) -> None:
+        super().__init__(name, None)
+        self.streams = streams
+
+    async def add_stream(self, spec: StreamSpec) -> Source:
+        self.streams.append(spec.id)
+        return self
+
+    async def remove_stream(self, stream_id: str) -> None:
+        self.streams.remove(stream_id)
+
+    def describe_streams(self) -> list[dict[str, Any]]:
+        return [{"id": s, "uri": "-", "type": "file", "state": "running"} for s in self.streams]
+
+
+async def test_stream_control_raises_typed_errors() -> None:
+    with pytest.raises(NoStreamHost, match="type: streams"):
+        await StreamControl({}).add(StreamSpec(id="a", uri="x"))
+    one = StreamControl({"cams": Host("cams", ["a"])}, open_streams=lambda: {"yaml"})
+    with pytest.raises(BadStreamRequest, match="expected a JSON object, got list"):
+        one.parse([])
+    with pytest.raises(BadStreamRequest, match="id"):
+        one.parse({"id": "no spaces", "uri": "x"})
+    for taken in ("a", "yaml"):
+        with pytest.raises(StreamExists, match=f"stream '{taken}' already exists"):
+            await one.add(StreamSpec(id=taken, uri="x"))
+    with pytest.raises(BadStreamRequest, match="no 'streams' stage 'other'"):
+        await one.add(StreamSpec(id="b", uri="x", source="other"))
+    with pytest.raises(StreamNotFound, match="no stream 'b'"):
+        await one.remove("b")
+    with pytest.raises(StreamNotFound, match="no stream 'b'"):
+        one.describe("b")
+    two = StreamControl({"x": Host("x", []), "y": Host("y", [])})
+    with pytest.raises(BadStreamRequest, match="name one of"):
+        await two.add(StreamSpec(id="b", uri="x"))
+    await one.add(StreamSpec(id="b", uri="x"))
+    await one.remove("a")
+    assert one.describe("b") == {"id": "b", "uri": "-", "type": "file", "state": "running", "source": "cams"}
+
+
+def test_nats_maps_every_error_type_to_a_status() -> None:
+    expected = {
+        BadStreamRequest: 400,
+        StreamNotFound: 404,
+        StreamExists: 409,
+        NoStreamHost: 409,
+        StreamLimitReached: 409,
+        StreamHostUnavailable: 503,
+    }
+    assert {error: control_nats.status_of(error("x")) for error in expected} == expected
+    assert set(TYPED) | set(expected) == {e for e in control_errors() if e.__module__ == "pipeline.control"}
+
+    class ThirdPartyRefusal(StreamNotFound):
+        pass
+
+    assert control_nats.status_of(ThirdPartyRefusal("x")) == 404  # its nearest listed base's
+    assert control_nats.status_of(StreamControlError("x")) == 400
+
+
+class Msg:
+    def __init__(self, subject: str, data: bytes) -> None:
+        self.subject, self.data, self.reply = subject, data, "inbox"
+
+
+class FakeBus:
+    prefix = "streamgraph"
+
+    def __init__(self) -> None:
+        self.client = self
+        self.replies: list[dict[str, Any]] = []
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        self.replies.append(json.loads(data))
+
+
+async def test_nats_replies_carry_the_status_of_the_error() -> None:
+    runner: Any = type("R", (), {})()
+    runner.graph = type("G", (), {"pipeline": "p"})()
+    runner.control = StreamControl({"cams": Host("cams", ["a"])})
+    bus = FakeBus()
+    nats = control_nats.NatsControl(bus, runner)  # type: ignore[arg-type]  # a fake bus
+    requests = [
+        ("add", b"{"),
+        ("add", json.dumps({"id": "a", "uri": "x"}).encode()),
+        ("remove", json.dumps({"id": "b"}).encode()),
+        ("remove", json.dumps({"id": "b", "more": 1}).encode()),
+        ("add", json.dumps({"id": "c", "uri": "x"}).encode()),
+    ]
+    for operation, data in requests:
+        await nats._on_request(Msg(f"streamgraph.control.streams.{operation}", data))
+    statuses = [reply.get("status") for reply in bus.replies]
+    assert statuses == [400, 409, 404, 400, None]
+    assert bus.replies[1]["error"] == "stream 'a' already exists"
+    assert bus.replies[3]["error"] == 'remove takes {"id": "<stream id>"} and nothing else'
+    assert bus.replies[4]["ok"] is True and bus.replies[4]["stream"]["id"] == "c"

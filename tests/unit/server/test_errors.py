@@ -1,0 +1,84 @@
+"""pipeline.server.errors: the one table from the runtime's typed errors to HTTP statuses, and every
+error of a route as JSON ``{"error": ...}``; the NATS control's table says the same."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from pipeline import control_nats
+from pipeline.control import (
+    BadStreamRequest,
+    NoStreamHost,
+    StreamControlError,
+    StreamExists,
+    StreamHostUnavailable,
+    StreamLimitReached,
+    StreamNotFound,
+)
+from pipeline.server.errors import STATUS, HttpError, errors_as_json, status_of
+
+from ..pipeline.test_control import control_errors
+
+EXPECTED = {
+    BadStreamRequest: 400,
+    StreamNotFound: 404,
+    StreamExists: 409,
+    NoStreamHost: 409,
+    StreamLimitReached: 409,
+    StreamHostUnavailable: 503,
+}
+
+
+def test_the_table() -> None:
+    assert {error: status_of(error("x")) for error in EXPECTED} == EXPECTED
+    runtime_errors = {e for e in control_errors() if e.__module__ == "pipeline.control"}
+    assert runtime_errors <= set(STATUS), f"errors without a status: {runtime_errors - set(STATUS)}"
+    assert status_of(StreamControlError("x")) == 400
+
+
+def test_nats_replies_use_the_same_statuses() -> None:
+    assert control_nats.STATUS == STATUS
+
+
+async def _client(raise_: BaseException) -> TestClient[web.Request, web.Application]:
+    async def handler(request: web.Request) -> web.Response:
+        raise raise_
+
+    app = web.Application(middlewares=[errors_as_json])
+    app.router.add_get("/x", handler)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+class NotListed(StreamLimitReached):
+    """A subclass the table does not list: it answers its nearest listed base's status."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "message"),
+    [
+        *((error("why"), status, "why") for error, status in EXPECTED.items()),
+        (NotListed("full"), 409, "full"),
+        (HttpError(415, "a WHIP offer is Content-Type: application/sdp"), 415, None),
+        (web.HTTPNotFound(), 404, "Not Found"),
+        (RuntimeError("a bug"), 500, "internal error (logged by the server)"),
+    ],
+)
+async def test_errors_are_json_with_their_status(
+    exc: BaseException, status: int, message: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await _client(exc)
+    try:
+        with caplog.at_level(logging.ERROR, "streamgraph.api"):
+            response = await client.get("/x")
+        assert response.status == status
+        body = await response.json()
+        assert body == {"error": message if message is not None else str(exc)}
+        assert ("GET /x failed" in caplog.text) == (status == 500)
+    finally:
+        await client.close()
