@@ -102,7 +102,7 @@ def interpolate_env(value: Any, environ: Mapping[str, str] | None = None, path: 
     """Replace ``${env:VAR}`` / ``${env:VAR:-default}`` in every string of a parsed YAML tree."""
     env = os.environ if environ is None else environ
     if isinstance(value, dict):
-        return {k: interpolate_env(v, env, _join(path, str(k))) for k, v in value.items()}
+        return {k: interpolate_env(v, env, join_path(path, str(k))) for k, v in value.items()}
     if isinstance(value, list):
         return [interpolate_env(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
@@ -174,7 +174,7 @@ def config_error_from(
     loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
     path = prefix
     for part in loc:
-        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part))
+        path = f"{path}[{part}]" if isinstance(part, int) else join_path(path, str(part))
     return ConfigError(path, _describe(error, loc, model), source=source)
 
 
@@ -247,7 +247,8 @@ def _first_model(annotation: Any) -> Any:
     return None
 
 
-def _join(path: str, key: str) -> str:
+def join_path(path: str, key: str) -> str:
+    """``path.key``, or ``key`` at the top."""
     return f"{path}.{key}" if path else key
 
 

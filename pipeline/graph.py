@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
-from .config import EdgeConfig, PipelineConfig, config_error_from
+from .config import EdgeConfig, PipelineConfig
 from .errors import ConfigError
-from .stage import Source, Stage, stage_class_for
+from .stage import Source, Stage, build_stage, stage_class_for
 
 
 @dataclass(frozen=True)
@@ -49,15 +47,7 @@ def build_graph(config: PipelineConfig, *, source: str | None = None) -> Graph:
             if stage_config.name in nodes:
                 raise ConfigError(f"{path}.name", f"duplicate stage name {stage_config.name!r}")
             cls = stage_class_for(stage_config.type, stage_config.class_, path)
-            try:
-                model = cls.params_model(stage_config.params)
-            except ConfigError as exc:
-                raise ConfigError(f"{path}.{exc.path}", exc.message) from None
-            try:
-                params = model.model_validate(stage_config.params)
-            except ValidationError as exc:
-                raise config_error_from(exc, prefix=f"{path}.params", model=model) from None
-            stage = cls(stage_config.name, params)
+            stage = build_stage(cls, stage_config.name, stage_config.params, params_path=f"{path}.params")
             try:
                 stage.check(config.base_dir)
             except ConfigError as exc:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
-from .config import StrictModel
+from pydantic import Field, ValidationError, field_validator
+
+from .config import StrictModel, config_error_from, join_path
 from .errors import ConfigError
-from .media import EndOfStream, Item, Message, StreamInfo, StreamStatus
+from .media import EndOfStream, Item, Message, StreamInfo, StreamStatus, TrackKind
 from .metrics import Metrics
 from .stats import StreamStats
 
@@ -116,7 +118,7 @@ class Stage:
     def params_model(cls, raw: Any) -> type[StrictModel]:
         """The model that validates this stage's params as written in YAML (``raw``): ``Params``.
         A stage whose keys depend on one of them (``infer``'s on its ``engine``) picks one by it,
-        or raises ``ConfigError`` with a path relative to the stage (``params.engine``)."""
+        or raises ``ConfigError`` with a path within the params (``engine``)."""
         return cls.Params
 
     def check(self, base_dir: Path) -> None:
@@ -233,3 +235,33 @@ def stage_class_for(type_name: str | None, class_path: str | None, path: str) ->
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
         raise ConfigError(f"{path}.class", f"{class_path!r} is not a streamgraph Stage subclass")
     return cls
+
+
+class TrackSelection(StageParams):
+    """The ``tracks`` parameter every media source takes."""
+
+    tracks: list[TrackKind] = Field(default_factory=lambda: list[TrackKind](["video"]), min_length=1)
+    """Which tracks to read (the first of each kind), interleaved as they arrive."""
+
+    @field_validator("tracks")
+    @classmethod
+    def _distinct(cls, tracks: list[TrackKind]) -> list[TrackKind]:
+        if len(set(tracks)) != len(tracks):
+            raise ValueError(f"each track at most once, got {tracks}")
+        return tracks
+
+
+def build_stage(cls: type[Stage], name: str, raw: Any, *, params_path: str = "params") -> Stage:
+    """One stage from its params as written (YAML, a run-time request): validated by the model the
+    class picks for them, then constructed. The one way a stage is built from config, for the
+    graph's stages and for streams added at run time; a ``ConfigError`` names the key at fault
+    under ``params_path``. ``check`` is the caller's: it needs the config's directory."""
+    try:
+        model = cls.params_model(raw)
+    except ConfigError as exc:
+        raise ConfigError(join_path(params_path, exc.path), exc.message) from None
+    try:
+        params = model.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error_from(exc, prefix=params_path, model=model) from None
+    return cls(name, params)

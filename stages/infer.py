@@ -156,7 +156,7 @@ class Infer(Stage):
         try:
             return infer_params_for(engine)
         except UnknownEngine as exc:
-            raise ConfigError("params.engine", str(exc)) from None
+            raise ConfigError("engine", str(exc)) from None
 
     def check(self, base_dir: Path) -> None:
         try:

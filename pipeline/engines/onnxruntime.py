@@ -37,6 +37,7 @@ class OnnxRuntimeOptions(EngineOptions):
     fp16: bool = False
     """ONNX Runtime's TensorRT provider (when named): half precision where that is faster."""
 
+
 _ORT_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",

@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.graph import Graph, build_graph
 from pipeline.stage import Source, Stage, StageParams
 from stages.decode.decode import Decode
-from stages.sources import FileSource
+from stages.ingest.file import FileSource
 from stages.text.text_detection import TextDetection
 
 

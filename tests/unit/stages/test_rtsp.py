@@ -1,4 +1,4 @@
-"""stages.rtsp: backoff math, parameters, ids, and the lifecycle against URLs nobody serves.
+"""stages.ingest.rtsp: backoff math, parameters, ids, and the lifecycle against URLs nobody serves.
 
 The source against a real server (gst-rtsp-server) is in tests/integration/test_rtsp.py.
 """
@@ -20,9 +20,10 @@ from pydantic import ValidationError
 from pipeline.config import load_config, parse_config
 from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
+from pipeline.logs import redact
 from pipeline.media import EndOfStream, Message, StreamStarted, StreamStatus
 from pipeline.stage import StageContext
-from stages.rtsp import RtspParams, RtspSource, _Timeline, backoff_delay, redact, stream_id_from_url
+from stages.ingest.rtsp import RtspParams, RtspSource, _Timeline, backoff_delay, stream_id_from_url
 
 
 def test_backoff_doubles_up_to_the_cap_with_full_jitter():
@@ -191,7 +192,7 @@ def _packet(pts: int | None, key: bool = False) -> Any:
 
 def test_a_new_session_starts_at_a_keyframe_after_the_last_one_in_media_time(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("stages.rtsp.time.time", lambda: clock[0])
+    monkeypatch.setattr("stages.ingest.rtsp.time.time", lambda: clock[0])
     first, timeline = _conn(), _Timeline()
     timeline.begin(first, reconnected=False)
     placed = [timeline.place("video", _packet(p, key=p == 0), first) for p in (0, 3600, 7200)]

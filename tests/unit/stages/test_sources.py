@@ -1,4 +1,4 @@
-"""stages.sources: the ``file`` source driven through ``run(emit)`` on real media read by PyAV."""
+"""stages.ingest.file: the ``file`` source driven through ``run(emit)`` on real media read by PyAV."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from pipeline.media import EncodedPacket, EndOfStream, Item, Message, StreamStarted
 from pipeline.stage import StageContext
-from stages.sources import FileParams, FileSource
+from stages.ingest.file import FileParams, FileSource
 
 SAMPLE_FRAMES = 250  # samples/text.mp4: 10 s at 25 frames/s, 640x360 H.264
 SAMPLE_TICKS = 512  # one frame in the sample's 1/12800 time base

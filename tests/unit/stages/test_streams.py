@@ -23,8 +23,8 @@ from pipeline.runner import Runner
 from pipeline.server.errors import status_of
 from pipeline.service import build
 from pipeline.stage import Stage, source_class_for_uri
-from stages.rtsp import RtspSource
-from stages.sources import FileSource
+from stages.ingest.file import FileSource
+from stages.ingest.rtsp import RtspSource
 
 
 class Sink(Stage):

@@ -32,7 +32,7 @@ from pipeline.tensors import PreparedTensor
 from stages.audio.speech_segments import SpeechSegments, SpeechSegmentsParams
 from stages.decode.audio_decode import AudioDecode, AudioDecodeParams
 from stages.infer import ModelOutput
-from stages.sources import FileParams, FileSource
+from stages.ingest.file import FileParams, FileSource
 
 ROOT = Path(__file__).resolve().parents[3]
 RATE = 16000

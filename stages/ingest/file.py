@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import av
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from pipeline.media import (
     AudioCodecParams,
@@ -27,23 +27,11 @@ from pipeline.media import (
     TrackKind,
     VideoCodecParams,
 )
-from pipeline.stage import Source, StageParams, register_stage
+from pipeline.stage import Source, TrackSelection, register_stage
+
+from .errors import media_error
 
 Emit = Callable[[Message], Awaitable[None]]
-
-
-class TrackSelection(StageParams):
-    """The ``tracks`` parameter every media source takes."""
-
-    tracks: list[TrackKind] = Field(default_factory=lambda: list[TrackKind](["video"]), min_length=1)
-    """Which tracks to read (the first of each kind), interleaved as they arrive."""
-
-    @field_validator("tracks")
-    @classmethod
-    def _distinct(cls, tracks: list[TrackKind]) -> list[TrackKind]:
-        if len(set(tracks)) != len(tracks):
-            raise ValueError(f"each track at most once, got {tracks}")
-        return tracks
 
 
 class FileParams(TrackSelection):
@@ -138,7 +126,7 @@ class FileSource(Source):
         except (OSError, av.FFmpegError, ValueError) as exc:
             # Announce the stream even so: subscribers see it start, fail with the reason, and end.
             await emit(StreamStarted(StreamInfo(stream_id=stream_id, uri=str(path), live=False)))
-            await self._fail(emit, stream_id, f"cannot open {path}: {_reason(exc)}")
+            await self._fail(emit, stream_id, f"cannot open {path}: {media_error(exc)}")
             return
         try:
             await self._play(emit, stream_id, path, demuxer)
@@ -181,7 +169,7 @@ class FileSource(Source):
             try:
                 demuxed = await self.ctx.run_blocking(demuxer.next_packet)
             except av.FFmpegError as exc:
-                await self._fail(emit, stream_id, f"{path}: unreadable after {read} packets: {_reason(exc)}")
+                await self._fail(emit, stream_id, f"{path}: unreadable after {read} packets: {media_error(exc)}")
                 return
             if demuxed is None:
                 if read == 0:
@@ -194,7 +182,7 @@ class FileSource(Source):
                 try:
                     await self.ctx.run_blocking(demuxer.rewind)
                 except (OSError, av.FFmpegError) as exc:
-                    await self._fail(emit, stream_id, f"{path}: cannot start it again: {_reason(exc)}")
+                    await self._fail(emit, stream_id, f"{path}: cannot start it again: {media_error(exc)}")
                     return
                 continue
             kind, packet = demuxed
@@ -245,11 +233,3 @@ class FileSource(Source):
         self.ctx.logger.error("stream %s: %s", stream_id, message)
         self.ctx.stats.stream(stream_id).error = message
         await emit(EndOfStream(stream_id, "error", message))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, av.FFmpegError):
-        return exc.strerror or str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)

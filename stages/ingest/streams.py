@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from pipeline.config import config_error_from
+from pipeline.config import join_path
 from pipeline.control import (
     BadStreamRequest,
     StreamEntry,
@@ -31,11 +31,17 @@ from pipeline.control import (
     StreamSpec,
 )
 from pipeline.errors import ConfigError
+from pipeline.logs import redact
 from pipeline.media import Message
 from pipeline.sourcerun import run_source
-from pipeline.stage import Source, StageParams, register_stage, registered_types, source_class_for_uri
-
-from .rtsp import redact
+from pipeline.stage import (
+    Source,
+    StageParams,
+    build_stage,
+    register_stage,
+    registered_types,
+    source_class_for_uri,
+)
 
 Emit = Callable[[Message], Awaitable[None]]
 
@@ -94,13 +100,11 @@ class StreamSet(StreamHost):
         try:
             cls = source_class_for_uri(uri)
         except ConfigError as exc:
-            raise ConfigError(_join(path, "uri"), exc.message) from None
+            raise ConfigError(join_path(path, "uri"), exc.message) from None
         raw = cls.params_for_uri(stream_id, uri, options)
-        try:
-            params = cls.Params.model_validate(raw)
-        except ValidationError as exc:
-            raise config_error_from(exc, prefix=_join(path, "options"), model=cls.Params) from None
-        return cls(f"{self.name}:{stream_id}", params)
+        source = build_stage(cls, f"{self.name}:{stream_id}", raw, params_path=join_path(path, "options"))
+        assert isinstance(source, Source)  # source_class_for_uri gives source classes only
+        return source
 
     async def run(self, emit: Emit) -> None:
         self._emit = emit
@@ -185,7 +189,3 @@ class StreamSet(StreamHost):
             del self._children[child.stream_id]
             child.done.set()
             self._changed.set()
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key

@@ -28,11 +28,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 from pydantic import Field, model_validator
 
+from pipeline.logs import redact
 from pipeline.media import (
     AudioCodecParams,
     EncodedPacket,
@@ -46,9 +47,9 @@ from pipeline.media import (
     TrackKind,
     VideoCodecParams,
 )
-from pipeline.stage import Source, register_stage
+from pipeline.stage import Source, TrackSelection, register_stage
 
-from .sources import TrackSelection
+from .errors import media_error
 
 Emit = Callable[[Message], Awaitable[None]]
 
@@ -91,17 +92,6 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rand: Callable[[
         raise ValueError(f"attempt counts from 1, got {attempt}")
     cap = min(max_s, initial_s * 2.0 ** min(attempt - 1, 64))
     return cap * rand()
-
-
-def redact(url: str) -> str:
-    """The URL without its password (``rtsp://user:***@host/path``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def stream_id_from_url(url: str) -> str:
@@ -295,7 +285,7 @@ class RtspSource(Source):
         try:
             conn = opening.result()
         except (OSError, av.FFmpegError, ValueError) as exc:
-            return _reason(exc)
+            return media_error(exc)
         return conn
 
     async def _pump(
@@ -316,7 +306,7 @@ class RtspSource(Source):
             try:
                 read = reading.result()
             except (OSError, av.FFmpegError) as exc:
-                return f"lost {redact(self.params.url)}: {_reason(exc)}"
+                return f"lost {redact(self.params.url)}: {media_error(exc)}"
             if read is None:
                 return f"{redact(self.params.url)}: the server ended the session"
             kind, packet, captured = read
@@ -478,11 +468,3 @@ def _codec_change(first: _Connection, now: _Connection) -> str | None:
         if before is not None and after is not None and before.codec != after.codec:
             return f"the {kind} codec changed from {before.codec} to {after.codec}"
     return None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, av.FFmpegError):
-        return exc.strerror or str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)

@@ -52,9 +52,7 @@ from pipeline.media import (
     VideoCodecParams,
     VideoFrame,
 )
-from pipeline.stage import Source, register_stage
-
-from .sources import TrackSelection
+from pipeline.stage import Source, TrackSelection, register_stage
 
 Emit = Callable[[Message], Awaitable[None]]
 
