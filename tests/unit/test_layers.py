@@ -221,6 +221,39 @@ def test_the_runtime_never_imports_the_server() -> None:
     assert not offenders, "the runtime imports the server package:\n" + "\n".join(offenders)
 
 
+def test_stages_have_no_import_cycle() -> None:
+    imports = imports_under("stages")
+    modules = {module_name(p) for p in source_files("stages")}
+    cycles = find_cycles(import_graph(imports, modules))
+    assert not cycles, "import cycles in stages/:\n" + "\n".join(describe_cycle(c) for c in cycles)
+
+
+def family(module: str) -> str | None:
+    """A stage module's family: ``stages.text`` for ``stages.text.text_crops``, ``stages.infer`` for
+    ``stages.infer``; None for the ``stages`` package itself (it imports every family to register them)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "stages" and len(parts) > 1 else None
+
+
+def sibling_family_imports(imports: Iterable[Import]) -> Iterator[str]:
+    """Each import by a stage module of another family's module (what stages share lives in the
+    runtime: ``pipeline.media``, ``pipeline.tensors``)."""
+    for imp in imports:
+        mine = family(imp.module)
+        if mine is None:
+            continue
+        for target in imp.targets:
+            theirs = family(target)
+            if theirs is not None and theirs != mine:
+                yield f"{imp} imports {target}, of the {theirs} family"
+                break
+
+
+def test_a_stage_module_never_imports_another_family() -> None:
+    offenders = list(sibling_family_imports(imports_under("stages")))
+    assert not offenders, "stage modules importing another family:\n" + "\n".join(offenders)
+
+
 # --- the helpers themselves, on a made-up tree --------------------------------------------------
 
 
@@ -291,3 +324,18 @@ def test_violations_name_the_module_and_the_import(tmp_path: Path) -> None:
 )
 def test_relative_names(package: str, name: str | None, level: int, expected: str) -> None:
     assert _absolute(package, name, level, Path("f.py")) == expected
+
+
+def test_a_sibling_family_import_is_named(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            "stages/__init__.py": "from . import text, infer\n",
+            "stages/infer.py": "from pipeline.tensors import ModelOutput\n",
+            "stages/text/__init__.py": "from . import crops\n",
+            "stages/text/crops.py": "from .detect import boxes\nfrom stages.infer import ModelOutput\n",
+            "stages/text/detect.py": "import numpy\n",
+        },
+    )
+    found = list(sibling_family_imports(imports_under("stages", root=tmp_path)))
+    assert len(found) == 1 and "stages.text.crops" in found[0] and "stages.infer family" in found[0]
