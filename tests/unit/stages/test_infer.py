@@ -18,8 +18,8 @@ from pipeline import imaging
 from pipeline.batching import Request
 from pipeline.errors import ConfigError
 from pipeline.media import Item, StreamInfo, VideoFrame
-from pipeline.tensors import DeferredTensor, PreparedTensor
-from stages.infer import Infer, InferParams, ModelOutput
+from pipeline.tensors import DeferredTensor, ModelOutput, PreparedTensor
+from stages.infer import Infer, InferParams
 from stages.vision.prepare import Prepare, PrepareParams
 
 MODEL = "pp-ocrv4-det"
@@ -341,7 +341,7 @@ def test_warm_up_is_a_batch_of_one_at_the_cards_size_where_that_is_known():
 
 
 async def test_start_warms_the_model_up_before_the_first_frame(make_ctx, monkeypatch):
-    import stages.infer as infer_module
+    import stages.infer.infer as infer_module
 
     runs: list[tuple[int, ...]] = []
     real_create = infer_module.create_engine

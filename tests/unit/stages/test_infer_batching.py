@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline.media import AudioChunk, EndOfStream, Item, StreamInfo
-from pipeline.tensors import PreparedTensor
-from stages.infer import Infer, InferParams, ModelOutput
+from pipeline.tensors import ModelOutput, PreparedTensor
+from stages.infer import Infer, InferParams
 
 CPU = ["CPUExecutionProvider"]
 SPEECH = Path(__file__).resolve().parents[3] / "samples" / "speech.flac"

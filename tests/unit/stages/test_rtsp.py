@@ -23,7 +23,9 @@ from pipeline.graph import build_graph
 from pipeline.logs import redact
 from pipeline.media import EndOfStream, Message, StreamStarted, StreamStatus
 from pipeline.stage import StageContext
-from stages.ingest.rtsp import RtspParams, RtspSource, _Timeline, backoff_delay, stream_id_from_url
+from stages.ingest.rtsp import RtspSource
+from stages.ingest.rtsp_params import RtspParams, stream_id_from_url
+from stages.ingest.rtsp_reconnect import Timeline, backoff_delay
 
 
 def test_backoff_doubles_up_to_the_cap_with_full_jitter():
@@ -192,8 +194,8 @@ def _packet(pts: int | None, key: bool = False) -> Any:
 
 def test_a_new_session_starts_at_a_keyframe_after_the_last_one_in_media_time(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("stages.ingest.rtsp.time.time", lambda: clock[0])
-    first, timeline = _conn(), _Timeline()
+    monkeypatch.setattr("stages.ingest.rtsp_reconnect.time.time", lambda: clock[0])
+    first, timeline = _conn(), Timeline()
     timeline.begin(first, reconnected=False)
     placed = [timeline.place("video", _packet(p, key=p == 0), first) for p in (0, 3600, 7200)]
     assert [m.pts for m in placed if m is not None] == [0, 3600, 7200]
@@ -210,7 +212,7 @@ def test_a_new_session_starts_at_a_keyframe_after_the_last_one_in_media_time(mon
 
 
 def test_a_reconnect_with_new_parameter_sets_hands_them_to_the_decoder_in_band():
-    first, timeline = _conn(extradata=b"\x00\x00\x00\x01old"), _Timeline()
+    first, timeline = _conn(extradata=b"\x00\x00\x00\x01old"), Timeline()
     timeline.begin(first, reconnected=False)
     timeline.place("video", SimpleNamespace(pts=0, dts=0, duration=1, is_keyframe=True, time_base=None), first)
     second = _conn(extradata=b"\x00\x00\x00\x01new")

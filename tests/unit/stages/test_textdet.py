@@ -14,8 +14,7 @@ from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
 from pipeline.media import Item, VideoFrame
-from pipeline.tensors import Geometry
-from stages.infer import ModelOutput
+from pipeline.tensors import Geometry, ModelOutput
 from stages.text.text_detection import TextDetection, TextDetectionParams, db_boxes, order_clockwise
 
 RECT_A = (20, 10, 80, 20)  # x1, y1, x2, y2 (exclusive), the upper one

@@ -24,7 +24,7 @@ from pipeline.media import Item, VideoFrame
 from pipeline.modelcard import ModelCard, TensorSpec, load_card
 from pipeline.results import RESULT_SCHEMA, build_result, encode
 from pipeline.stats import StreamCounters
-from stages.infer import ModelOutput
+from pipeline.tensors import ModelOutput
 from stages.text.text_crops import TextCrops, TextCropsParams
 from stages.text.text_recognition import TextRecognition, TextRecognitionParams, ctc_greedy_decode, load_ctc_classes
 

@@ -28,10 +28,9 @@ from pipeline.modelstore import model_path
 from pipeline.runner import Runner
 from pipeline.stage import Stage, StageContext
 from pipeline.stats import StreamStats
-from pipeline.tensors import PreparedTensor
+from pipeline.tensors import ModelOutput, PreparedTensor
 from stages.audio.speech_segments import SpeechSegments, SpeechSegmentsParams
 from stages.decode.audio_decode import AudioDecode, AudioDecodeParams
-from stages.infer import ModelOutput
 from stages.ingest.file import FileParams, FileSource
 
 ROOT = Path(__file__).resolve().parents[3]

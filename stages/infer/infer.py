@@ -22,84 +22,28 @@ cannot be prepared fails alone.
 from __future__ import annotations
 
 import asyncio
-import functools
-import importlib.util
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request, Superseded
 from pipeline.config import StrictModel, config_error_from
-from pipeline.engines import Engine, EngineOptions, RunSettings, UnknownEngine, create_engine, engine_entry
+from pipeline.engines import Engine, RunSettings, UnknownEngine, create_engine
 from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, StreamInfo
 from pipeline.modelcard import ModelCard, load_model_card
-from pipeline.stage import Stage, StageContext, StageParams, register_stage
-from pipeline.tensors import DeferredTensor, ModelInput, ModelOutput, array_module
+from pipeline.stage import Stage, StageContext, register_stage
+from pipeline.tensors import DeferredTensor, ModelInput, ModelOutput
 
-
-class BatchParams(StageParams):
-    max_size: int | Literal["auto"] = Field(default=1)
-    """Most requests per model run; ``auto`` measures and picks (up to ``size_limit``)."""
-    max_delay_ms: float = Field(default=0.0, ge=0)
-    """How long the oldest request may wait for the batch to fill."""
-    latency_budget_ms: float | None = Field(default=None, gt=0)
-    """Items that cannot be through the model this long after capture are dropped before
-    inference, and counted; with a budget each stream keeps only its newest item waiting."""
-    size_limit: int = Field(default=16, ge=1, le=256)
-
-
-class InferParams(StageParams):
-    """The keys every engine shares. The chosen engine's own keys (``providers``, ``fp16``,
-    ``tf32``, ``intra_op_threads``, ``server``, ...) sit beside them and are checked against its
-    strict options model: in YAML before anything starts (``Infer.params_model``), and by
-    ``engine_options`` for params built in code."""
-
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-
-    model: str
-    """Model card name or path."""
-    input: str | None = None
-    """The stage whose tensor feeds the model; defaults to this stage's first input."""
-    engine: str = "auto"
-    """A registered engine (``pipeline.engines.engine_names()``). ``auto``: TensorRT, else ONNX
-    Runtime with CUDA, else ONNX Runtime on the CPU (logged)."""
-    batch: BatchParams = BatchParams()
-
-    @model_validator(mode="after")
-    def _engine_takes_its_keys(self) -> InferParams:
-        """Params built in code are checked as YAML is: the engine exists and takes these keys."""
-        try:
-            self.engine_options()
-        except UnknownEngine as exc:
-            raise ValueError(str(exc)) from None
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"])
-            raise ValueError(f"{where}: {error['msg']} (engine {self.engine!r})") from None
-        return self
-
-    def engine_options(self) -> EngineOptions:
-        """The engine's keys of these params, validated by its options model."""
-        options = engine_entry(self.engine).options
-        mine = set(InferParams.model_fields)
-        return options.model_validate({k: v for k, v in self.model_dump().items() if k not in mine})
-
-
-@functools.cache
-def infer_params_for(engine: str) -> type[InferParams]:
-    """``InferParams`` with ``engine``'s options as fields, strict: what YAML is validated by, so an
-    unknown or misspelt key is named with the keys this engine takes."""
-    options = engine_entry(engine).options
-    config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    return type(f"InferParams_{engine}", (InferParams, options), {"model_config": config, "__module__": __name__})
-
+from .arrays import device_module, stack_batch
+from .params import InferParams, infer_params_for
+from .state import StreamStates
 
 LIVE_WAITING = 1
 """Items per live stream that may wait for the model: only the newest frame is worth running."""
@@ -204,7 +148,7 @@ class Infer(Stage):
             for spec in card.inputs
             if spec.name in card.constants
         }
-        self._state = _StreamStates(card)
+        self._state = StreamStates(card)
         self._live: set[str] = set()
         self._ran_seq: dict[str, int] = {}
         """The seq of each stream's item that ran last: a later one that does not follow it resets the state."""
@@ -377,55 +321,3 @@ class Infer(Stage):
             {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}
             for index in range(len(requests))
         ]
-
-
-class _StreamStates:
-    """Each stream's recurrent state, per the card's ``state`` list; zeros until first written."""
-
-    def __init__(self, card: ModelCard) -> None:
-        specs = {spec.name: spec for spec in card.inputs}
-        self._specs = []
-        for state in card.state:
-            shape = specs[state.input].shape
-            axis = shape.index("batch")
-            single = tuple(1 if d == "batch" else int(d) for d in shape)
-            self._specs.append((state.input, state.output, axis, single, specs[state.input].dtype))
-        self._values: dict[str, dict[str, np.ndarray]] = {}
-
-    def reset(self, stream_id: str) -> None:
-        self._values.pop(stream_id, None)
-
-    def gather(self, streams: list[str]) -> dict[str, np.ndarray]:
-        feeds = {}
-        for name, _, axis, single, dtype in self._specs:
-            parts = [self._values.get(s, {}).get(name, np.zeros(single, dtype=dtype)) for s in streams]
-            feeds[name] = np.concatenate(parts, axis=axis)
-        return feeds
-
-    def scatter(self, streams: list[str], outputs: dict[str, np.ndarray]) -> None:
-        for name, output, axis, _, _ in self._specs:
-            for index, stream_id in enumerate(streams):
-                value = np.take(outputs[output], [index], axis=axis)
-                self._values.setdefault(stream_id, {})[name] = value
-
-
-def stack_batch(tensors: list[Any]) -> Any:
-    """One batch array of the tensors. Device tensors (a GPU prepare's) are stacked on the device,
-    so the batch never visits the host, and the stack is complete when returned: the engine reads
-    it on a stream of its own."""
-    xp = array_module(tensors[0])
-    if xp is np:
-        return np.stack(tensors)
-    batch = xp.stack([xp.asarray(t) for t in tensors])
-    xp.cuda.get_current_stream().synchronize()
-    return batch
-
-
-def device_module() -> Any:
-    """CuPy, for an engine on a GPU (imported only then); numpy where CuPy is not installed (ONNX
-    Runtime CUDA alone: host arrays, copied by the engine and counted)."""
-    if importlib.util.find_spec("cupy") is None:
-        return np
-    import cupy
-
-    return cupy
