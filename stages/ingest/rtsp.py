@@ -14,157 +14,31 @@ camera is abandoned by the watchdog after ``stall_timeout_s``; the thread itself
 FFmpeg's own timeout fires (``read_timeout_s``, PyAV's interrupt callback), and the connection is
 closed then. The source reads as fast as the camera sends; put the decoder behind a
 ``drop_oldest`` edge so a slow graph drops (and counts) packets instead of adding latency.
+
+The stage is here; its parameters are in ``rtsp_params``, one FFmpeg session in ``rtsp_connection``,
+and the backoff between sessions and the timestamps across them in ``rtsp_reconnect``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import re
-import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import av
-from pydantic import Field, model_validator
 
 from pipeline.logs import redact
-from pipeline.media import (
-    AudioCodecParams,
-    EncodedPacket,
-    EndOfStream,
-    Item,
-    Message,
-    StatusName,
-    StreamInfo,
-    StreamStarted,
-    StreamStatus,
-    TrackKind,
-    VideoCodecParams,
-)
-from pipeline.stage import Source, TrackSelection, register_stage
+from pipeline.media import EndOfStream, Item, Message, StatusName, StreamInfo, StreamStarted, StreamStatus
+from pipeline.stage import Source, register_stage
 
 from .errors import media_error
+from .rtsp_connection import RtspConnection, codec_change
+from .rtsp_params import RtspParams, stream_id_from_url
+from .rtsp_reconnect import Timeline, backoff_delay
 
 Emit = Callable[[Message], Awaitable[None]]
-
-
-class RtspParams(TrackSelection):
-    url: str = Field(pattern=r"^rtsps?://\S+$")
-    """``rtsp://[user:password@]host[:port]/path``; the password never appears in events or logs."""
-    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    """Stream id; defaults to the URL's last path segment (or its host)."""
-    transport: Literal["tcp", "udp"] = "tcp"
-    """RTP over the RTSP TCP connection (interleaved), or over UDP."""
-    open_timeout_s: float = Field(default=5.0, gt=0)
-    """How long connecting (RTSP handshake and probing the stream) may take."""
-    read_timeout_s: float = Field(default=5.0, gt=0)
-    """How long FFmpeg waits in one read before giving up (ends a read the watchdog abandoned)."""
-    stall_timeout_s: float = Field(default=5.0, gt=0)
-    """No packet for this long: the stream is ``stalled`` and the source reconnects."""
-    backoff_initial_s: float = Field(default=0.5, gt=0)
-    """The first reconnect waits up to this long; each failed attempt in a row doubles it."""
-    backoff_max_s: float = Field(default=10.0, gt=0)
-    """The cap of the backoff; the actual wait is uniform in [0, cap] (full jitter)."""
-    max_reconnects: int | None = Field(default=None, ge=0)
-    """Reconnect attempts in a row (since the stream last delivered packets) before the stream
-    ends with an error; null: forever."""
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> RtspParams:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError(
-                f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s ({self.backoff_initial_s})"
-            )
-        return self
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before reconnect ``attempt`` (1, 2, ...): exponential backoff with full
-    jitter, uniform in ``[0, min(max_s, initial_s * 2 ** (attempt - 1))]``, so many cameras
-    that lost the same server do not all come back at the same instant."""
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, got {attempt}")
-    cap = min(max_s, initial_s * 2.0 ** min(attempt - 1, 64))
-    return cap * rand()
-
-
-def stream_id_from_url(url: str) -> str:
-    """A stream id from the URL: its last path segment, else its host, made subject-safe."""
-    parts = urlsplit(url)
-    segments = [s for s in parts.path.split("/") if s]
-    raw = segments[-1] if segments else (parts.hostname or "")
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw) or "rtsp"
-
-
-class _Connection:
-    """One RTSP session; its methods block (they run in the thread pool)."""
-
-    def __init__(self, url: str, params: RtspParams) -> None:
-        options = {
-            "rtsp_transport": params.transport,
-            # FFmpeg's RTSP socket I/O timeout, in microseconds.
-            "timeout": str(int(params.read_timeout_s * 1_000_000)),
-        }
-        # PyAV's own (open, read) timeouts interrupt a blocked FFmpeg call from the inside.
-        self.container: Any = av.open(
-            url, mode="r", options=options, timeout=(params.open_timeout_s, params.read_timeout_s)
-        )
-        self._lock = threading.Lock()
-        self._closed = False
-        self.streams: dict[TrackKind, Any] = {}
-        for kind in params.tracks:
-            found = self.container.streams.video if kind == "video" else self.container.streams.audio
-            if found:
-                self.streams[kind] = found[0]
-        if not self.streams:
-            self.close()
-            raise ValueError(f"has no {' or '.join(params.tracks)} stream")
-        self.kinds: dict[int, TrackKind] = {stream.index: kind for kind, stream in self.streams.items()}
-        self.time_bases: dict[TrackKind, Fraction] = {
-            kind: stream.time_base or Fraction(1, 90000) for kind, stream in self.streams.items()
-        }
-        self.video: VideoCodecParams | None = None
-        self.audio: AudioCodecParams | None = None
-        self.frame_rate: Fraction | None = None
-        if "video" in self.streams:
-            stream = self.streams["video"]
-            codec = stream.codec_context
-            self.video = VideoCodecParams(codec.name, codec.width, codec.height, codec.extradata)
-            self.frame_rate = Fraction(stream.average_rate) if stream.average_rate else None
-        if "audio" in self.streams:
-            codec = self.streams["audio"].codec_context
-            self.audio = AudioCodecParams(codec.name, codec.sample_rate, codec.channels, codec.extradata)
-        self._packets: Iterator[Any] = self.container.demux(list(self.streams.values()))
-
-    def describe(self) -> str:
-        tracks = []
-        if self.video is not None:
-            tracks.append(f"{self.video.codec} {self.video.width}x{self.video.height}")
-        if self.audio is not None:
-            tracks.append(f"{self.audio.codec} {self.audio.sample_rate} Hz")
-        return ", ".join(tracks)
-
-    def next_packet(self) -> tuple[TrackKind, Any, float] | None:
-        """The next packet, its track and the wall-clock time it was read; None at the end of
-        the session (the server closed it)."""
-        for packet in self._packets:
-            if packet.size:  # the demuxer's final empty packet only means "flush"
-                return self.kinds[packet.stream.index], packet, time.time()
-        return None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        with contextlib.suppress(OSError, av.FFmpegError):
-            self.container.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +69,7 @@ class RtspSource(Source):
         self._rand = rand
         self._halt = asyncio.Event()
         self._stop_reason: str | None = None
-        self._abandoned: dict[asyncio.Future[Any], _Connection | None] = {}
+        self._abandoned: dict[asyncio.Future[Any], RtspConnection | None] = {}
         """FFmpeg calls left blocked (a stall, a stop): closed when they return, awaited by ``stop``."""
 
     @property
@@ -215,8 +89,8 @@ class RtspSource(Source):
         stream_id = self.stream_id
         url = redact(self.params.url)
         counters = self.ctx.stats.stream(stream_id)
-        session = _Timeline()
-        started: _Connection | None = None  # the first session: what the stream was announced with
+        session = Timeline()
+        started: RtspConnection | None = None  # the first session: what the stream was announced with
         failures = 0  # reconnect attempts in a row since packets last flowed
 
         async def status(name: StatusName, detail: str) -> None:
@@ -229,12 +103,12 @@ class RtspSource(Source):
             opened = await self._open()
             if isinstance(opened, _Halted):
                 break
-            if isinstance(opened, _Connection):
+            if isinstance(opened, RtspConnection):
                 conn = opened
                 if started is None:
                     started = conn
                     await emit(StreamStarted(self._info(stream_id, url, conn)))
-                elif (changed := _codec_change(started, conn)) is not None:
+                elif (changed := codec_change(started, conn)) is not None:
                     await self._close(conn)
                     await self._give_up(emit, stream_id, started, f"{url}: {changed} after reconnecting")
                     return
@@ -275,9 +149,9 @@ class RtspSource(Source):
 
     # --- one session --------------------------------------------------------------------------------
 
-    async def _open(self) -> _Connection | _Halted | str:
+    async def _open(self) -> RtspConnection | _Halted | str:
         """A connection, ``_HALTED`` if a stop came first, or why it could not connect."""
-        opening = asyncio.ensure_future(self.ctx.run_blocking(_Connection, self.params.url, self.params))
+        opening = asyncio.ensure_future(self.ctx.run_blocking(RtspConnection, self.params.url, self.params))
         outcome = await self._race(opening, None)
         if outcome is _HALTED:
             self._abandon(opening)
@@ -289,7 +163,7 @@ class RtspSource(Source):
         return conn
 
     async def _pump(
-        self, emit: Emit, stream_id: str, conn: _Connection, first: _Connection, session: _Timeline
+        self, emit: Emit, stream_id: str, conn: RtspConnection, first: RtspConnection, session: Timeline
     ) -> _Stalled | _Halted | str:
         """Pass the session's packets on until it ends: why it ended (stall, stop, or a reason)."""
         session.begin(conn, reconnected=conn is not first)
@@ -328,14 +202,14 @@ class RtspSource(Source):
             return None
         return _HALTED if self._halt.is_set() else _Stalled(timeout or 0.0)
 
-    def _abandon(self, work: asyncio.Future[Any], conn: _Connection | None = None) -> None:
+    def _abandon(self, work: asyncio.Future[Any], conn: RtspConnection | None = None) -> None:
         """Leave a blocked FFmpeg call to finish in its thread, and close what it holds then."""
         self._abandoned[work] = conn
         work.add_done_callback(self._finished)
 
     def _finished(self, done: asyncio.Future[Any]) -> None:
         target = self._abandoned.pop(done, None)
-        if not done.cancelled() and done.exception() is None and isinstance(done.result(), _Connection):
+        if not done.cancelled() and done.exception() is None and isinstance(done.result(), RtspConnection):
             target = done.result()  # an open that succeeded after all
         if target is not None:
             target.close()
@@ -351,7 +225,7 @@ class RtspSource(Source):
                 if work.done():
                     self._finished(work)
 
-    async def _close(self, conn: _Connection) -> None:
+    async def _close(self, conn: RtspConnection) -> None:
         try:
             await self.ctx.run_blocking(conn.close)
         except RuntimeError:  # the thread pool is shutting down
@@ -365,7 +239,7 @@ class RtspSource(Source):
             return False
         return True
 
-    def _info(self, stream_id: str, url: str, conn: _Connection) -> StreamInfo:
+    def _info(self, stream_id: str, url: str, conn: RtspConnection) -> StreamInfo:
         return StreamInfo(
             stream_id=stream_id,
             uri=url,
@@ -375,96 +249,9 @@ class RtspSource(Source):
             audio=conn.audio,
         )
 
-    async def _give_up(self, emit: Emit, stream_id: str, started: _Connection | None, message: str) -> None:
+    async def _give_up(self, emit: Emit, stream_id: str, started: RtspConnection | None, message: str) -> None:
         self.ctx.logger.error("stream %s: %s", stream_id, message)
         self.ctx.stats.stream(stream_id).error = message
         if started is None:  # announce it even so: subscribers see it start, fail and end
             await emit(StreamStarted(StreamInfo(stream_id=stream_id, uri=redact(self.params.url), live=True)))
         await emit(EndOfStream(stream_id, "error", message))
-
-
-class _Timeline:
-    """Keeps a stream's timestamps increasing across sessions, each starting at a keyframe.
-
-    The first session's timestamps pass unchanged. A later session is shifted (every track by the
-    same time, each in its own ticks) so that its first packet lands after the previous
-    session's last one by the wall-clock time the stream was without media.
-    """
-
-    def __init__(self) -> None:
-        self.reading = False
-        self.packets_this_session = 0
-        self._last_end_s: Fraction | None = None  # media time just after the last packet passed on
-        self._last_wall: float | None = None  # when it was read
-        self._last_pts: dict[TrackKind, int] = {}
-        self._shift_s: Fraction | None = None
-        self._conn: _Connection | None = None
-        self._await_key = False
-        self._prepend: bytes | None = None
-
-    def gap_s(self) -> float | None:
-        return None if self._last_wall is None else time.time() - self._last_wall
-
-    def begin(self, conn: _Connection, *, reconnected: bool) -> None:
-        self._conn = conn
-        self.reading = False
-        self.packets_this_session = 0
-        self._shift_s = None if reconnected else Fraction(0)
-        self._await_key = "video" in conn.streams
-        # A new session whose parameter sets differ from the ones the decoder was opened with:
-        # hand them in-band with the first keyframe (H.264/HEVC Annex B extradata from the SDP).
-        self._prepend = None
-        if reconnected and conn.video is not None and conn.video.extradata:
-            extradata = conn.video.extradata
-            if extradata.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
-                self._prepend = extradata
-
-    def place(self, kind: TrackKind, packet: Any, first: _Connection) -> EncodedPacket | None:
-        assert self._conn is not None
-        if kind == "video" and self._await_key:
-            if not packet.is_keyframe:
-                return None
-            self._await_key = False
-            if self._prepend is not None and (first.video is None or first.video.extradata != self._prepend):
-                packet = _with_prefix(packet, self._prepend)
-        time_base = self._conn.time_bases[kind]
-        stamp = packet.dts if packet.dts is not None else packet.pts
-        if self._shift_s is None:
-            if stamp is None:
-                return None  # cannot place it yet; the next keyframe can
-            target = self._last_end_s or Fraction(0)
-            if self._last_wall is not None:
-                target += Fraction(max(0.0, time.time() - self._last_wall)).limit_denominator(1_000_000)
-            self._shift_s = target - stamp * time_base
-        offset = round(self._shift_s / time_base)
-        if packet.pts is None:
-            # FFmpeg hands the probed first packet over without a time: it goes with the last one.
-            pts = self._last_pts.get(kind, round((self._last_end_s or Fraction(0)) / time_base))
-        else:
-            pts = packet.pts + offset
-        if offset or packet.pts is None:
-            packet.pts = pts
-            packet.dts = packet.dts + offset if packet.dts is not None else pts
-        self._last_pts[kind] = pts
-        end = (pts + (packet.duration or 0)) * time_base
-        self._last_end_s = max(self._last_end_s or end, end)
-        self._last_wall = time.time()
-        self.packets_this_session += 1
-        return EncodedPacket(packet, pts, time_base, bool(packet.is_keyframe), kind)
-
-
-def _with_prefix(packet: Any, prefix: bytes) -> Any:
-    joined = av.Packet(prefix + bytes(packet))
-    joined.pts, joined.dts = packet.pts, packet.dts
-    if packet.time_base is not None:
-        joined.time_base = packet.time_base
-    joined.is_keyframe = True
-    return joined
-
-
-def _codec_change(first: _Connection, now: _Connection) -> str | None:
-    for kind, before, after in (("video", first.video, now.video), ("audio", first.audio, now.audio)):
-        # A track that comes or goes is no reason to give up (the decoders see packets or not).
-        if before is not None and after is not None and before.codec != after.codec:
-            return f"the {kind} codec changed from {before.codec} to {after.codec}"
-    return None
