@@ -97,6 +97,51 @@ class _Demuxer:
         self.container.close()
 
 
+class _Schedule:
+    """Where each packet of a file stream lands in media time, and when it is due at native rate.
+
+    Each track keeps its own time base; a loop shifts every track by the same duration, each
+    expressed in its own ticks, so timestamps keep increasing and tracks stay in sync. Pacing starts
+    at the first packet's time, from when the schedule was made.
+    """
+
+    def __init__(self, time_bases: dict[TrackKind, Fraction]) -> None:
+        self._time_bases = time_bases
+        self._offsets: dict[TrackKind, int] = dict.fromkeys(time_bases, 0)
+        self._last_end: dict[TrackKind, Fraction] = {}  # seconds, shifted
+        self._origin: Fraction | None = None  # the first packet's time: pacing starts there
+        self._started_wall = time.monotonic()
+        self._started_epoch = time.time()
+
+    def next_pass(self) -> None:
+        """The file starts again: shift what follows past the end of everything passed on."""
+        end = max(self._last_end.values())
+        self._offsets = {kind: round(end / tb) for kind, tb in self._time_bases.items()}
+
+    def place(self, kind: TrackKind, packet: Any) -> tuple[int, Fraction]:
+        """The packet's shifted pts (the packet itself is shifted), and its time since the origin."""
+        time_base = self._time_bases[kind]
+        offset = self._offsets[kind]
+        pts = (packet.pts if packet.pts is not None else packet.dts or 0) + offset
+        if offset:  # the decoder passes pts through: shift the packet itself
+            packet.pts = pts
+            packet.dts = packet.dts + offset if packet.dts is not None else None
+        at = pts * time_base
+        if self._origin is None:
+            self._origin = at
+        self._last_end[kind] = max(self._last_end.get(kind, at), (pts + (packet.duration or 0)) * time_base)
+        return pts, at - self._origin
+
+    def due(self, since_origin: Fraction) -> float:
+        """When (monotonic) a packet this far from the origin is due at native rate."""
+        return self._started_wall + float(since_origin)
+
+    def captured(self, since_origin: Fraction) -> float:
+        """At native rate a packet was "captured" when its schedule says, not when it was read: a
+        source that falls behind (a full edge) shows the lag as latency instead of hiding it."""
+        return self._started_epoch + float(since_origin)
+
+
 @register_stage("file")
 class FileSource(Source):
     Params = FileParams
@@ -134,6 +179,13 @@ class FileSource(Source):
             await self.ctx.run_blocking(demuxer.close)
 
     async def _play(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> None:
+        """Announce the stream, pass its packets on (paced and looped as asked), then end it."""
+        await self._announce(emit, stream_id, path, demuxer)
+        read = await self._pass_packets(emit, stream_id, path, demuxer)
+        if read is not None:
+            await self._end(emit, stream_id, path, demuxer, read)
+
+    async def _announce(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> None:
         rate = demuxer.streams["video"].average_rate if "video" in demuxer.streams else None
         info = StreamInfo(
             stream_id=stream_id,
@@ -157,54 +209,53 @@ class FileSource(Source):
         # The progress total counts published frames: only meaningful when every packet is a frame.
         self.ctx.stats.stream(stream_id).frame_count = info.frame_count if demuxer.audio is None else None
         await emit(StreamStarted(info))
-        # Each track keeps its own time base; a loop shifts every track by the same duration,
-        # each expressed in its own ticks, so timestamps keep increasing and tracks stay in sync.
-        offsets: dict[TrackKind, int] = dict.fromkeys(demuxer.streams, 0)
-        last_end: dict[TrackKind, Fraction] = {}  # seconds, shifted
-        origin: Fraction | None = None  # the first packet's time: pacing starts there
-        started_wall = time.monotonic()
-        started_epoch = time.time()
+
+    async def _pass_packets(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> int | None:
+        """Read, pace and emit packets until the file ends (for good, without ``loop``) or a stop:
+        how many were read, or None if the stream has ended with an error."""
+        schedule = _Schedule(demuxer.time_bases)
         read = 0
-        while not self.stopping.is_set() and stream_id not in self._stopped_streams:
+        while not self._stop_asked(stream_id):
             try:
                 demuxed = await self.ctx.run_blocking(demuxer.next_packet)
             except av.FFmpegError as exc:
                 await self._fail(emit, stream_id, f"{path}: unreadable after {read} packets: {media_error(exc)}")
-                return
+                return None
             if demuxed is None:
                 if read == 0:
                     await self._fail(emit, stream_id, f"{path}: no {' or '.join(demuxer.streams)} packets")
-                    return
+                    return None
                 if not self.params.loop:
                     break
-                end = max(last_end.values())
-                offsets = {kind: round(end / tb) for kind, tb in demuxer.time_bases.items()}
-                try:
-                    await self.ctx.run_blocking(demuxer.rewind)
-                except (OSError, av.FFmpegError) as exc:
-                    await self._fail(emit, stream_id, f"{path}: cannot start it again: {media_error(exc)}")
-                    return
+                if not await self._start_again(emit, stream_id, path, demuxer, schedule):
+                    return None
                 continue
             kind, packet = demuxed
-            time_base = demuxer.time_bases[kind]
-            offset = offsets[kind]
-            pts = (packet.pts if packet.pts is not None else packet.dts or 0) + offset
-            if offset:  # the decoder passes pts through: shift the packet itself
-                packet.pts = pts
-                packet.dts = packet.dts + offset if packet.dts is not None else None
-            at = pts * time_base
-            if origin is None:
-                origin = at
-            last_end[kind] = max(last_end.get(kind, at), (pts + (packet.duration or 0)) * time_base)
-            if self.params.rate == "native" and await self._sleep_until(started_wall + float(at - origin)):
+            pts, since_origin = schedule.place(kind, packet)
+            if self.params.rate == "native" and await self._sleep_until(schedule.due(since_origin)):
                 break
             read += 1
-            media = EncodedPacket(packet, pts, time_base, bool(packet.is_keyframe), kind)
-            # At native rate a packet was "captured" when its schedule says, not when it was read:
-            # a source that falls behind (a full edge) shows the lag as latency instead of hiding it.
-            captured = started_epoch + float(at - origin) if self.params.rate == "native" else time.time()
+            media = EncodedPacket(packet, pts, demuxer.time_bases[kind], bool(packet.is_keyframe), kind)
+            captured = schedule.captured(since_origin) if self.params.rate == "native" else time.time()
             await emit(Item(stream_id=stream_id, media=media, capture_time=captured))
-        if stream_id in self._stopped_streams or self.stopping.is_set():
+        return read
+
+    async def _start_again(
+        self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer, schedule: _Schedule
+    ) -> bool:
+        """Loop: rewind the file, its timestamps shifted past the last pass; False if it could not."""
+        schedule.next_pass()
+        try:
+            await self.ctx.run_blocking(demuxer.rewind)
+        except (OSError, av.FFmpegError) as exc:
+            await self._fail(emit, stream_id, f"{path}: cannot start it again: {media_error(exc)}")
+            return False
+        return True
+
+    async def _end(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer, read: int) -> None:
+        """End the stream after ``read`` packets: stopped, an error if the file holds fewer packets
+        than it says, or at its end."""
+        if self._stop_asked(stream_id):
             # A source ends every stream it started, even one a stage failed (that stage has
             # sent its error downstream already and swallows this end).
             await emit(EndOfStream(stream_id, "stopped"))
@@ -217,6 +268,9 @@ class FileSource(Source):
             )
             return
         await emit(EndOfStream(stream_id, "eof"))
+
+    def _stop_asked(self, stream_id: str) -> bool:
+        return self.stopping.is_set() or stream_id in self._stopped_streams
 
     async def _sleep_until(self, due: float) -> bool:
         """Wait until ``due`` (monotonic); True if a stop was asked meanwhile."""
