@@ -304,11 +304,13 @@ def pipeline_dict(
         }
         for i in range(streams)
     ]
+    # Live runs feed the model frames, which infer prepares itself, only those it runs; file runs
+    # prepare every frame in a stage of its own, side by side in the pool.
     prep: dict[str, Any] = {"name": "prep", "type": "prepare", "inputs": ["decode"], "params": {"model": MODEL}}
     det: dict[str, Any] = {
         "name": "det",
         "type": "infer",
-        "inputs": ["prep"],
+        "inputs": ["decode" if native else "prep"],
         "params": {"model": MODEL, "intra_op_threads": setup.intra_op_threads, "batch": batch},
     }
     decode: dict[str, Any] = {
@@ -318,13 +320,12 @@ def pipeline_dict(
         "params": {"device": setup.decode_device},
     }
     if native:
-        prep["edge"] = live_edge
         det["edge"] = live_edge
         # 16 streams share the cores: FFmpeg's frame threads would only hold each frame back.
         decode["params"]["threads"] = 1
     if budget is not None:
         decode["params"]["latency_budget_ms"] = budget
-        prep["params"]["latency_budget_ms"] = budget
+        prep["params"]["latency_budget_ms"] = budget  # unused by live runs: infer's batch has the budget
     return {
         "pipeline": name,
         "nats": {"url": setup.nats_url, "prefix": PREFIX},
@@ -332,7 +333,7 @@ def pipeline_dict(
         "stages": [
             *sources,
             decode,
-            prep,
+            *([] if native else [prep]),
             det,
             {"name": "text", "type": "text_detection", "inputs": ["det"]},
             {"name": "publish", "type": "publish", "inputs": ["text"]},

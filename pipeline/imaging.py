@@ -13,10 +13,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .errors import ConfigError
 from .gpuprep import FRACTION_BITS, PreparePlan, linear_taps, prepare_on_device, taps_for
 from .media import VideoFrame
-from .modelcard import Preprocess
-from .tensors import Geometry, PreparedTensor, array_module
+from .modelcard import ModelCard, Preprocess
+from .tensors import DeferredTensor, Geometry, PreparedTensor, array_module
 
 
 def prepare_frame(frame: VideoFrame, size: tuple[int, int], resize: str, spec: Preprocess) -> PreparedTensor:
@@ -141,3 +142,24 @@ def _fixed_point_taps(source: int, target: int, xp: Any) -> tuple[tuple[np.ndarr
     table = linear_taps(source, target)
     weights = taps_for(source, target, xp)
     return (table[0], table[1]), (weights[2], weights[3])
+
+
+def tensor_size(card: ModelCard, spec: Preprocess, size: list[int] | None) -> tuple[int, int]:
+    """(height, width) of the tensor: ``size`` as asked, else the card's; a ``ConfigError`` at
+    ``params.size`` where the model needs multiples of something else."""
+    height, width = size or spec.size
+    multiple = spec.multiple_of
+    if height % multiple or width % multiple:
+        raise ConfigError("params.size", f"[{height}, {width}]: model {card.name!r} needs multiples of {multiple}")
+    return height, width
+
+
+def deferred_frame(frame: VideoFrame, size: tuple[int, int], resize: str, spec: Preprocess) -> DeferredTensor:
+    """``prepare_frame`` left for later: shape and geometry known now (what the batcher and post
+    processing need), the work done when the model is about to run the frame."""
+    height, width = size
+    return DeferredTensor(
+        lambda: prepare_frame(frame, size, resize, spec).data,
+        shape=(3, height, width) if spec.layout == "NCHW" else (height, width, 3),
+        geometry=fit_geometry(frame.width, frame.height, size, resize),
+    )

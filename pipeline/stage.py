@@ -99,14 +99,6 @@ class Stage:
             raise RuntimeError(f"stage {self.name!r} used before start()")
         return self._ctx
 
-    def takes_deferred_from(self, producer: str) -> bool:
-        """Whether this stage takes ``producer``'s tensor even left unprepared
-        (``stages.vision.DeferredTensor``) and prepares it itself (``infer``, for the stage it
-        feeds on). With ``defer: live`` a ``prepare`` stage defers only when every stage it feeds
-        says so (``defer: always`` defers regardless). Asked once both are started (the runner
-        starts consumers first)."""
-        return False
-
     def takes_device_arrays(self) -> bool:
         """Whether this stage works on device arrays (``__cuda_array_interface__``) as they come:
         a model on a GPU, or a stage that prepares tensors for one. ``decode: {device: auto}``

@@ -1,6 +1,8 @@
-"""``infer``: run a model on the tensors a preparing stage made, batched across streams.
+"""``infer``: run a model on frames or prepared tensors, batched across streams.
 
-An item carries one tensor (a frame) or a list of them (text crops); each tensor is one request
+Fed frames, it prepares them as the model card's ``preprocess`` says (``pipeline.imaging``; the
+``size`` and ``resize`` params override the card). Fed a preparing stage's output, an item carries
+one tensor (a frame) or a list of them (text crops); each tensor is one request
 to the stream-aware batcher (``pipeline.batching``), and the item gets one ``ModelOutput`` per
 tensor, in the same order. Tensors of different shapes never share a batch, so results do not
 depend on what else was in it. A recurrent model's state (declared in its card) is gathered per
@@ -11,12 +13,11 @@ and one batch never holds two items of one stream.
 On a live stream (or with ``latency_budget_ms``) at most one item per stream waits for the model:
 a newer one takes the older one's place, which is dropped and counted (``stale:<stage>``), so a
 slow model makes the stage drop frames instead of falling further behind. An item that cannot be
-through the model within its budget is dropped before inference (``deadline:<stage>``). A frame a
-``prepare`` stage deferred (``DeferredTensor``: live streams, when every stage the ``prepare``
-feeds prepares such frames itself, as ``infer`` does for the stage it feeds on) is prepared just
-before its run (a batch of several side by side in the thread pool, one alone on the model's
-thread), so only frames that run cost that work; the time counts as ``prepare``, and a frame that
-cannot be prepared fails alone.
+through the model within its budget is dropped before inference (``deadline:<stage>``). A live
+stream's frame is prepared just before its run (``DeferredTensor``: a batch of several side by
+side in the thread pool, one alone on the model's thread), so only frames that run cost that work;
+other streams' frames are prepared as they come, in the pool. The time counts as ``prepare``, and a
+frame that cannot be prepared fails alone.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from pipeline import imaging
 from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request, Superseded
 from pipeline.config import StrictModel, config_error_from
 from pipeline.engines import Engine, RunSettings, UnknownEngine, create_engine
 from pipeline.errors import ConfigError
-from pipeline.media import EndOfStream, Item, StreamInfo
-from pipeline.modelcard import ModelCard, load_model_card
+from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
+from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, register_stage
 from pipeline.tensors import DeferredTensor, ModelInput, ModelOutput
 
@@ -87,11 +89,6 @@ class Infer(Stage):
     params: InferParams
     latency_key = None  # batch wait and model time are measured per request and added below
 
-    def takes_deferred_from(self, producer: str) -> bool:
-        if self.params.input is not None:
-            return self.params.input == producer
-        return self._ctx is not None and self.ctx.input_stages[:1] == (producer,)
-
     @classmethod
     def params_model(cls, raw: Any) -> type[StrictModel]:
         engine = raw.get("engine", "auto") if isinstance(raw, dict) else "auto"
@@ -109,7 +106,7 @@ class Infer(Stage):
             raise ConfigError("params.engine", str(exc)) from None
         except ValidationError as exc:
             raise config_error_from(exc, prefix="params") from None
-        self._load_card(base_dir)
+        self._frame_tensors(self._load_card(base_dir))
         max_size = self.params.batch.max_size
         if isinstance(max_size, int) and max_size < 1:
             raise ConfigError("params.batch.max_size", f"expected an int >= 1 or 'auto', got {max_size}")
@@ -120,6 +117,16 @@ class Infer(Stage):
             names = [spec.name for spec in card.data_inputs]
             raise ConfigError("params.model", f"model {card.name!r} has data inputs {names}; infer feeds one")
         return card
+
+    def _frame_tensors(self, card: ModelCard) -> tuple[Preprocess, tuple[int, int], str] | None:
+        """How frames fed straight to the model are prepared (the card's ``preprocess``, with this
+        stage's ``size`` and ``resize``), or None for a model the card gives no preprocess for."""
+        spec = card.preprocess
+        if spec is None:
+            if self.params.size or self.params.resize:
+                raise ConfigError("params.size", f"model {card.name!r} has no preprocess section to prepare frames by")
+            return None
+        return spec, imaging.tensor_size(card, spec, self.params.size), self.params.resize or spec.resize
 
     @property
     def max_in_flight(self) -> int:
@@ -137,6 +144,7 @@ class Infer(Stage):
             create_engine, self.params.engine, card, self.params.engine_options(), settings
         )
         self.tensor_key = self.params.input or ctx.input_stages[0]
+        self._frames = self._frame_tensors(card)
         self._data_input = card.data_inputs[0].name
         self._outputs = {
             spec.name: spec.shape.index("batch") if "batch" in spec.shape else 0 for spec in card.data_outputs
@@ -208,13 +216,17 @@ class Infer(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         prepared = item.tensors.pop(self.tensor_key, None)
+        if prepared is None and isinstance(item.media, VideoFrame) and self._frames is not None:
+            prepared = await self._tensor_of(item, item.media, self._frames)
         tensors: list[ModelInput]
         if isinstance(prepared, ModelInput):
             tensors = [prepared]
         elif isinstance(prepared, list) and all(isinstance(t, ModelInput) for t in prepared):
             tensors = prepared
         else:
-            raise ValueError(f"no tensor from stage {self.tensor_key!r} on this item (is it a preparing stage?)")
+            raise ValueError(
+                f"no tensor from stage {self.tensor_key!r} on this item, nor a frame the model card says how to prepare"
+            )
         unit = object()  # the item's tensors wait, and are superseded, together
         requests = [self._request(item, tensor, unit) for tensor in tensors]
         outcomes = await asyncio.gather(*(self.batcher.submit(r) for r in requests), return_exceptions=True)
@@ -239,6 +251,21 @@ class Infer(Stage):
         ]
         item.tensors[self.name] = found[0] if isinstance(prepared, ModelInput) else found
         return (item,)
+
+    async def _tensor_of(
+        self, item: Item, frame: VideoFrame, how: tuple[Preprocess, tuple[int, int], str]
+    ) -> ModelInput:
+        """A frame fed straight to the model, as its tensor: on a live stream prepared only if and
+        when the model runs it (most live frames a busy model gets are dropped here: a newer one
+        takes their place, or they cannot finish in time); else now, in the thread pool, side by
+        side with other streams' frames."""
+        spec, size, resize = how
+        if item.stream_id in self._live:
+            return imaging.deferred_frame(frame, size, resize, spec)
+        began = time.perf_counter()
+        tensor = await self.ctx.run_blocking(imaging.prepare_frame, frame, size, resize, spec)
+        item.add_time("prepare", (time.perf_counter() - began) * 1000.0)
+        return tensor
 
     def _request(self, item: Item, tensor: ModelInput, unit: object) -> Request[_Work]:
         clock = self.batcher.clock

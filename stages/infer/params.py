@@ -34,6 +34,11 @@ class InferParams(StageParams):
     """Model card name or path."""
     input: str | None = None
     """The stage whose tensor feeds the model; defaults to this stage's first input."""
+    size: list[int] | None = Field(default=None, min_length=2, max_length=2)
+    """Fed frames (no preparing stage in front): [height, width] of the tensor it prepares; the
+    card's size by default."""
+    resize: Literal["stretch", "letterbox"] | None = None
+    """Fed frames: ``stretch`` or ``letterbox``; the card's choice by default."""
     engine: str = "auto"
     """A registered engine (``pipeline.engines.engine_names()``). ``auto``: TensorRT, else ONNX
     Runtime with CUDA, else ONNX Runtime on the CPU (logged)."""

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from pipeline import imaging
 from pipeline.batching import Request
 from pipeline.errors import ConfigError
-from pipeline.media import Item, StreamInfo, VideoFrame
-from pipeline.tensors import DeferredTensor, ModelOutput, PreparedTensor
+from pipeline.media import AudioChunk, Item, StreamInfo, VideoFrame
+from pipeline.tensors import ModelOutput, PreparedTensor
 from stages.infer import Infer, InferParams
 from stages.vision.prepare import Prepare, PrepareParams
 
@@ -42,9 +42,13 @@ def frame_item(frame: VideoFrame) -> Item:
     return Item(stream_id="cam", media=frame, capture_time=0.0, seq=0)
 
 
-async def started_infer(make_ctx, **params) -> Infer:
+async def started_infer(make_ctx, *, fed: str = "prep", **params) -> Infer:
+    """An infer stage on the CPU, fed by ``fed``: ``prep`` (a prepare stage's tensors) or ``decode``
+    (frames, which it prepares itself at ``SIZE``)."""
+    if fed == "decode":
+        params.setdefault("size", SIZE)
     stage = Infer("det", InferParams(model=MODEL, providers=CPU, intra_op_threads=1, **params))
-    await stage.start(make_ctx("det", input_stages=("prep",)))
+    await stage.start(make_ctx("det", input_stages=(fed,)))
     return stage
 
 
@@ -96,8 +100,9 @@ async def test_input_param_picks_the_tensor_to_feed(make_ctx, sample_frame):
 
 async def test_item_without_the_tensor_is_a_value_error_naming_the_stage(make_ctx, sample_frame):
     infer = await started_infer(make_ctx)
+    chunk = AudioChunk(np.zeros((1, 512), np.float32), 0, Fraction(1, 16_000), 16_000)  # no frame to prepare either
     with pytest.raises(ValueError, match="'prep'"):
-        await infer.process(frame_item(sample_frame))
+        await infer.process(Item(stream_id="cam", media=chunk, capture_time=0.0))
     # Something else under that key (not a prepared tensor) is refused the same way.
     item = frame_item(sample_frame)
     item.tensors["prep"] = np.zeros((3, 64, 64), np.float32)
@@ -159,11 +164,25 @@ def test_params_validation():
 
 
 async def test_non_prepared_media_never_reaches_the_model(make_ctx):
-    # A frame that no prepare stage saw has no tensor: refused before the engine is called.
-    infer = await started_infer(make_ctx)
+    # A frame for a model whose card says nothing of preparing frames (a voice detector) has no
+    # tensor: refused before the engine is called.
+    infer = Infer("vad", InferParams(model="silero-vad", providers=CPU, intra_op_threads=1))
+    await infer.start(make_ctx("vad", input_stages=("decode",)))
     frame = VideoFrame(np.zeros((8, 8, 3), np.uint8), 0, Fraction(1, 25), 8, 8)
-    with pytest.raises(ValueError, match="is it a preparing stage"):
+    with pytest.raises(ValueError, match="nor a frame the model card says how to prepare"):
         await infer.process(Item(stream_id="cam", media=frame, capture_time=0.0))
+    await infer.stop()
+
+
+def test_size_for_frames_is_checked_against_the_card(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        Infer("det", InferParams(model=MODEL, size=[100, 320])).check(tmp_path)
+    assert (info.value.path, info.value.message) == (
+        "params.size",
+        "[100, 320]: model 'pp-ocrv4-det' needs multiples of 32",
+    )
+    with pytest.raises(ConfigError, match="no preprocess section"):
+        Infer("vad", InferParams(model="silero-vad", size=[32, 32])).check(tmp_path)
 
 
 async def prepared_items(make_ctx, frame: VideoFrame, count: int) -> list[Item]:
@@ -194,19 +213,12 @@ async def test_on_a_live_stream_a_newer_frame_takes_a_waiting_ones_place(make_ct
     await infer.stop()
 
 
-async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepared_result(
+async def test_a_live_frame_is_prepared_only_if_it_runs_and_gives_the_prepared_result(
     make_ctx, sample_frame, monkeypatch
 ):
-    infer = await started_infer(make_ctx)
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep", consumers=(infer,)))
-    for stage in (prepare, infer):
-        await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
-    items = []
-    for seq in range(3):
-        item = Item(stream_id="cam", media=sample_frame, capture_time=time.time(), seq=seq)
-        items.extend(await prepare.process(item))
-    assert all(isinstance(item.tensors["prep"], DeferredTensor) for item in items)
+    infer = await started_infer(make_ctx, fed="decode")
+    await infer.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
+    items = [Item(stream_id="cam", media=sample_frame, capture_time=time.time(), seq=seq) for seq in range(3)]
     prepared: list[int] = []
     original = imaging.prepare_frame
     monkeypatch.setattr(imaging, "prepare_frame", lambda *args: prepared.append(1) or original(*args))
@@ -216,7 +228,10 @@ async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepar
     assert outs == [(), (), (items[2],)]  # the two older frames were superseded while waiting...
     assert len(prepared) == 1  # ...and never prepared
     result = items[2].tensors["det"]
+    monkeypatch.setattr(imaging, "prepare_frame", original)
     eager = await started_infer(make_ctx)
+    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
+    await prepare.start(make_ctx("prep", consumers=(eager,)))
     (reference,) = await prepare.process(Item(stream_id="file", media=sample_frame, capture_time=0.0, seq=0))
     (reference,) = await eager.process(reference)
     assert np.array_equal(result.outputs[OUTPUT], reference.tensors["det"].outputs[OUTPUT])
@@ -226,18 +241,25 @@ async def test_a_deferred_frame_is_prepared_only_if_it_runs_and_gives_the_prepar
     await eager.stop()
 
 
-async def test_a_batch_of_deferred_frames_is_prepared_side_by_side_off_the_model_thread(
+async def test_a_file_streams_frame_is_prepared_as_it_comes_and_counted_as_prepare(make_ctx, sample_frame):
+    infer = await started_infer(make_ctx, fed="decode")
+    await infer.on_stream_added(StreamInfo("file", "a.mp4", live=False))
+    item = Item(stream_id="file", media=sample_frame, capture_time=0.0, seq=0)
+    (out,) = await infer.process(item)
+    assert out is item and item.tensors["det"].outputs[OUTPUT].shape == (1, *SIZE)
+    assert item.timings_ms["prepare"] > 0 and item.timings_ms["infer"] > 0
+    await infer.stop()
+
+
+async def test_a_batch_of_live_frames_is_prepared_side_by_side_off_the_model_thread(
     make_ctx, sample_frame, monkeypatch
 ):
-    infer = await started_infer(make_ctx, batch={"max_size": 3, "max_delay_ms": 60_000})
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep", consumers=(infer,)))
+    infer = await started_infer(make_ctx, fed="decode", batch={"max_size": 3, "max_delay_ms": 60_000})
     streams = ["a", "b", "c"]
     items = []
     for stream in streams:
-        for stage in (prepare, infer):
-            await stage.on_stream_added(StreamInfo(stream, f"rtsp://{stream}", live=True))
-        items.extend(await prepare.process(Item(stream_id=stream, media=sample_frame, capture_time=time.time())))
+        await infer.on_stream_added(StreamInfo(stream, f"rtsp://{stream}", live=True))
+        items.append(Item(stream_id=stream, media=sample_frame, capture_time=time.time()))
     threads: list[str] = []
     original = imaging.prepare_frame
     monkeypatch.setattr(
@@ -267,24 +289,21 @@ class BrokenPicture:
     [
         # Three live frames, prepared side by side in the pool: the two good ones run together.
         ((("a", "good", True), ("b", "broken", True), ("c", "good", True)), [2]),
-        # The only deferred frame of its batch, prepared on the model's thread: the file's frame,
-        # prepared already, still runs.
+        # The only live frame of its batch, prepared on the model's thread: the file's frame,
+        # prepared as it came, still runs.
         ((("file", "good", False), ("cam", "broken", True)), [1]),
     ],
 )
-async def test_a_deferred_frame_that_cannot_be_prepared_fails_alone_and_the_rest_run_together(
+async def test_a_live_frame_that_cannot_be_prepared_fails_alone_and_the_rest_run_together(
     make_ctx, sample_frame, streams, runs
 ):
-    infer = await started_infer(make_ctx, batch={"max_size": len(streams), "max_delay_ms": 60_000})
-    prepare = Prepare("prep", PrepareParams(model=MODEL, size=SIZE))
-    await prepare.start(make_ctx("prep", consumers=(infer,)))
+    infer = await started_infer(make_ctx, fed="decode", batch={"max_size": len(streams), "max_delay_ms": 60_000})
     broken = VideoFrame(None, 0, Fraction(1, 25), sample_frame.width, sample_frame.height, decoded=BrokenPicture())
     items = []
     for stream, picture, live in streams:
-        for stage in (prepare, infer):
-            await stage.on_stream_added(StreamInfo(stream, stream, live=live))
+        await infer.on_stream_added(StreamInfo(stream, stream, live=live))
         frame = broken if picture == "broken" else sample_frame
-        items.extend(await prepare.process(Item(stream_id=stream, media=frame, capture_time=time.time())))
+        items.append(Item(stream_id=stream, media=frame, capture_time=time.time()))
     ran: list[int] = []
     engine_infer = infer.engine.infer
     infer.engine.infer = lambda feeds: ran.append(len(feeds["x"])) or engine_infer(feeds)  # type: ignore[method-assign]

@@ -5,19 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 import stages  # noqa: F401  (registers the built-in stage types)
+from pipeline import imaging
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.gpuprep import linear_taps, prepare_reference, taps_cache_info
 from pipeline.graph import build_graph
 from pipeline.imaging import _fixed_point_taps, fit_geometry, prepare_image, prepare_plan, resize_linear_exact
-from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame
-from pipeline.modelcard import Preprocess
+from pipeline.media import EncodedPacket, Item, StreamInfo, VideoFrame
+from pipeline.modelcard import Preprocess, load_preprocess
 from pipeline.tensors import DeferredTensor, Geometry, PreparedTensor
 from stages.infer import Infer, InferParams
 from stages.vision.prepare import Prepare, PrepareParams
@@ -190,59 +192,31 @@ async def test_prepare_stage_drops_a_frame_already_over_its_budget(make_ctx):
     assert stage.ctx.stats.stream("s").drops == {"late:prep": 1}
 
 
-def a_model() -> Infer:
-    """An ``infer`` stage (not started: a consumer that takes deferred tensors)."""
-    return Infer("det", InferParams(model="pp-ocrv4-det", input="prep"))
-
-
 @pytest.mark.parametrize("resize", ["stretch", "letterbox"])
-async def test_on_a_live_stream_prepare_leaves_the_work_for_when_the_model_runs_the_frame(make_ctx, resize):
-    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], resize=resize))
-    await stage.start(make_ctx("prep", consumers=(a_model(),)))
-    await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
-    await stage.on_stream_added(StreamInfo("file", "a.mp4", live=False))
+def test_a_deferred_frame_is_the_prepared_tensor_when_it_is_run(resize):
+    """What ``infer`` makes of a live frame it is fed: the shape, dtype and geometry the batcher and
+    post-processing need, now; the tensor ``prepare_frame`` gives, when the model runs it."""
     image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     frame = VideoFrame(image, 0, Fraction(1, 30), 64, 48)
-    (live,) = await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=0))
-    (filed,) = await stage.process(Item(stream_id="file", media=frame, capture_time=0.0, seq=0))
-    deferred, prepared = live.tensors["prep"], filed.tensors["prep"]
+    card = load_preprocess("pp-ocrv4-det", Path("."))[1]
+    deferred = imaging.deferred_frame(frame, (64, 96), resize, card)
+    prepared = imaging.prepare_frame(frame, (64, 96), resize, card)
     assert isinstance(deferred, DeferredTensor) and isinstance(prepared, PreparedTensor)
-    # What infer needs before running it (its batch group, its geometry) without the work...
     assert (deferred.shape, deferred.dtype, deferred.geometry) == (prepared.shape, prepared.dtype, prepared.geometry)
     # ...and the same tensor when it does run, prepared once (``data``, for stages written
     # against ``PreparedTensor``, is the same array).
     assert np.array_equal(deferred.array(), prepared.array())
     assert deferred.data is deferred.array()
-    await stage.on_stream_ended(EndOfStream("cam", "eof"))
-    (again,) = await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=1))
-    assert isinstance(again.tensors["prep"], PreparedTensor)  # the id no longer names a live stream
 
 
-@pytest.mark.parametrize(("defer", "live", "deferred"), [("never", True, False), ("always", False, True)])
-async def test_the_defer_param_overrides_the_live_rule(make_ctx, defer, live, deferred):
-    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96], defer=defer))
-    await stage.start(make_ctx("prep", consumers=(a_model(),)))
+@pytest.mark.parametrize("live", [True, False])
+async def test_prepare_prepares_every_frame_it_is_given_live_or_not(make_ctx, live):
+    """An ordinary stage: whatever reads its output (an infer, a user's stage) gets the tensor."""
+    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96]))
+    await stage.start(make_ctx("prep", consumers=(Infer("det", InferParams(model="pp-ocrv4-det", input="prep")),)))
     await stage.on_stream_added(StreamInfo("s", "x", live=live))
     frame = VideoFrame(solid(48, 64), 0, Fraction(1, 30), 64, 48)
     (item,) = await stage.process(Item(stream_id="s", media=frame, capture_time=0.0, seq=0))
-    assert isinstance(item.tensors["prep"], DeferredTensor) is deferred
-
-
-@pytest.mark.parametrize("consumers", ["none", "infer and another", "infer of another stage's tensor"])
-async def test_live_frames_are_prepared_here_unless_every_stage_fed_prepares_them_itself(make_ctx, consumers):
-    # A user stage reading the tensor itself must get it prepared (not a frame to prepare on the
-    # event loop); so must one started outside a pipeline, whose consumers are unknown, and an
-    # infer that feeds on another stage's tensor (this one then passes it on).
-    other = Prepare("other", PrepareParams(model="pp-ocrv4-det"))
-    elsewhere = Infer("det", InferParams(model="pp-ocrv4-det", input="other"))
-    fed = {"none": (), "infer and another": (a_model(), other), "infer of another stage's tensor": (elsewhere,)}[
-        consumers
-    ]
-    stage = Prepare("prep", PrepareParams(model="pp-ocrv4-det", size=[64, 96]))
-    await stage.start(make_ctx("prep", consumers=fed))
-    await stage.on_stream_added(StreamInfo("cam", "rtsp://cam", live=True))
-    frame = VideoFrame(solid(48, 64), 0, Fraction(1, 30), 64, 48)
-    (item,) = await stage.process(Item(stream_id="cam", media=frame, capture_time=0.0, seq=0))
     assert isinstance(item.tensors["prep"], PreparedTensor)
 
 
