@@ -34,6 +34,12 @@ class Graph:
         return [n for n in self.order if name in self.nodes[n].inputs]
 
     @property
+    def latency_keys(self) -> tuple[str, ...]:
+        """The ``latency_ms`` keys the stages report, in graph order, each once."""
+        keys = (key for name in self.order for key in self.nodes[name].stage.reported_latency_keys())
+        return tuple(dict.fromkeys(keys))
+
+    @property
     def sources(self) -> list[Node]:
         return [self.nodes[n] for n in self.order if self.nodes[n].is_source]
 

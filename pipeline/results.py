@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 RESULT_SCHEMA = SCHEMA_DIR / "result.schema.json"
 EVENT_SCHEMA = SCHEMA_DIR / "event.schema.json"
 
-LATENCY_KEYS = ("decode", "queue", "blocked", "prepare", "batch_wait", "infer", "ordering", "post", "publish")
-"""The fields of a result's latency breakdown; together they account for (nearly) all of ``total``."""
+RUNTIME_LATENCY_KEYS = ("queue", "blocked", "ordering", "publish")
+"""The parts of a result's latency the runtime itself measures, in every result; the stages add
+the keys they report (``Stage.reported_latency_keys``: decode, prepare, batch_wait, infer, post,
+or their own). Together they account for (nearly) all of ``total``."""
 
 
 def result_subject(prefix: str, pipeline: str, stream_id: str) -> str:
@@ -41,10 +44,16 @@ def message_id(pipeline: str, stream_id: str, seq: int) -> str:
     return f"{pipeline}.{stream_id}.{seq}"
 
 
-def build_result(pipeline: str, item: Item, counters: StreamCounters, publish_ms: float) -> dict[str, Any]:
+def build_result(
+    pipeline: str, item: Item, counters: StreamCounters, publish_ms: float, stage_keys: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The result message of ``item``. Its ``latency_ms`` has the runtime's keys, the keys the
+    pipeline's stages report (``stage_keys``; 0 where this item spent nothing there), any other a
+    stage added to the item, and ``total``."""
     media = item.media
     now = time.time()
-    latency = {key: round(item.timings_ms.get(key, 0.0), 3) for key in LATENCY_KEYS}
+    keys = dict.fromkeys([*stage_keys, *RUNTIME_LATENCY_KEYS, *item.timings_ms])
+    latency = {key: round(item.timings_ms.get(key, 0.0), 3) for key in keys}
     latency["publish"] = round(latency["publish"] + publish_ms, 3)
     latency["total"] = round(max(0.0, now - item.capture_time) * 1000.0, 3)
     message: dict[str, Any] = {

@@ -153,6 +153,7 @@ class Runner:
                 bus=self._bus,
                 input_stages=node.inputs,
                 consumers=tuple(self.graph.nodes[c].stage for c in self.graph.consumers(name)),
+                latency_keys=self.graph.latency_keys,
                 logger=logging.getLogger(f"streamgraph.stage.{name}"),
                 stop_stream=self._stop_stream,
                 metrics=self.metrics,

@@ -56,6 +56,9 @@ class StageContext:
     """The runner's metrics (``observe_batch``, ``observe_published``); a stage started outside a
     runner gets one of its own that nothing scrapes."""
     consumers: tuple[Stage, ...] = ()
+    latency_keys: tuple[str, ...] = ()
+    """The ``latency_ms`` keys the pipeline's stages report, in graph order (what ``publish`` puts
+    in every result besides the runtime's own)."""
     """The stages this one's items go to (a stage may adapt what it hands on to them)."""
 
     async def run_blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -80,7 +83,19 @@ class Stage:
 
     Params: ClassVar[type[StrictModel]] = NoParams
     latency_key: ClassVar[str | None] = None
-    """Latency bucket (decode, prepare, infer, post, publish) that ``process`` time counts in."""
+    """The key of a result's ``latency_ms`` that the runner adds this stage's ``process`` time to
+    (``prepare``, ``post``, or one of the stage's own); None: the stage measures its own."""
+    latency_keys: ClassVar[tuple[str, ...]] = ()
+    """Further ``latency_ms`` keys the stage adds time to itself (``Item.add_time``): ``decode``
+    for a decoder, ``batch_wait`` and ``infer`` for a model. A pipeline's results carry every key
+    its stages report (``reported_latency_keys``) besides the runtime's own (queue, blocked,
+    ordering, publish, total)."""
+
+    @classmethod
+    def reported_latency_keys(cls) -> tuple[str, ...]:
+        """Every ``latency_ms`` key this stage's work counts in."""
+        own = (cls.latency_key,) if cls.latency_key else ()
+        return tuple(dict.fromkeys(own + cls.latency_keys))
 
     @property
     def max_in_flight(self) -> int:

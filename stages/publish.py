@@ -39,7 +39,8 @@ class Publish(Stage):
     async def process(self, item: Item) -> Sequence[Item]:
         began = time.perf_counter()
         counters = self.ctx.stats.stream(item.stream_id)
-        message = build_result(self.ctx.pipeline, item, counters, (time.perf_counter() - began) * 1000.0)
+        publish_ms = (time.perf_counter() - began) * 1000.0
+        message = build_result(self.ctx.pipeline, item, counters, publish_ms, self.ctx.latency_keys)
         payload = encode(message)
         subject = result_subject(self.bus.prefix, self.ctx.pipeline, item.stream_id)
         await self.bus.publish(subject, payload, msg_id=message_id(self.ctx.pipeline, item.stream_id, item.seq))

@@ -73,6 +73,7 @@ class Decode(Stage):
     Params = DecodeParams
     params: DecodeParams
     latency_key = None  # measured per frame, from its packet's arrival (see _to_items)
+    latency_keys = ("decode",)
 
     def __init__(self, name: str, params: DecodeParams) -> None:
         super().__init__(name, params)

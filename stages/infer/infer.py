@@ -88,6 +88,7 @@ class Infer(Stage):
     Params = InferParams
     params: InferParams
     latency_key = None  # batch wait and model time are measured per request and added below
+    latency_keys = ("prepare", "batch_wait", "infer")
 
     @classmethod
     def params_model(cls, raw: Any) -> type[StrictModel]:

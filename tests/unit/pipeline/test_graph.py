@@ -239,3 +239,14 @@ def test_type_and_class_together():
     )
     assert error.path == "stages[1]"
     assert "exactly one of 'type' or 'class'" in error.message
+
+
+def test_the_graph_knows_the_latency_keys_its_stages_report():
+    """Each stage declares what it reports; a result carries exactly those, not a fixed list."""
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[3]
+    graph = build_graph(load_config(root / "configs" / "text-detect.yaml"))
+    assert graph.latency_keys == ("decode", "prepare", "batch_wait", "infer", "post")
+    vad = build_graph(load_config(root / "configs" / "vad.yaml"))  # audio: infer prepares nothing, but says so
+    assert vad.latency_keys == ("decode", "prepare", "batch_wait", "infer", "post")

@@ -13,8 +13,8 @@ import pytest
 from pipeline.media import AudioChunk, EncodedPacket, Item, VideoFrame
 from pipeline.results import (
     EVENT_SCHEMA,
-    LATENCY_KEYS,
     RESULT_SCHEMA,
+    RUNTIME_LATENCY_KEYS,
     SCHEMA_VERSION,
     build_event,
     build_result,
@@ -53,6 +53,18 @@ def frame_item(seq: int = 3) -> Item:
     return item
 
 
+STAGE_KEYS = ("decode", "prepare", "batch_wait", "infer", "post")
+"""What the text-detect pipeline's stages report (decode, prepare, infer, text_detection)."""
+
+
+def test_a_stage_key_the_item_never_reached_is_zero_and_an_undeclared_one_is_kept(result_validator):
+    item = frame_item()
+    item.timings_ms["track"] = 2.0  # a user's stage that reports a key of its own without declaring it
+    latency = build_result("p", item, StreamCounters(), 0.0, stage_keys=("decode", "tracker_wait"))["latency_ms"]
+    assert latency["tracker_wait"] == 0.0 and latency["track"] == 2.0 and latency["decode"] == 1.25
+    result_validator.validate(roundtrip(build_result("p", item, StreamCounters(), 0.0, stage_keys=("tracker_wait",))))
+
+
 def roundtrip(message: dict) -> dict:
     return json.loads(encode(message))
 
@@ -60,7 +72,7 @@ def roundtrip(message: dict) -> dict:
 def test_result_for_a_frame_validates_and_carries_the_item(result_validator):
     counters = StreamCounters()
     counters.drops = {"edge:det": 2, "shutdown": 1}
-    message = build_result("text-detect", frame_item(), counters, publish_ms=0.5)
+    message = build_result("text-detect", frame_item(), counters, publish_ms=0.5, stage_keys=STAGE_KEYS)
     result_validator.validate(roundtrip(message))
     assert message["schema_version"] == SCHEMA_VERSION == 1
     assert (message["pipeline"], message["stream_id"], message["seq"]) == ("text-detect", "cam-1", 3)
@@ -71,7 +83,7 @@ def test_result_for_a_frame_validates_and_carries_the_item(result_validator):
     assert message["results"]["text"]["boxes"][0]["score"] == 0.9
     assert message["drops"] == {"total": 3, "by_reason": {"edge:det": 2, "shutdown": 1}}
     latency = message["latency_ms"]
-    assert set(latency) == {*LATENCY_KEYS, "total"}
+    assert set(latency) == {*STAGE_KEYS, *RUNTIME_LATENCY_KEYS, "total"}
     assert (latency["decode"], latency["infer"], latency["publish"]) == (1.25, 10.0, 0.5)
     assert latency["total"] >= 50.0  # captured 50 ms before the message was built
     assert message["publish_time"] >= message["capture_time"]
@@ -204,6 +216,6 @@ def test_result_schema_requires_every_latency_field_including_blocked_and_orderi
     result_validator.validate(message)
     assert (message["latency_ms"]["blocked"], message["latency_ms"]["ordering"]) == (4.0, 2.5)
     schema = json.loads(RESULT_SCHEMA.read_text())
-    assert set(schema["properties"]["latency_ms"]["required"]) == {*LATENCY_KEYS, "total"}
+    assert set(schema["properties"]["latency_ms"]["required"]) == {*RUNTIME_LATENCY_KEYS, "total"}
     del message["latency_ms"]["ordering"]
     assert not result_validator.is_valid(message)
