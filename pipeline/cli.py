@@ -91,9 +91,11 @@ def _run(args: argparse.Namespace) -> int:
     from .service import build, run_pipeline
 
     config = load_config(args.config)
-    build(config, source=args.config)  # every config error surfaces before the bus starts
+    graph = build(config, source=args.config)  # every config error surfaces before the bus starts
     progress = _Progress(enabled=not args.no_progress)
-    summary = asyncio.run(run_pipeline(config, nats_url=args.nats_url, source=args.config, on_started=progress.attach))
+    summary = asyncio.run(
+        run_pipeline(config, nats_url=args.nats_url, source=args.config, on_started=progress.attach, graph=graph)
+    )
     progress.close()
     print(_summary_line(summary))
     for stream_id, error in summary.failed_streams:

@@ -40,9 +40,11 @@ async def run_pipeline(
     on_started: Callable[[Runner], None] | None = None,
     on_api: Callable[[ApiServer], None] | None = None,
     handle_signals: bool = True,
+    graph: Graph | None = None,
 ) -> RunSummary:
-    """Run until every finite stream ends or SIGINT/SIGTERM asks to stop (then drain)."""
-    graph = build(config, source=source)
+    """Run until every finite stream ends or SIGINT/SIGTERM asks to stop (then drain). ``graph``:
+    the config's, built already (the CLI builds it first, so config errors come before the bus)."""
+    graph = graph if graph is not None else build(config, source=source)
     bus = await Bus.connect(config.nats, pipeline=config.pipeline, url=nats_url)
     log.info("pipeline %s publishing to %s (prefix %s)", config.pipeline, bus.url, config.nats.prefix)
     runner = Runner(
