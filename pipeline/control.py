@@ -151,3 +151,21 @@ class StreamControl:
         if host is None:
             raise BadStreamRequest(f"source: no 'streams' stage {name!r}; known: {sorted(self._hosts)}")
         return host
+
+
+REPLY_STATUS: dict[type[StreamControlError], int] = {
+    BadStreamRequest: 400,
+    StreamNotFound: 404,
+    StreamExists: 409,
+    NoStreamHost: 409,
+    StreamLimitReached: 409,
+    StreamHostUnavailable: 503,
+    StreamControlError: 400,  # any other refusal of a stream operation (a third-party StreamHost's)
+}
+"""The one table from a refused stream operation to the status its reply carries: HTTP's numbers,
+which the HTTP API answers with and the NATS control replies carry too (``status``)."""
+
+
+def reply_status(exc: StreamControlError) -> int:
+    """The status of ``exc``: its class's in ``REPLY_STATUS``, else its nearest listed base's."""
+    return next(REPLY_STATUS[cls] for cls in type(exc).__mro__ if cls in REPLY_STATUS)

@@ -2,9 +2,9 @@
 
 Requests and replies are JSON. ``add`` takes what ``POST /streams`` takes; ``remove`` takes
 ``{"id": ...}``; ``list`` takes nothing. A reply is ``{"ok": true, ...}`` or
-``{"ok": false, "status": <the HTTP status>, "error": "..."}``: ``STATUS`` maps each typed error of
-``pipeline.control`` to the status ``POST /streams`` would answer (``pipeline.server.errors``
-holds the same table for HTTP; this module never imports the server). A request may name
+``{"ok": false, "status": <the HTTP status>, "error": "..."}``: the status ``POST /streams`` would
+answer, from the one table both use (``pipeline.control.REPLY_STATUS``; this module never imports
+the server). A request may name
 ``"pipeline"``: only that pipeline answers (several pipelines can share one prefix).
 """
 
@@ -16,12 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from .control import (
     BadStreamRequest,
-    NoStreamHost,
     StreamControlError,
-    StreamExists,
-    StreamHostUnavailable,
-    StreamLimitReached,
-    StreamNotFound,
+    reply_status,
 )
 
 if TYPE_CHECKING:
@@ -32,24 +28,9 @@ log = logging.getLogger("streamgraph.control")
 
 OPERATIONS = ("add", "remove", "list")
 
-STATUS: dict[type[StreamControlError], int] = {
-    BadStreamRequest: 400,
-    StreamNotFound: 404,
-    StreamExists: 409,
-    NoStreamHost: 409,
-    StreamLimitReached: 409,
-    StreamHostUnavailable: 503,
-    StreamControlError: 400,
-}
-"""A reply's ``status`` for each error; a subclass not listed gets its nearest base's."""
-
 
 def control_subject(prefix: str, operation: str) -> str:
     return f"{prefix}.control.streams.{operation}"
-
-
-def status_of(exc: StreamControlError) -> int:
-    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
 
 class NatsControl:
@@ -86,7 +67,7 @@ class NatsControl:
         try:
             reply = await self._handle(operation, body)
         except StreamControlError as exc:
-            reply = {"ok": False, "status": status_of(exc), "error": exc.message}
+            reply = {"ok": False, "status": reply_status(exc), "error": exc.message}
         except Exception:
             log.exception("control request %s failed", msg.subject)
             reply = {"ok": False, "status": 500, "error": "internal error (logged by the server)"}

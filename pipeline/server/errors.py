@@ -14,30 +14,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..control import (
-    BadStreamRequest,
-    NoStreamHost,
     StreamControlError,
-    StreamExists,
-    StreamHostUnavailable,
-    StreamLimitReached,
-    StreamNotFound,
+    reply_status,
 )
 from ..errors import PipelineError
 
 log = logging.getLogger("streamgraph.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-STATUS: dict[type[StreamControlError], int] = {
-    BadStreamRequest: 400,
-    StreamNotFound: 404,
-    StreamExists: 409,
-    NoStreamHost: 409,
-    StreamLimitReached: 409,
-    StreamHostUnavailable: 503,
-    StreamControlError: 400,  # any other refusal of a stream operation (a third-party StreamHost's)
-}
-"""The status of each stream operation error; a subclass not listed gets its nearest base's."""
 
 
 class HttpError(PipelineError):
@@ -49,11 +33,6 @@ class HttpError(PipelineError):
         self.message = message
 
 
-def status_of(exc: StreamControlError) -> int:
-    """The status of ``exc``: its class's in ``STATUS``, else its nearest listed base's."""
-    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
-
-
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -63,7 +42,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except StreamControlError as exc:
-        return error_response(status_of(exc), exc.message)
+        return error_response(reply_status(exc), exc.message)
     except HttpError as exc:
         return error_response(exc.status, exc.message)
     except web.HTTPException as exc:

@@ -20,6 +20,7 @@ from pipeline.control import (
     StreamLimitReached,
     StreamNotFound,
     StreamSpec,
+    reply_status,
 )
 from pipeline.errors import PipelineError
 from pipeline.stage import Source
@@ -103,14 +104,14 @@ def test_nats_maps_every_error_type_to_a_status() -> None:
         StreamLimitReached: 409,
         StreamHostUnavailable: 503,
     }
-    assert {error: control_nats.status_of(error("x")) for error in expected} == expected
+    assert {error: reply_status(error("x")) for error in expected} == expected
     assert set(TYPED) | set(expected) == {e for e in control_errors() if e.__module__ == "pipeline.control"}
 
     class ThirdPartyRefusal(StreamNotFound):
         pass
 
-    assert control_nats.status_of(ThirdPartyRefusal("x")) == 404  # its nearest listed base's
-    assert control_nats.status_of(StreamControlError("x")) == 400
+    assert reply_status(ThirdPartyRefusal("x")) == 404  # its nearest listed base's
+    assert reply_status(StreamControlError("x")) == 400
 
 
 class Msg:

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline import control_nats
 from pipeline.control import (
+    REPLY_STATUS,
     BadStreamRequest,
     NoStreamHost,
     StreamControlError,
@@ -18,8 +18,9 @@ from pipeline.control import (
     StreamHostUnavailable,
     StreamLimitReached,
     StreamNotFound,
+    reply_status,
 )
-from pipeline.server.errors import STATUS, HttpError, errors_as_json, status_of
+from pipeline.server.errors import HttpError, errors_as_json
 
 from ..pipeline.test_control import control_errors
 
@@ -34,14 +35,18 @@ EXPECTED = {
 
 
 def test_the_table() -> None:
-    assert {error: status_of(error("x")) for error in EXPECTED} == EXPECTED
+    assert {error: reply_status(error("x")) for error in EXPECTED} == EXPECTED
     runtime_errors = {e for e in control_errors() if e.__module__ == "pipeline.control"}
-    assert runtime_errors <= set(STATUS), f"errors without a status: {runtime_errors - set(STATUS)}"
-    assert status_of(StreamControlError("x")) == 400
+    assert runtime_errors <= set(REPLY_STATUS), f"errors without a status: {runtime_errors - set(REPLY_STATUS)}"
+    assert reply_status(StreamControlError("x")) == 400
 
 
-def test_nats_replies_use_the_same_statuses() -> None:
-    assert control_nats.STATUS == STATUS
+def test_nats_replies_and_the_server_use_the_one_table() -> None:
+    import pipeline.control_nats
+    import pipeline.server.errors
+
+    for module in (pipeline.control_nats, pipeline.server.errors):
+        assert module.reply_status is reply_status
 
 
 async def _client(raise_: BaseException) -> TestClient[web.Request, web.Application]:
