@@ -5,7 +5,8 @@ Run it from the repository root:
     .venv/bin/python bench/batching.py [--frames-per-stream 50] [--streams 1,4,16] [--quick]
 
 For each number of concurrent streams N (N ``file`` sources of the sample video, ids s0..sN-1,
-all into one decode -> prepare -> infer(pp-ocrv4-det) -> text_detection -> publish graph) it runs
+all into one decode -> prepare -> infer(pp-ocrv4-det) -> text_detection -> publish graph; the live run
+feeds infer frames, which it prepares itself) it runs
 three contenders, one after another, on one embedded nats-server:
 
 * ``baseline``: PyAV decode, the same preprocessing, ``InferenceSession.run`` per frame, the same DB
@@ -24,10 +25,10 @@ Then a live-like run: 16 streams at ``rate: native`` (25 frames/s each) of the s
 a live camera sends it (H.264 without B-frames: with the file's B-pyramid a frame cannot leave the
 decoder until up to 5 later packets arrived, 200 ms at 25 frames/s, over the bound by itself),
 stream i's frames i/16 of a frame interval after stream 0's as independent cameras' are
-(``--native-in-phase``: all in the same instant), ``drop_oldest`` edges of capacity 2 in front of prepare and
-infer, ``max_size: auto``, one ONNX Runtime thread (``--native-intra-op-threads``: the other core
+(``--native-in-phase``: all in the same instant), decode -> infer (which prepares only the frames it
+runs) with a ``drop_oldest`` edge of capacity 2 in front of infer, ``max_size: auto``, one ONNX Runtime thread (``--native-intra-op-threads``: the other core
 decodes 400 frames/s), and 85% of the target's own bound (2 x a batch-1 run measured alone +
-max_delay_ms) as ``latency_budget_ms`` on decode, prepare and infer (the margin is for the jitter of
+max_delay_ms) as ``latency_budget_ms`` on decode and infer (the margin is for the jitter of
 a run). It checks the target "p99 latency stays under 2x the model's batch inference time plus
 max_delay_ms", where the batch inference time is the mean time of the model's own runs
 (``session.run``) in that same run, and prints how many decoded frames were dropped, and where, next
@@ -292,7 +293,8 @@ def pipeline_dict(
     native: bool = False,
 ) -> dict[str, Any]:
     """The bench's pipeline: ``streams`` file streams (stream i plays ``clip``, or the i-th of
-    several, round-robin) through decode -> prepare -> infer -> text_detection -> publish."""
+    several, round-robin) through decode -> prepare -> infer -> text_detection -> publish (live: decode ->
+    infer, which prepares the frames it runs)."""
     clips = [clip] if isinstance(clip, Path) else list(clip)
     live_edge = {"capacity": 2, "policy": "drop_oldest"}
     budget = batch.get("latency_budget_ms")
@@ -325,7 +327,7 @@ def pipeline_dict(
         decode["params"]["threads"] = 1
     if budget is not None:
         decode["params"]["latency_budget_ms"] = budget
-        prep["params"]["latency_budget_ms"] = budget  # unused by live runs: infer's batch has the budget
+        prep["params"]["latency_budget_ms"] = budget
     return {
         "pipeline": name,
         "nats": {"url": setup.nats_url, "prefix": PREFIX},

@@ -3,7 +3,7 @@ normalize, layout; on the host with OpenCV, on a GPU with one CuPy kernel (``pip
 
 Both resize with the same fixed-point arithmetic (OpenCV's ``INTER_LINEAR_EXACT``), so a frame
 prepared on the GPU gives the CPU's tensor to float rounding. Used by every stage that prepares
-model inputs (``prepare``, ``text_crops``).
+model inputs (``prepare``, ``text_crops``, and ``infer`` for the frames it is fed).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def prepare_image(image: Any, size: tuple[int, int], resize: str, spec: Preproce
 
     A numpy image is resized by OpenCV (``INTER_LINEAR_EXACT``) and normalized here; a device
     array (``__cuda_array_interface__``: CuPy, a decoder's surface) is prepared on the device in
-    one kernel (``stages.gpuprep``), and the tensor stays there, complete. Both compute the same
+    one kernel (``pipeline.gpuprep``), and the tensor stays there, complete. Both compute the same
     fixed-point resize and the same float32 multiply-add, so the two give the same tensor.
     """
     xp = array_module(image)
@@ -108,7 +108,7 @@ def fit_geometry(source_width: int, source_height: int, size: tuple[int, int], r
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 in, uint8 out: OpenCV's ``INTER_LINEAR_EXACT``, the arithmetic the device prepare
-    (``stages.gpuprep``) and ``resize_linear_exact`` compute bit-exactly."""
+    (``pipeline.gpuprep``) and ``resize_linear_exact`` compute bit-exactly."""
     resized: np.ndarray = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR_EXACT)
     return resized
 
@@ -116,7 +116,7 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def resize_linear_exact(image: Any, height: int, width: int, xp: Any = np) -> Any:
     """HxWxC uint8 -> ``height`` x ``width`` x C uint8, computed as OpenCV's ``INTER_LINEAR_EXACT``
     computes it, with any numpy-like array module ``xp``: the arithmetic that the device prepare's
-    kernel (``stages.gpuprep``) fuses, spelled out array by array (many launches with CuPy, so not
+    kernel (``pipeline.gpuprep``) fuses, spelled out array by array (many launches with CuPy, so not
     what ``prepare_image`` runs there; a reference the tests hold to OpenCV). Pixel centres are
     aligned and edges repeat; each row is first blended across columns with 8-bit fixed-point
     weights (a 16-bit value), then two such rows with 8-bit weights again (16 fraction bits),

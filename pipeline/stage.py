@@ -56,10 +56,10 @@ class StageContext:
     """The runner's metrics (``observe_batch``, ``observe_published``); a stage started outside a
     runner gets one of its own that nothing scrapes."""
     consumers: tuple[Stage, ...] = ()
+    """The stages this one's items go to (a stage may adapt what it hands on to them)."""
     latency_keys: tuple[str, ...] = ()
     """The ``latency_ms`` keys the pipeline's stages report, in graph order (what ``publish`` puts
     in every result besides the runtime's own)."""
-    """The stages this one's items go to (a stage may adapt what it hands on to them)."""
 
     async def run_blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

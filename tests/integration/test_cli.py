@@ -74,7 +74,7 @@ def test_validate_accepts_the_demo_config() -> None:
                 "      model: pp-ocrv4-det\n  - name: text",
                 "      model: pp-ocrv4-det\n      engine: tensorrt\n      provider: [CPU]\n  - name: text",
             ),
-            "stages[3].params.provider: unknown key; allowed: batch, engine, fp16, input, model, tf32",
+            "stages[3].params.provider: unknown key; allowed: batch, engine, fp16, input, model, resize, size, tf32",
         ),
     ],
 )
