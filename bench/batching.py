@@ -26,14 +26,14 @@ a live camera sends it (H.264 without B-frames: with the file's B-pyramid a fram
 decoder until up to 5 later packets arrived, 200 ms at 25 frames/s, over the bound by itself),
 stream i's frames i/16 of a frame interval after stream 0's as independent cameras' are
 (``--native-in-phase``: all in the same instant), decode -> infer (which prepares only the frames it
-runs) with a ``drop_oldest`` edge of capacity 2 in front of infer, ``max_size: auto``, one ONNX Runtime thread (``--native-intra-op-threads``: the other core
-decodes 400 frames/s), and 85% of the target's own bound (2 x a batch-1 run measured alone +
-max_delay_ms) as ``latency_budget_ms`` on decode and infer (the margin is for the jitter of
-a run). It checks the target "p99 latency stays under 2x the model's batch inference time plus
-max_delay_ms", where the batch inference time is the mean time of the model's own runs
-(``session.run``) in that same run, and prints how many decoded frames were dropped, and where, next
-to p50/p99, and how many frames each stream got published. Then the same run without the budget, to
-show what the edges alone bound.
+runs) with a ``drop_oldest`` edge of capacity 2 in front of infer, ``max_size: auto``, one ONNX
+Runtime thread (``--native-intra-op-threads``: the other core decodes 400 frames/s), and 85% of the
+target's own bound (2 x a batch-1 run measured alone + max_delay_ms) as ``latency_budget_ms`` on
+decode and infer (the margin is for the jitter of a run). It checks the target "p99 latency stays
+under 2x the model's batch inference time plus max_delay_ms", where the batch inference time is the
+mean time of the model's own runs (``session.run``) in that same run, and prints how many decoded
+frames were dropped, and where, next to p50/p99, and how many frames each stream got published. Then
+the same run without the budget, to show what the edges alone bound.
 
 The ``latency_ms`` breakdown lines show the mean of each field and the part of ``total`` no field
 accounts for (the native runs: also over the slowest 5% of frames, where the p99 comes from).
