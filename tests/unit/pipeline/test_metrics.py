@@ -19,6 +19,7 @@ from pipeline.media import EncodedPacket, Item
 from pipeline.metrics import Metrics
 from pipeline.server.metrics import add_routes
 from pipeline.stats import StreamStats
+from tests.fakes import FakeClock
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -42,14 +43,6 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
 def value(samples: Samples, name: str, **labels: str) -> float:
     assert key(name, **labels) in samples, f"no sample {name}{labels}; have {sorted(n for n, _ in samples)}"
     return samples[key(name, **labels)]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def item(stream: str = "a", timings: dict[str, float] | None = None) -> Item:

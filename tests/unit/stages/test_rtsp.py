@@ -26,6 +26,7 @@ from pipeline.stage import StageContext
 from stages.ingest.rtsp import RtspSource
 from stages.ingest.rtsp_params import RtspParams, stream_id_from_url
 from stages.ingest.rtsp_reconnect import Timeline, backoff_delay
+from tests.fakes import EmitRecorder, FakeClock
 
 
 def test_backoff_doubles_up_to_the_cap_with_full_jitter():
@@ -103,16 +104,10 @@ def _source(url: str, rand: Callable[[], float] = lambda: 0.5, **params: Any) ->
 
 
 async def _run(source: RtspSource, ctx: StageContext, until: Callable[[list[Message]], bool] | None = None):
-    messages: list[Message] = []
-
-    async def emit(message: Message) -> None:
-        messages.append(message)
-        if until is not None and until(messages):
-            source.request_stop()
-
+    emit = EmitRecorder(then=source.request_stop, until=until)
     await source.start(ctx)
     await asyncio.wait_for(source.run(emit), timeout=60)  # a hang guard, not a timing assertion
-    return messages
+    return emit.messages
 
 
 async def test_unreachable_url_connects_reconnects_then_gives_up_naming_the_url(make_ctx):
@@ -193,14 +188,14 @@ def _packet(pts: int | None, key: bool = False) -> Any:
 
 
 def test_a_new_session_starts_at_a_keyframe_after_the_last_one_in_media_time(monkeypatch):
-    clock = [1000.0]
-    monkeypatch.setattr("stages.ingest.rtsp_reconnect.time.time", lambda: clock[0])
+    clock = FakeClock(1000.0)
+    monkeypatch.setattr("stages.ingest.rtsp_reconnect.time.time", clock)
     first, timeline = _conn(), Timeline()
     timeline.begin(first, reconnected=False)
     placed = [timeline.place("video", _packet(p, key=p == 0), first) for p in (0, 3600, 7200)]
     assert [m.pts for m in placed if m is not None] == [0, 3600, 7200]
 
-    clock[0] += 2.0  # two seconds without media
+    clock.now += 2.0  # two seconds without media
     second = _conn()
     timeline.begin(second, reconnected=True)
     assert timeline.place("video", _packet(500_000), first) is None  # not a keyframe yet

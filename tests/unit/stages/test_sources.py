@@ -13,46 +13,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.media import EncodedPacket, EndOfStream, Item, Message, StreamStarted
+from pipeline.media import EncodedPacket, EndOfStream, StreamStarted
 from pipeline.stage import StageContext
 from stages.ingest.file import FileParams, FileSource
+from tests.fakes import EmitRecorder
 
 SAMPLE_FRAMES = 250  # samples/text.mp4: 10 s at 25 frames/s, 640x360 H.264
 SAMPLE_TICKS = 512  # one frame in the sample's 1/12800 time base
 HANG_GUARD_S = 60.0  # generous: only there so that a broken stop fails instead of hanging
-
-
-class Recorder:
-    """An ``emit`` that records every message and can call back after the n-th packet."""
-
-    def __init__(self, after: int | None = None, then: Callable[[], None] | None = None) -> None:
-        self.messages: list[Message] = []
-        self._after = after
-        self._then = then
-        self.packet_arrived = asyncio.Event()
-
-    async def __call__(self, message: Message) -> None:
-        self.messages.append(message)
-        if isinstance(message, Item):
-            self.packet_arrived.set()
-            if self._after is not None and len(self.items) == self._after and self._then is not None:
-                self._then()
-
-    @property
-    def items(self) -> list[Item]:
-        return [m for m in self.messages if isinstance(m, Item)]
-
-    @property
-    def ends(self) -> list[EndOfStream]:
-        return [m for m in self.messages if isinstance(m, EndOfStream)]
-
-    @property
-    def packets(self) -> list[EncodedPacket]:
-        packets = []
-        for item in self.items:
-            assert isinstance(item.media, EncodedPacket)
-            packets.append(item.media)
-        return packets
 
 
 async def started_source(make_ctx: Callable[..., StageContext], **params) -> FileSource:
@@ -61,7 +29,7 @@ async def started_source(make_ctx: Callable[..., StageContext], **params) -> Fil
     return source
 
 
-async def run_source(source: FileSource, emit: Recorder) -> None:
+async def run_source(source: FileSource, emit: EmitRecorder) -> None:
     await asyncio.wait_for(source.run(emit), timeout=HANG_GUARD_S)
 
 
@@ -87,7 +55,7 @@ def cut_in_half(path: Path, to: Path) -> Path:
     return to
 
 
-def assert_one_end_last(recorder: Recorder) -> EndOfStream:
+def assert_one_end_last(recorder: EmitRecorder) -> EndOfStream:
     """The stream protocol: StreamStarted first, exactly one EndOfStream, and it comes last."""
     assert isinstance(recorder.messages[0], StreamStarted)
     assert sum(isinstance(m, StreamStarted) for m in recorder.messages) == 1
@@ -101,7 +69,7 @@ def assert_one_end_last(recorder: Recorder) -> EndOfStream:
 
 async def test_plays_the_sample_start_packets_then_eof(make_ctx, sample_video):
     source = await started_source(make_ctx, path=str(sample_video), id="cam")
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
 
     started = emit.messages[0]
@@ -142,7 +110,7 @@ async def test_stream_id_defaults_to_the_file_stem(make_ctx, sample_video):
     assert source.stream_id == "text"
     assert FileSource("video", FileParams(path="a/b/front door.cam.mkv", id="door")).stream_id == "door"
     await source.start(make_ctx("video"))
-    emit = Recorder(after=1, then=source.request_stop)
+    emit = EmitRecorder(after=1, then=source.request_stop)
     await run_source(source, emit)
     assert emit.messages[0].stream_id == "text"
     assert {m.stream_id for m in emit.messages} == {"text"}
@@ -152,7 +120,7 @@ async def test_relative_paths_resolve_against_the_config_directory(make_ctx, sam
     (tmp_path / "media").mkdir()
     (tmp_path / "media" / "clip.mp4").symlink_to(sample_video)
     source = await started_source(make_ctx, path="media/clip.mp4")  # make_ctx's base_dir is tmp_path
-    emit = Recorder(after=2, then=source.request_stop)
+    emit = EmitRecorder(after=2, then=source.request_stop)
     await run_source(source, emit)
     started = emit.messages[0]
     assert isinstance(started, StreamStarted)
@@ -179,7 +147,7 @@ def test_params_validation():
 async def test_loop_keeps_timestamps_increasing_across_the_rewind(make_ctx, sample_video):
     total = SAMPLE_FRAMES + 60
     source = await started_source(make_ctx, path=str(sample_video), id="cam", loop=True)
-    emit = Recorder(after=total, then=source.request_stop)
+    emit = EmitRecorder(after=total, then=source.request_stop)
     await run_source(source, emit)
 
     started = emit.messages[0]
@@ -207,7 +175,7 @@ async def test_loop_keeps_timestamps_increasing_across_the_rewind(make_ctx, samp
 
 async def test_request_stop_ends_the_stream_as_stopped(make_ctx, sample_video):
     source = await started_source(make_ctx, path=str(sample_video), id="cam")
-    emit = Recorder(after=5, then=source.request_stop)
+    emit = EmitRecorder(after=5, then=source.request_stop)
     await run_source(source, emit)
     assert len(emit.items) == 5
     assert assert_one_end_last(emit) == EndOfStream("cam", "stopped")
@@ -217,7 +185,7 @@ async def test_request_stop_ends_the_stream_as_stopped(make_ctx, sample_video):
 
 async def test_stop_stream_mid_stream_stops_it_with_exactly_one_end(make_ctx, sample_video):
     source = await started_source(make_ctx, path=str(sample_video), id="cam")
-    emit = Recorder(after=10, then=lambda: source.stop_stream("cam", "decode failed"))
+    emit = EmitRecorder(after=10, then=lambda: source.stop_stream("cam", "decode failed"))
     await run_source(source, emit)
     assert len(emit.items) == 10
     # Every stream a source started gets exactly one end, even one a downstream stage gave up on.
@@ -227,7 +195,7 @@ async def test_stop_stream_mid_stream_stops_it_with_exactly_one_end(make_ctx, sa
 
 async def test_stop_stream_for_another_stream_changes_nothing(make_ctx, sample_video):
     source = await started_source(make_ctx, path=str(sample_video), id="cam")
-    emit = Recorder(after=10, then=lambda: source.stop_stream("other", "decode failed"))
+    emit = EmitRecorder(after=10, then=lambda: source.stop_stream("other", "decode failed"))
     await run_source(source, emit)
     assert len(emit.items) == SAMPLE_FRAMES
     assert assert_one_end_last(emit) == EndOfStream("cam", "eof")
@@ -236,7 +204,7 @@ async def test_stop_stream_for_another_stream_changes_nothing(make_ctx, sample_v
 async def test_request_stop_during_native_playback_ends_it_promptly(make_ctx, sample_video):
     # Looping at the file's own pace: without a working stop this would never end by itself.
     source = await started_source(make_ctx, path=str(sample_video), id="live", rate="native", loop=True)
-    emit = Recorder()
+    emit = EmitRecorder()
     task = asyncio.create_task(source.run(emit))
     await asyncio.wait_for(emit.packet_arrived.wait(), timeout=HANG_GUARD_S)
     emitted_before_stop = len(emit.items)
@@ -264,7 +232,7 @@ async def test_unopenable_file_starts_then_ends_the_stream_with_an_error(make_ct
     if content is not None:
         path.write_bytes(content)
     source = await started_source(make_ctx, path=str(path))
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
 
     assert len(emit.messages) == 2
@@ -293,7 +261,7 @@ async def test_file_without_video_is_an_error(make_ctx, tmp_path):
         for packet in stream.encode():
             container.mux(packet)
     source = await started_source(make_ctx, path=str(path))
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
     end = assert_one_end_last(emit)
     assert end.reason == "error"
@@ -307,7 +275,7 @@ async def test_truncated_file_with_a_known_frame_count_ends_with_an_error(make_c
     whole = write_h264(tmp_path / "whole.mp4", 50, format="mp4", options={"movflags": "faststart"})
     cut = cut_in_half(whole, tmp_path / "cut.mp4")
     source = await started_source(make_ctx, path=str(cut), id="cut")
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
 
     started = emit.messages[0]
@@ -327,13 +295,13 @@ async def test_truncated_file_without_a_frame_count_ends_early_at_eof(make_ctx, 
     whole = write_h264(tmp_path / "whole.ts", 50, format="mpegts")
     cut = cut_in_half(whole, tmp_path / "cut.ts")
     whole_source = await started_source(make_ctx, path=str(whole), id="whole")
-    whole_emit = Recorder()
+    whole_emit = EmitRecorder()
     await run_source(whole_source, whole_emit)
     assert len(whole_emit.items) == 50
     assert assert_one_end_last(whole_emit) == EndOfStream("whole", "eof")
 
     source = await started_source(make_ctx, path=str(cut), id="cut")
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
     started = emit.messages[0]
     assert isinstance(started, StreamStarted)
@@ -355,7 +323,7 @@ def kinds(packets: list[EncodedPacket]) -> list[str]:
 
 async def test_default_tracks_read_only_the_video_of_a_file_with_audio(make_ctx, av_sample):
     source = await started_source(make_ctx, path=str(av_sample), id="av")
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
     info = emit.messages[0].info
     assert info.video is not None
@@ -368,7 +336,7 @@ async def test_default_tracks_read_only_the_video_of_a_file_with_audio(make_ctx,
 
 async def test_video_and_audio_tracks_interleaved_each_in_its_own_time_base(make_ctx, av_sample):
     source = await started_source(make_ctx, path=str(av_sample), id="av", tracks=["video", "audio"])
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
 
     info = emit.messages[0].info
@@ -399,7 +367,7 @@ async def test_video_and_audio_tracks_interleaved_each_in_its_own_time_base(make
 
 async def test_an_audio_only_track_request(make_ctx, av_sample):
     source = await started_source(make_ctx, path=str(av_sample), id="av", tracks=["audio"])
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
     info = emit.messages[0].info
     assert info.video is None and info.audio is not None
@@ -410,7 +378,7 @@ async def test_an_audio_only_track_request(make_ctx, av_sample):
 
 async def test_a_requested_track_the_file_lacks_is_logged_and_the_rest_plays(make_ctx, sample_video, caplog):
     source = await started_source(make_ctx, path=str(sample_video), id="cam", tracks=["video", "audio"])
-    emit = Recorder()
+    emit = EmitRecorder()
     with caplog.at_level("WARNING"):
         await run_source(source, emit)
     info = emit.messages[0].info
@@ -424,7 +392,7 @@ async def test_a_requested_track_the_file_lacks_is_logged_and_the_rest_plays(mak
 
 async def test_no_requested_track_at_all_is_a_stream_error_naming_the_file(make_ctx, sample_video):
     source = await started_source(make_ctx, path=str(sample_video), id="cam", tracks=["audio"])
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
     end = assert_one_end_last(emit)
     assert end.reason == "error"
@@ -436,7 +404,7 @@ async def test_no_requested_track_at_all_is_a_stream_error_naming_the_file(make_
 async def test_loop_shifts_every_track_by_the_same_duration(make_ctx, av_sample):
     per_pass = AV_VIDEO_PACKETS + AV_AUDIO_PACKETS
     source = await started_source(make_ctx, path=str(av_sample), id="av", tracks=["video", "audio"], loop=True)
-    emit = Recorder(after=2 * per_pass + 30, then=source.request_stop)
+    emit = EmitRecorder(after=2 * per_pass + 30, then=source.request_stop)
     await run_source(source, emit)
     assert assert_one_end_last(emit) == EndOfStream("av", "stopped")
 
@@ -470,7 +438,7 @@ async def test_native_pacing_times_each_track_by_its_own_clock(make_ctx, av_samp
         return False
 
     monkeypatch.setattr(source, "_sleep_until", record)
-    emit = Recorder()
+    emit = EmitRecorder()
     await run_source(source, emit)
     packets = emit.packets
     assert len(wanted) == len(packets) == AV_VIDEO_PACKETS + AV_AUDIO_PACKETS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,12 @@ from pipeline.control import (
     StreamSpec,
 )
 from pipeline.errors import ConfigError
-from pipeline.media import Item
 from pipeline.runner import Runner
 from pipeline.server.errors import status_of
 from pipeline.service import build
-from pipeline.stage import Stage, source_class_for_uri
+from pipeline.stage import source_class_for_uri
 from stages.ingest.file import FileSource
 from stages.ingest.rtsp import RtspSource
-
-
-class Sink(Stage):
-    async def process(self, item: Item) -> Sequence[Item]:
-        self.ctx.stats.stream(item.stream_id).published += 1
-        return ()
 
 
 def _config(params: dict[str, Any], base_dir: Path) -> Any:
@@ -40,7 +32,7 @@ def _config(params: dict[str, Any], base_dir: Path) -> Any:
             "stages": [
                 {"name": "src", "type": "streams", "params": params},
                 {"name": "decode", "type": "decode", "inputs": ["src"]},
-                {"name": "sink", "class": f"{__name__}:Sink", "inputs": ["decode"]},
+                {"name": "sink", "class": "tests.fakes:CountingSink", "inputs": ["decode"]},
             ],
         },
         base_dir=base_dir,
@@ -129,7 +121,7 @@ async def test_an_id_a_yaml_source_already_runs_is_refused(sample_video: Path) -
                 },
                 {"name": "src", "type": "streams"},
                 {"name": "decode", "type": "decode", "inputs": ["fixed", "src"]},
-                {"name": "sink", "class": f"{__name__}:Sink", "inputs": ["decode"]},
+                {"name": "sink", "class": "tests.fakes:CountingSink", "inputs": ["decode"]},
             ],
         },
         base_dir=sample_video.parent,

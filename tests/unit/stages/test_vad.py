@@ -32,6 +32,7 @@ from pipeline.tensors import ModelOutput, PreparedTensor
 from stages.audio.speech_segments import SpeechSegments, SpeechSegmentsParams
 from stages.decode.audio_decode import AudioDecode, AudioDecodeParams
 from stages.ingest.file import FileParams, FileSource
+from tests.fakes import EmitRecorder
 
 ROOT = Path(__file__).resolve().parents[3]
 RATE = 16000
@@ -339,13 +340,9 @@ def silero() -> Silero:
 async def source_messages(make_ctx, path: Path, stream_id: str) -> list[Any]:
     source = FileSource("file", FileParams(path=str(path), id=stream_id, tracks=["audio"]))
     await source.start(make_ctx("file"))
-    messages: list[Any] = []
-
-    async def emit(message: Any) -> None:
-        messages.append(message)
-
+    emit = EmitRecorder()
     await asyncio.wait_for(source.run(emit), timeout=60)
-    return messages
+    return emit.messages
 
 
 async def segment_file(make_ctx, path: Path, silero: Silero, stream_id: str = "av") -> tuple[list[Item], Any]:
@@ -418,19 +415,6 @@ class SileroByHand(Stage):
         return (item,)
 
 
-class CountingSink(Stage):
-    """Counts what reaches it as published (what ``publish`` does, without a bus)."""
-
-    def __init__(self, name: str, params: Any) -> None:
-        super().__init__(name, params)
-        self.items: list[Item] = []
-
-    async def process(self, item: Item) -> Sequence[Item]:
-        self.ctx.stats.stream(item.stream_id).published += 1
-        self.items.append(item)
-        return ()
-
-
 async def test_through_the_runner_every_window_is_published_dropped_or_consumed(tmp_path, av_sample, speech_truth):
     sources = [
         {"name": f"file{i}", "type": "file", "params": {"path": str(av_sample), "id": f"s{i}", "tracks": ["audio"]}}
@@ -443,7 +427,7 @@ async def test_through_the_runner_every_window_is_published_dropped_or_consumed(
             {"name": "audio", "type": "audio_decode", "inputs": [s["name"] for s in sources]},
             {"name": "vad", "class": f"{__name__}:SileroByHand", "inputs": ["audio"]},
             {"name": "speech", "type": "speech_segments", "inputs": ["vad"], "edge": {"capacity": 2}},
-            {"name": "sink", "class": f"{__name__}:CountingSink", "inputs": ["speech"]},
+            {"name": "sink", "class": "tests.fakes:CountingSink", "inputs": ["speech"], "params": {"keep": True}},
         ],
     }
     graph = build_graph(parse_config(config))
