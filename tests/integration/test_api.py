@@ -7,29 +7,21 @@ counting sink); no bus, so ``/readyz`` says why it is not ready.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.media import Item
 from pipeline.runner import Runner
 from pipeline.server import ApiServer, build_app
 from pipeline.service import build
-from pipeline.stage import Stage
 
 from .support import until
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class CountingSink(Stage):
-    async def process(self, item: Item) -> Sequence[Item]:
-        self.ctx.stats.stream(item.stream_id).published += 1
-        return ()
 
 
 @pytest.fixture()
@@ -40,7 +32,7 @@ async def api(sample_video: Path) -> AsyncIterator[tuple[str, Runner]]:
             "stages": [
                 {"name": "src", "type": "streams", "params": {"streams": []}},
                 {"name": "decode", "type": "decode", "inputs": ["src"]},
-                {"name": "sink", "class": f"{__name__}:CountingSink", "inputs": ["decode"]},
+                {"name": "sink", "class": "tests.fakes:CountingSink", "inputs": ["decode"]},
             ],
         },
         base_dir=sample_video.parent,

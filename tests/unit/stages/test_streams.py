@@ -16,9 +16,9 @@ from pipeline.control import (
     StreamLimitReached,
     StreamSpec,
 )
+from pipeline.control import reply_status as status_of
 from pipeline.errors import ConfigError
 from pipeline.runner import Runner
-from pipeline.server.errors import status_of
 from pipeline.service import build
 from pipeline.stage import source_class_for_uri
 from stages.ingest.file import FileSource
