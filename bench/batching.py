@@ -76,7 +76,6 @@ from pipeline.engines.onnxruntime import choose_providers
 from pipeline.imaging import prepare_image
 from pipeline.modelcard import ModelCard, load_model_card
 from pipeline.modelstore import model_path
-from pipeline.results import LATENCY_KEYS
 from pipeline.runner import Runner
 from pipeline.service import run_pipeline
 from stages.infer import Infer
@@ -739,7 +738,7 @@ async def bench(args: argparse.Namespace, server: NatsServer, collector: Collect
 
 def breakdown_text(means: dict[str, float]) -> str:
     """Mean ``latency_ms`` fields, and the part of ``total`` that none of them accounts for."""
-    fields = LATENCY_KEYS
+    fields = [key for key in means if key != "total"]  # the keys the pipeline's stages and runtime report
     parts = [f"{key} {means[key]:.0f}" for key in fields if key in means]
     accounted = sum(means.get(key, 0.0) for key in fields)
     total = means.get("total", float("nan"))
