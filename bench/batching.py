@@ -764,7 +764,7 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
         f"({n * NATIVE_FPS} frames/s offered) of {clip.name} "
         f"({kind}); "
         f"decode threads 1; intra_op_threads {args.native_intra_op_threads}; "
-        f"edge {{capacity: 2, policy: drop_oldest}} in front of prep and det; "
+        f"edge {{capacity: 2, policy: drop_oldest}} in front of det (which prepares the frames it runs); "
         f"batch {{max_size: auto, max_delay_ms: {args.max_delay_ms:g}}} plus:",
         flush=True,
     )
@@ -777,7 +777,7 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
             print("- no latency_budget_ms (for contrast: what the edges alone bound)", flush=True)
         else:
             batch["latency_budget_ms"] = budget
-            print(f"- latency_budget_ms: {budget:g} on decode, prep and det{args.budget_note}", flush=True)
+            print(f"- latency_budget_ms: {budget:g} on decode and det{args.budget_note}", flush=True)
         name = f"native-{n}-{'none' if budget is None else round(budget)}"
         live_setup = dataclasses.replace(setup, intra_op_threads=args.native_intra_op_threads)
         row = await run_streamgraph("sg native", name, live_setup, collector, n, batch, clip=clips, native=True)
