@@ -193,7 +193,9 @@ class Infer(Stage):
             self.ctx.logger.warning("model %s: warm-up run failed: %s", self.card.name, exc)
 
     def takes_device_arrays(self) -> bool:
-        return self.engine.on_device
+        # Asked once started (consumers start first); a stage not started has no model yet.
+        engine: Engine | None = getattr(self, "engine", None)
+        return engine is not None and engine.on_device
 
     async def stop(self) -> None:
         if hasattr(self, "batcher"):

@@ -393,6 +393,10 @@ def test_warm_up_zeros_come_from_the_engines_array_module():
     assert feeds is not None and made == [((1, 3, 352, 640), "float32")]
 
 
+def test_an_infer_not_started_takes_no_device_arrays():
+    assert Infer("det", InferParams(model=MODEL)).takes_device_arrays() is False
+
+
 async def test_a_model_on_the_cpu_takes_no_device_arrays(make_ctx):
     infer = await started_infer(make_ctx)
     assert infer.takes_device_arrays() is False and infer.engine.on_device is False
