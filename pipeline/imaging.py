@@ -162,4 +162,5 @@ def deferred_frame(frame: VideoFrame, size: tuple[int, int], resize: str, spec: 
         lambda: prepare_frame(frame, size, resize, spec).data,
         shape=(3, height, width) if spec.layout == "NCHW" else (height, width, 3),
         geometry=fit_geometry(frame.width, frame.height, size, resize),
+        on_device=hasattr(frame.data, "__cuda_array_interface__"),
     )

@@ -66,6 +66,8 @@ class DeferredTensor:
     shape: tuple[int, ...]
     geometry: Geometry | None = None
     dtype: np.dtype[Any] = field(default_factory=lambda: np.dtype(np.float32))
+    on_device: bool = False
+    """Whether the array will be in device memory (prepared from a frame there)."""
     _prepared: Any = field(default=None, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     """Two callers at once (two ``infer`` branches share a forked item's tensor) prepare it once."""

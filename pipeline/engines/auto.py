@@ -102,4 +102,4 @@ def load_auto(card: ModelCard, options: AutoOptions, settings: RunSettings) -> E
             choice = choose_engine(tensorrt=lambda: "cannot build this model")
     providers = list(choice.providers) if choice.providers else None
     ort_options = OnnxRuntimeOptions(providers=providers, intra_op_threads=options.intra_op_threads, **common)
-    return OnnxRuntimeEngine(card, ort_options, settings)
+    return OnnxRuntimeEngine(card, ort_options, settings, providers_named=False)

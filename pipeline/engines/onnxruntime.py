@@ -103,7 +103,17 @@ def check_loaded(card: ModelCard, requested: list[str], loaded: list[str], *, as
 
 @register_engine("onnxruntime", OnnxRuntimeOptions)
 class OnnxRuntimeEngine(Engine):
-    def __init__(self, card: ModelCard, options: OnnxRuntimeOptions, settings: RunSettings | None = None) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        options: OnnxRuntimeOptions,
+        settings: RunSettings | None = None,
+        *,
+        providers_named: bool | None = None,
+    ) -> None:
+        """``providers_named``: whether ``options.providers`` were named by the user (a GPU one
+        that does not load is then an error) or chosen for them (``auto``: logged, left out);
+        by default, whether there are any."""
         super().__init__(card)
         settings = settings or RunSettings()
         path = model_path(card)
@@ -129,7 +139,12 @@ class OnnxRuntimeEngine(Engine):
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"model {card.name!r}: ONNX Runtime cannot load {path}: {exc}") from None
-        self.providers = check_loaded(card, providers, self._session.get_providers(), asked=bool(options.providers))
+        self.providers = check_loaded(
+            card,
+            providers,
+            self._session.get_providers(),
+            asked=bool(options.providers) if providers_named is None else providers_named,
+        )
         self._output_names = [spec.name for spec in card.outputs]
         self._on_cuda = self.providers[0] in GPU_PROVIDERS
         self._device_outputs = settings.device_outputs and self._on_cuda

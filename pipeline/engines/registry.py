@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..errors import ModelError
 from ..modelcard import ModelCard
 from .base import Engine, EngineOptions, RunSettings, check_card
 
@@ -75,6 +76,13 @@ def create_engine(
         options = entry.options()
     elif not isinstance(options, entry.options):
         raise TypeError(f"engine {name!r} takes {entry.options.__name__}, not {type(options).__name__}")
-    engine = entry.load(card, options, settings or RunSettings())
-    check_card(card, engine.metadata())
+    settings = settings or RunSettings()
+    engine = entry.load(card, options, settings)
+    metadata = engine.metadata()
+    check_card(card, metadata)
+    if metadata.max_batch is not None and metadata.max_batch < settings.max_batch:
+        raise ModelError(
+            f"model {card.name!r} takes batches of at most {metadata.max_batch} on {engine.description}, "
+            f"the stage sends up to {settings.max_batch}: lower batch.max_size (or size_limit for auto)"
+        )
     return engine

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tensors import array_module
+from pipeline.tensors import DeferredTensor, ModelInput, array_module
 
 
 def stack_batch(tensors: list[Any]) -> Any:
@@ -20,6 +20,13 @@ def stack_batch(tensors: list[Any]) -> Any:
     batch = xp.stack([xp.asarray(t) for t in tensors])
     xp.cuda.get_current_stream().synchronize()
     return batch
+
+
+def tensor_on_device(tensor: ModelInput) -> bool:
+    """Whether a model input is (or, prepared, will be) in device memory."""
+    if isinstance(tensor, DeferredTensor):
+        return tensor.on_device
+    return hasattr(tensor.data, "__cuda_array_interface__")
 
 
 def device_module() -> Any:

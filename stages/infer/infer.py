@@ -43,7 +43,7 @@ from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, register_stage
 from pipeline.tensors import DeferredTensor, ModelInput, ModelOutput
 
-from .arrays import device_module, stack_batch
+from .arrays import device_module, stack_batch, tensor_on_device
 from .params import InferParams, infer_params_for
 from .state import StreamStates
 
@@ -138,6 +138,12 @@ class Infer(Stage):
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         card = self._load_card(ctx.base_dir)
+        self._frames = self._frame_tensors(card)
+        if self._frames is not None and card.preprocess is not None:
+            # The size this stage prepares frames at is the model's input size: TensorRT's profile
+            # and the warm-up run are built for it.
+            size = list(self._frames[1])
+            card = card.model_copy(update={"preprocess": card.preprocess.model_copy(update={"size": size})})
         batch = self.params.batch
         settings = RunSettings(max_batch=batch.size_limit if batch.max_size == "auto" else batch.max_size)
         self.card = card
@@ -145,7 +151,7 @@ class Infer(Stage):
             create_engine, self.params.engine, card, self.params.engine_options(), settings
         )
         self.tensor_key = self.params.input or ctx.input_stages[0]
-        self._frames = self._frame_tensors(card)
+        self._warned_other_tensor = False
         self._data_input = card.data_inputs[0].name
         self._outputs = {
             spec.name: spec.shape.index("batch") if "batch" in spec.shape else 0 for spec in card.data_outputs
@@ -219,7 +225,8 @@ class Infer(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         prepared = item.tensors.pop(self.tensor_key, None)
-        if prepared is None and isinstance(item.media, VideoFrame) and self._frames is not None:
+        if prepared is None and self._prepares_frame_of(item):
+            assert isinstance(item.media, VideoFrame) and self._frames is not None
             prepared = await self._tensor_of(item, item.media, self._frames)
         tensors: list[ModelInput]
         if isinstance(prepared, ModelInput):
@@ -255,6 +262,23 @@ class Infer(Stage):
         item.tensors[self.name] = found[0] if isinstance(prepared, ModelInput) else found
         return (item,)
 
+    def _prepares_frame_of(self, item: Item) -> bool:
+        """Whether to prepare the item's frame here: it has one, the card says how, and no tensor
+        was named for this model (``input`` set and missing is a mistake, not a frame to prepare).
+        A tensor of another stage on the item (a ``prepare`` further up, not named as ``input``)
+        is told once: the frame is prepared again here, at this stage's size."""
+        if not isinstance(item.media, VideoFrame) or self._frames is None or self.params.input is not None:
+            return False
+        if not self._warned_other_tensor and any(isinstance(t, ModelInput) for t in item.tensors.values()):
+            self._warned_other_tensor = True
+            self.ctx.logger.warning(
+                "the items carry tensors of %s, not of %s (this stage's first input): the model prepares the frame "
+                "itself; set params.input to use one of those",
+                ", ".join(sorted(item.tensors)),
+                self.tensor_key,
+            )
+        return True
+
     async def _tensor_of(
         self, item: Item, frame: VideoFrame, how: tuple[Preprocess, tuple[int, int], str]
     ) -> ModelInput:
@@ -275,7 +299,8 @@ class Infer(Stage):
         return Request(
             item.stream_id,
             _Work(tensor, item.seq),
-            group=(tensor.shape, tensor.dtype.str),
+            # Host and device tensors never share a batch: it is stacked where its tensors are.
+            group=(tensor.shape, tensor.dtype.str, tensor_on_device(tensor)),
             item=unit,
             # The budget counts from capture (wall clock), the batcher from its own clock. Only
             # where freshness matters: the batcher also serves the freshest of such streams first.

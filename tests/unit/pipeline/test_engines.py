@@ -82,3 +82,23 @@ def test_the_cpu_path_imports_nothing_from_the_gpu_stack():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_model_with_a_fixed_batch_smaller_than_the_stages_is_refused(tmp_path):
+    """An ONNX file with a batch of 1 under a stage that sends 4: refused at load, not batch by batch."""
+    import hashlib
+
+    from pipeline.capabilities import PROBE_MODEL
+    from pipeline.engines.base import RunSettings
+
+    (tmp_path / "one.onnx").write_bytes(PROBE_MODEL)  # x: float[1] -> y: float[1]
+    (tmp_path / "one.yaml").write_text(
+        "name: one\nlicense: MIT\ntask: t\nsource: {path: one.onnx}\n"
+        f"sha256: {hashlib.sha256(PROBE_MODEL).hexdigest()}\n"
+        "inputs: [{name: x, dtype: float32, shape: [batch]}]\noutputs: [{name: y, dtype: float32, shape: [batch]}]\n"
+    )
+    card = load_card(str(tmp_path / "one.yaml"))
+    options = OnnxRuntimeOptions(providers=["CPUExecutionProvider"])
+    assert create_engine("onnxruntime", card, options, RunSettings(max_batch=1)).metadata().max_batch == 1
+    with pytest.raises(ModelError, match=r"takes batches of at most 1 .* the stage sends up to 4"):
+        create_engine("onnxruntime", card, options, RunSettings(max_batch=4))

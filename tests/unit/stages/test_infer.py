@@ -409,3 +409,61 @@ def test_host_tensors_stack_into_one_host_batch():
 
     batch = stack_batch([np.full((3, 2, 2), i, np.float32) for i in range(3)])
     assert isinstance(batch, np.ndarray) and batch.shape == (3, 3, 2, 2) and batch[2].min() == 2
+
+
+async def test_a_named_input_that_is_missing_is_an_error_not_a_frame_to_prepare(make_ctx, sample_frame):
+    """``input: prepp`` (a typo) must not quietly run the model on frames prepared here instead."""
+    infer = await started_infer(make_ctx, fed="decode", input="prepp")
+    with pytest.raises(ValueError, match="no tensor from stage 'prepp'"):
+        await infer.process(frame_item(sample_frame))
+    await infer.stop()
+
+
+async def test_another_stages_tensor_on_the_item_is_told_once(make_ctx, sample_frame, caplog):
+    infer = await started_infer(make_ctx, fed="decode")
+    caplog.set_level("WARNING")
+    for seq in range(2):
+        item = Item(stream_id="file", media=sample_frame, capture_time=0.0, seq=seq)
+        item.tensors["prep"] = PreparedTensor(np.zeros((3, *SIZE), np.float32))
+        (out,) = await infer.process(item)
+        assert "det" in out.tensors  # the frame, prepared here, ran
+    assert caplog.text.count("the items carry tensors of prep, not of decode") == 1
+    await infer.stop()
+
+
+async def test_the_warm_up_runs_at_the_size_this_stage_prepares_frames_at(make_ctx, monkeypatch):
+    import stages.infer.infer as infer_module
+
+    runs: list[tuple[int, ...]] = []
+    real_create = infer_module.create_engine
+
+    def recording_create(*args, **kwargs):
+        engine = real_create(*args, **kwargs)
+        real_infer = engine.infer
+        engine.infer = lambda feeds: runs.append(feeds["x"].shape) or real_infer(feeds)  # type: ignore[method-assign]
+        return engine
+
+    monkeypatch.setattr(infer_module, "create_engine", recording_create)
+    infer = await started_infer(make_ctx, fed="decode")
+    assert runs == [(1, 3, *SIZE)]  # not the card's 352 x 640
+    await infer.stop()
+
+
+def test_host_and_device_tensors_never_share_a_batch_group():
+    from pipeline.imaging import deferred_frame
+    from pipeline.modelcard import load_card
+    from stages.infer.arrays import tensor_on_device
+
+    spec = load_card(MODEL).preprocess
+    assert spec is not None
+    frame = VideoFrame(np.zeros((48, 64, 3), np.uint8), 0, Fraction(1, 25), 64, 48)
+    assert tensor_on_device(deferred_frame(frame, (64, 96), "stretch", spec)) is False
+    assert tensor_on_device(PreparedTensor(np.zeros((3, 4, 4), np.float32))) is False
+
+    class DeviceArray:  # what a CuPy array says of itself
+        @property
+        def __cuda_array_interface__(self) -> dict[str, object]:
+            return {}
+
+    on_gpu = VideoFrame(DeviceArray(), 0, Fraction(1, 25), 64, 48)  # type: ignore[arg-type]
+    assert tensor_on_device(deferred_frame(on_gpu, (64, 96), "stretch", spec)) is True
