@@ -121,6 +121,10 @@ class Stage:
         back to the host). Asked once started (the runner starts consumers first)."""
         return False
 
+    def feeds_the_gpu(self) -> bool:
+        """Whether a stage this one feeds takes device arrays (``takes_device_arrays``)."""
+        return any(stage.takes_device_arrays() for stage in self.ctx.consumers)
+
     @classmethod
     def params_model(cls, raw: Any) -> type[StrictModel]:
         """The model that validates this stage's params as written in YAML (``raw``): ``Params``.

@@ -6,8 +6,14 @@ stacks are imported only when an engine that needs them loads a model, so the CP
 
 from __future__ import annotations
 
-from .auto import AutoOptions, EngineChoice, choose_engine, cuda_device_unusable, onnxruntime_cuda_unusable
-from .auto import tensorrt_unusable as tensorrt_unusable
+from .auto import (
+    AutoOptions,
+    EngineChoice,
+    choose_engine,
+    cuda_device_unusable,
+    onnxruntime_cuda_unusable,
+    tensorrt_unusable,
+)
 from .base import Engine, EngineMetadata, EngineOptions, RunSettings, TensorInfo
 from .registry import UnknownEngine, create_engine, engine_entry, engine_names, register_engine
 

@@ -162,8 +162,7 @@ class OnnxRuntimeEngine(Engine):
         inputs, outputs = (
             [tensor_info(node) for node in nodes] for nodes in (self._session.get_inputs(), self._session.get_outputs())
         )
-        batch = inputs[0].shape[0] if inputs and inputs[0].shape else None
-        return EngineMetadata(inputs, outputs, max_batch=batch if isinstance(batch, int) else None)
+        return EngineMetadata(inputs, outputs, max_batch=fixed_batch(self.card, inputs))
 
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         if self._on_cuda:
@@ -234,6 +233,17 @@ def _as_cupy(value: Any) -> Any:
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     memory = cupy.cuda.UnownedMemory(value.data_ptr(), size, value)
     return cupy.ndarray(shape, dtype=dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
+
+
+def fixed_batch(card: ModelCard, inputs: list[TensorInfo]) -> int | None:
+    """The batch size the file fixes, if it does: its size of the axis the card calls ``batch``
+    in the data input (None where the card has no batch axis or the file leaves it dynamic)."""
+    spec = card.data_inputs[0]
+    node = next((i for i in inputs if i.name == spec.name), None)
+    if node is None or "batch" not in spec.shape or len(node.shape) != len(spec.shape):
+        return None  # a mismatch check_card names
+    size = node.shape[spec.shape.index("batch")]
+    return size if isinstance(size, int) else None
 
 
 def tensor_info(node: Any) -> TensorInfo:

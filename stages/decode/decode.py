@@ -92,15 +92,12 @@ class Decode(Stage):
             raise ConfigError(
                 f"stage {self.name}", f"params.device is gpu, but NVDEC is not usable: {self._gpu_problem}"
             )
-        if self.params.device == "auto" and self._gpu_problem is None and not self._feeds_the_gpu():
+        if self.params.device == "auto" and self._gpu_problem is None and not self.feeds_the_gpu():
             # Frames decoded on the GPU for models on the CPU would each be copied back.
             self._gpu_problem = "no stage it feeds runs on the GPU"
         if self.params.device == "auto":
             where = "NVDEC" if self._gpu_problem is None else f"the CPU ({self._gpu_problem})"
             ctx.logger.info("decoding on %s", where)
-
-    def _feeds_the_gpu(self) -> bool:
-        return any(stage.takes_device_arrays() for stage in self.ctx.consumers)
 
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.video is None or info.video.decoded:

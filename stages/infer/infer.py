@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from pipeline import imaging
 from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request, Superseded
-from pipeline.config import StrictModel, config_error_from
+from pipeline.config import StrictModel
 from pipeline.engines import Engine, RunSettings, UnknownEngine, create_engine
 from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
@@ -101,12 +100,7 @@ class Infer(Stage):
             raise ConfigError("engine", str(exc)) from None
 
     def check(self, base_dir: Path) -> None:
-        try:
-            self.params.engine_options()
-        except UnknownEngine as exc:
-            raise ConfigError("params.engine", str(exc)) from None
-        except ValidationError as exc:
-            raise config_error_from(exc, prefix="params") from None
+        # The engine and its keys were checked when the params were made (InferParams).
         self._frame_tensors(self._load_card(base_dir))
         max_size = self.params.batch.max_size
         if isinstance(max_size, int) and max_size < 1:
@@ -139,11 +133,11 @@ class Infer(Stage):
         await super().start(ctx)
         card = self._load_card(ctx.base_dir)
         self._frames = self._frame_tensors(card)
-        if self._frames is not None and card.preprocess is not None:
+        if self._frames is not None:
             # The size this stage prepares frames at is the model's input size: TensorRT's profile
             # and the warm-up run are built for it.
-            size = list(self._frames[1])
-            card = card.model_copy(update={"preprocess": card.preprocess.model_copy(update={"size": size})})
+            spec, size, _ = self._frames
+            card = card.model_copy(update={"preprocess": spec.model_copy(update={"size": list(size)})})
         batch = self.params.batch
         settings = RunSettings(max_batch=batch.size_limit if batch.max_size == "auto" else batch.max_size)
         self.card = card

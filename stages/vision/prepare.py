@@ -52,7 +52,7 @@ class Prepare(Stage):
 
     def takes_device_arrays(self) -> bool:
         # A device frame is prepared on the device, and worth it only for a model there.
-        return any(stage.takes_device_arrays() for stage in self.ctx.consumers)
+        return self.feeds_the_gpu()
 
     def _configure(self, base_dir: Path) -> None:
         card, self.spec = load_preprocess(self.params.model, base_dir)

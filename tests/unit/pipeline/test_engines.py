@@ -102,3 +102,16 @@ def test_a_model_with_a_fixed_batch_smaller_than_the_stages_is_refused(tmp_path)
     assert create_engine("onnxruntime", card, options, RunSettings(max_batch=1)).metadata().max_batch == 1
     with pytest.raises(ModelError, match=r"takes batches of at most 1 .* the stage sends up to 4"):
         create_engine("onnxruntime", card, options, RunSettings(max_batch=4))
+
+
+def test_the_batch_limit_is_read_on_the_cards_batch_axis():
+    """silero-vad's state input is [2, batch, 128]: its fixed 2 is no batch limit."""
+    from pipeline.engines.base import TensorInfo
+    from pipeline.engines.onnxruntime import fixed_batch
+
+    card = load_card("silero-vad")
+    state_first = [TensorInfo("state", "float32", [2, "batch", 128]), TensorInfo("input", "float32", ["b", "s"])]
+    assert fixed_batch(card, state_first) is None
+    assert fixed_batch(card, [TensorInfo("input", "float32", [1, "s"])]) == 1
+    engine = create_engine("onnxruntime", card, OnnxRuntimeOptions(providers=["CPUExecutionProvider"]))
+    assert engine.metadata().max_batch is None

@@ -359,7 +359,14 @@ def test_warm_up_is_a_batch_of_one_at_the_cards_size_where_that_is_known():
     assert warm_up_feeds(load_card("silero-vad")) is None  # keeps state; its window is not a card size
 
 
-async def test_start_warms_the_model_up_before_the_first_frame(make_ctx, monkeypatch):
+@pytest.mark.parametrize(
+    ("fed", "shape"),
+    [
+        ("prep", (1, 3, 352, 640)),  # the card's size
+        ("decode", (1, 3, *SIZE)),  # the size this stage prepares frames at, not the card's
+    ],
+)
+async def test_start_warms_the_model_up_before_the_first_frame_at_the_size_it_runs(make_ctx, monkeypatch, fed, shape):
     import stages.infer.infer as infer_module
 
     runs: list[tuple[int, ...]] = []
@@ -372,8 +379,9 @@ async def test_start_warms_the_model_up_before_the_first_frame(make_ctx, monkeyp
         return engine
 
     monkeypatch.setattr(infer_module, "create_engine", recording_create)
-    await started_infer(make_ctx)
-    assert runs == [(1, 3, 352, 640)]
+    infer = await started_infer(make_ctx, fed=fed)
+    assert runs == [shape]
+    await infer.stop()
 
 
 def test_warm_up_zeros_come_from_the_engines_array_module():
@@ -428,24 +436,6 @@ async def test_another_stages_tensor_on_the_item_is_told_once(make_ctx, sample_f
         (out,) = await infer.process(item)
         assert "det" in out.tensors  # the frame, prepared here, ran
     assert caplog.text.count("the items carry tensors of prep, not of decode") == 1
-    await infer.stop()
-
-
-async def test_the_warm_up_runs_at_the_size_this_stage_prepares_frames_at(make_ctx, monkeypatch):
-    import stages.infer.infer as infer_module
-
-    runs: list[tuple[int, ...]] = []
-    real_create = infer_module.create_engine
-
-    def recording_create(*args, **kwargs):
-        engine = real_create(*args, **kwargs)
-        real_infer = engine.infer
-        engine.infer = lambda feeds: runs.append(feeds["x"].shape) or real_infer(feeds)  # type: ignore[method-assign]
-        return engine
-
-    monkeypatch.setattr(infer_module, "create_engine", recording_create)
-    infer = await started_infer(make_ctx, fed="decode")
-    assert runs == [(1, 3, *SIZE)]  # not the card's 352 x 640
     await infer.stop()
 
 
