@@ -22,6 +22,12 @@ class ModelError(PipelineError, RuntimeError):
     """A model could not be fetched, verified or loaded; names the model card."""
 
 
+class EngineError(PipelineError, RuntimeError):
+    """An engine could not run one batch: its server is down or refused it, or answered with
+    tensors the model card does not describe. Fails that batch's items (counted as
+    ``error:engine:<stage>``), never the process."""
+
+
 class StreamError(PipelineError, RuntimeError):
     """One stream failed (unreadable file, corrupt media); ends that stream only."""
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .control import StreamControl, StreamHost
 from .edges import Edge
+from .errors import ConfigError
 from .graph import Graph, Node
 from .media import EndOfStream, Item, Message, StreamStarted
 from .metrics import Metrics
@@ -126,6 +127,11 @@ class Runner:
             executor.shutdown(wait=False, cancel_futures=True)
         return RunSummary(self.graph.pipeline, time.monotonic() - started_at, self.stats, self._stopping)
 
+    def not_ready(self) -> dict[str, str]:
+        """Stages that cannot do their work now, with why (a model's server is down)."""
+        reasons = {name: node.stage.not_ready() for name, node in self.graph.nodes.items()}
+        return {name: reason for name, reason in reasons.items() if reason is not None}
+
     def _abort(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -158,7 +164,11 @@ class Runner:
                 stop_stream=self._stop_stream,
                 metrics=self.metrics,
             )
-            await node.stage.start(ctx)
+            try:
+                await node.stage.start(ctx)
+            except ConfigError as exc:  # found only on start (a model's server): name the stage
+                where = f"stages[{list(self.graph.nodes).index(name)}]"
+                raise ConfigError(f"{where}.{exc.path}" if exc.path else where, exc.message) from None
 
     async def _stop_stages(self) -> None:
         for name in self.graph.order:

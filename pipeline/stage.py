@@ -114,6 +114,11 @@ class Stage:
             raise RuntimeError(f"stage {self.name!r} used before start()")
         return self._ctx
 
+    def not_ready(self) -> str | None:
+        """Why the stage cannot do its work now (its model's server is down), or None; ``/readyz``
+        reports it. Asked any time after ``start``."""
+        return None
+
     def takes_device_arrays(self) -> bool:
         """Whether this stage works on device arrays (``__cuda_array_interface__``) as they come:
         a model on a GPU, or a stage that prepares tensors for one. ``decode: {device: auto}``

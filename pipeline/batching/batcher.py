@@ -11,6 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Any, Generic
 
+from ..errors import EngineError
 from .order import StreamOrder
 from .requests import (
     BatcherClosed,
@@ -33,6 +34,8 @@ class Batcher(Generic[P]):
     def __init__(self, run: RunBatch[P], policy: BatchPolicy, *, clock: Clock | None = None) -> None:
         if policy.max_size is not None and policy.max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {policy.max_size}")
+        if policy.max_concurrent < 1 or (policy.one_per_stream and policy.max_concurrent > 1):
+            raise ValueError(f"max_concurrent must be >= 1, and 1 with one_per_stream; got {policy.max_concurrent}")
         self._run = run
         self.policy = policy
         self.clock: Clock = clock or MonotonicClock()
@@ -42,6 +45,8 @@ class Batcher(Generic[P]):
         self._changed = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        """Batches running beside the loop (``max_concurrent`` > 1)."""
         self._waiting_limits: dict[str, int | None] = {}
         self._order: StreamOrder[P] = StreamOrder(one_per_stream=policy.one_per_stream)
         self._run_times: dict[int, deque[float]] = {}
@@ -88,6 +93,8 @@ class Batcher(Generic[P]):
             self.forget_stream(stream_id)
         if self._task is not None:
             self._task.cancel()
+        for task in self._running:
+            task.cancel()
 
     def submit(self, request: Request[P]) -> asyncio.Future[Any]:
         if self._closed:
@@ -131,9 +138,11 @@ class Batcher(Generic[P]):
     async def _loop(self) -> None:
         while True:
             self._changed.clear()
-            if self._pending == 0:
-                if self._closed:
-                    return
+            if self._pending == 0 and self._closed:
+                if self._running:
+                    await asyncio.wait(self._running)
+                return
+            if self._pending == 0 or len(self._running) >= self.policy.max_concurrent:
                 await self.clock.wait(self._changed, None)
                 continue
             batch = self._take_if_due()
@@ -141,7 +150,18 @@ class Batcher(Generic[P]):
                 if self._pending:  # else every waiting request was past its budget: wait for more
                     await self.clock.wait(self._changed, self._oldest_due())
                 continue
-            await self._execute(batch)
+            if self.policy.max_concurrent == 1:
+                await self._execute(batch)
+                continue
+            # A batch is taken only when it can start: what waits meanwhile may still be
+            # superseded by fresher frames, or joined by more requests.
+            task = asyncio.get_running_loop().create_task(self._execute(batch), name="batch")
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._changed.set()
 
     def _oldest(self) -> Request[P]:
         return min((q[0] for q in self._queues.values() if q), key=lambda r: r.queued_at)
@@ -244,6 +264,8 @@ class Batcher(Generic[P]):
     async def _run_isolated(self, batch: list[Request[P]]) -> list[Any]:
         try:
             outcomes = list(await self._run(batch))
+        except EngineError as exc:
+            return [exc] * len(batch)  # the engine failed (its server is down), not one input
         except Exception as exc:
             if len(batch) == 1:
                 return [exc]

@@ -66,6 +66,10 @@ class BatchPolicy:
     one_per_stream: bool = False
     size_limit: int = 16
     """The largest size ``auto`` may try."""
+    max_concurrent: int = 1
+    """Batches run at once. More than one for a model on an inference server: the network time of
+    one overlaps the server's compute of another. Never with ``one_per_stream`` (a stream's state
+    would be read before its previous batch wrote it)."""
 
 
 @dataclass(eq=False)

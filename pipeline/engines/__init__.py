@@ -1,7 +1,9 @@
 """Inference engines behind one interface, registered by name (``registry``).
 
-Built in: ``onnxruntime``, ``tensorrt`` and ``auto`` (the best of them usable here). The GPU
-stacks are imported only when an engine that needs them loads a model, so the CPU path needs no CUDA.
+Built in: ``onnxruntime``, ``tensorrt`` and ``auto`` (the best of them usable here), and the
+inference servers (``remote``): ``triton``, ``kserve``, ``tfserving``, ``torchserve``. The GPU
+stacks are imported only when an engine that needs them loads a model, so the CPU path needs no
+CUDA; gRPC only when a stage uses a ``grpc://`` server.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from .auto import (
     tensorrt_unusable,
 )
 from .base import Engine, EngineMetadata, EngineOptions, RunSettings, TensorInfo
-from .registry import UnknownEngine, create_engine, engine_entry, engine_names, register_engine
+from .registry import (
+    UnknownEngine,
+    check_engine,
+    create_engine,
+    engine_entry,
+    engine_names,
+    load_engine,
+    register_engine,
+)
+from .remote import RemoteEngine, RemoteOptions, ServerOptions
 
 __all__ = [
     "AutoOptions",
@@ -23,14 +34,19 @@ __all__ = [
     "EngineChoice",
     "EngineMetadata",
     "EngineOptions",
+    "RemoteEngine",
+    "RemoteOptions",
     "RunSettings",
+    "ServerOptions",
     "TensorInfo",
     "UnknownEngine",
+    "check_engine",
     "choose_engine",
     "create_engine",
     "cuda_device_unusable",
     "engine_entry",
     "engine_names",
+    "load_engine",
     "onnxruntime_cuda_unusable",
     "register_engine",
     "tensorrt_unusable",

@@ -52,7 +52,11 @@ class EngineMetadata:
 
 
 class Engine(ABC):
-    """A loaded model. ``infer`` is blocking: callers run it in the thread pool."""
+    """A loaded model. ``infer`` is blocking: callers run it in the thread pool. An engine whose
+    model runs elsewhere (``remote``: an inference server) is used through its coroutines
+    instead: ``open`` once, ``infer_async`` per batch, up to ``max_in_flight`` at once, ``close``."""
+
+    remote: bool = False
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
@@ -87,6 +91,25 @@ class Engine(ABC):
     @abstractmethod
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run one batch: input name -> array, returns output name -> array."""
+
+    @property
+    def max_in_flight(self) -> int:
+        """Batches to keep running at once: 1 for a model in this process (it uses the cores)."""
+        return 1
+
+    def not_ready(self) -> str | None:
+        """Why the engine cannot run a batch now (its server is down), or None: ``/readyz``."""
+        return None
+
+    async def open(self) -> None:  # noqa: B027 (a hook: local engines need no set-up)
+        """Set-up on the event loop after ``load`` (a remote engine connects and checks the model)."""
+
+    async def close(self) -> None:  # noqa: B027 (a hook)
+        """Release what ``open`` took."""
+
+    async def infer_async(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """A remote engine's ``infer``: on the event loop, many at once."""
+        raise NotImplementedError(f"{type(self).__name__} runs in a thread: call infer")
 
 
 def is_contiguous(interface: dict[str, Any]) -> bool:

@@ -70,14 +70,27 @@ def create_engine(
     name: str, card: ModelCard, options: EngineOptions | None = None, settings: RunSettings | None = None
 ) -> Engine:
     """Load ``card`` with the engine registered as ``name`` and check the card against what it
-    runs. Blocking: callers run it in the thread pool."""
+    runs. Blocking: callers run it in the thread pool. A remote engine needs ``open`` (on the event
+    loop) before it can say what it runs: ``load_engine``, ``await engine.open()``, ``check_engine``."""
+    settings = settings or RunSettings()
+    engine = load_engine(name, card, options, settings)
+    check_engine(engine, settings)
+    return engine
+
+
+def load_engine(name: str, card: ModelCard, options: EngineOptions | None, settings: RunSettings) -> Engine:
+    """The engine registered as ``name``, loaded for ``card`` (blocking), not yet checked."""
     entry = engine_entry(name)
     if options is None:
         options = entry.options()
     elif not isinstance(options, entry.options):
         raise TypeError(f"engine {name!r} takes {entry.options.__name__}, not {type(options).__name__}")
-    settings = settings or RunSettings()
-    engine = entry.load(card, options, settings)
+    return entry.load(card, options, settings)
+
+
+def check_engine(engine: Engine, settings: RunSettings) -> None:
+    """The card's tensors are the model's (``check_card``), and the model takes the stage's batches."""
+    card = engine.card
     metadata = engine.metadata()
     check_card(card, metadata)
     if metadata.max_batch is not None and metadata.max_batch < settings.max_batch:
@@ -85,4 +98,3 @@ def create_engine(
             f"model {card.name!r} takes batches of at most {metadata.max_batch} on {engine.description}, "
             f"the stage sends up to {settings.max_batch}: lower batch.max_size (or size_limit for auto)"
         )
-    return engine

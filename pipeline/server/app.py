@@ -1,7 +1,8 @@
 """The application: every route, the middlewares, and ``ApiServer`` that listens.
 
 Routes: ``GET /healthz`` (the process is alive), ``GET /readyz`` (bus connected, models loaded,
-not stopping), the stream routes (``streams``), ``GET /metrics`` (``metrics``), the WHIP routes
+not stopping, every stage ready: a model whose server is down is not, and ``not_ready`` says
+why), the stream routes (``streams``), ``GET /metrics`` (``metrics``), the WHIP routes
 and ``/publish`` (``whip``), and ``GET /streams/{id}/results`` (``events``).
 """
 
@@ -53,8 +54,13 @@ async def _readyz(request: web.Request) -> web.Response:
         "models_loaded": runner.started.is_set(),
         "not_stopping": not runner.stopping,
     }
+    not_ready = runner.not_ready() if runner.started.is_set() else {}
+    checks["stages_ready"] = not not_ready
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, object] = {"ready": ready, "checks": checks}
+    if not_ready:
+        body["not_ready"] = not_ready
+    return web.json_response(body, status=200 if ready else 503)
 
 
 class ApiServer:

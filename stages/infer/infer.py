@@ -35,8 +35,8 @@ import numpy as np
 from pipeline import imaging
 from pipeline.batching import Batcher, BatchPolicy, DeadlineMissed, Request, Superseded
 from pipeline.config import StrictModel
-from pipeline.engines import Engine, RunSettings, UnknownEngine, create_engine
-from pipeline.errors import ConfigError
+from pipeline.engines import Engine, RunSettings, UnknownEngine, check_engine, load_engine
+from pipeline.errors import ConfigError, EngineError
 from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, register_stage
@@ -125,9 +125,11 @@ class Infer(Stage):
 
     @property
     def max_in_flight(self) -> int:
-        # Enough items waiting to fill one batch while the previous one runs.
+        # Enough items waiting to fill one batch while the others run.
         max_size = self.params.batch.max_size
-        return 2 * (self.params.batch.size_limit if max_size == "auto" else max_size)
+        engine: Engine | None = getattr(self, "engine", None)
+        batches = 1 + (engine.max_in_flight if engine is not None else 1)
+        return batches * (self.params.batch.size_limit if max_size == "auto" else max_size)
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -142,8 +144,10 @@ class Infer(Stage):
         settings = RunSettings(max_batch=batch.size_limit if batch.max_size == "auto" else batch.max_size)
         self.card = card
         self.engine: Engine = await ctx.run_blocking(
-            create_engine, self.params.engine, card, self.params.engine_options(), settings
+            load_engine, self.params.engine, card, self.params.engine_options(), settings
         )
+        await self.engine.open()  # a remote engine connects and checks the model on its server
+        check_engine(self.engine, settings)
         self.tensor_key = self.params.input or ctx.input_stages[0]
         self._warned_other_tensor = False
         self._data_input = card.data_inputs[0].name
@@ -164,7 +168,9 @@ class Infer(Stage):
         # The model gets a thread of its own: in the shared pool a batch would queue behind the
         # demuxing, decoding and preparing of every stream, and wait there longer than it runs.
         # One thread is enough: the batcher runs one batch at a time, and the engine uses the cores.
+        # A remote engine runs on the event loop, several batches at once.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
+        self._engine_errors = _ErrorLog(ctx.logger, self.name)
         self.batcher: Batcher[_Work] = Batcher(
             self._run_batch,
             BatchPolicy(
@@ -174,6 +180,7 @@ class Infer(Stage):
                 max_waiting_per_stream=None if batch.latency_budget_ms is None else LIVE_WAITING,
                 one_per_stream=bool(card.state),
                 size_limit=batch.size_limit,
+                max_concurrent=1 if card.state else self.engine.max_in_flight,
             ),
         )
         await self._warm_up()
@@ -188,7 +195,10 @@ class Infer(Stage):
             return
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._model_thread, self.engine.infer, {**feeds, **self._constants})
+            if self.engine.remote:
+                await self.engine.infer_async({**feeds, **self._constants})
+            else:
+                await loop.run_in_executor(self._model_thread, self.engine.infer, {**feeds, **self._constants})
         except Exception as exc:  # a model that cannot run zeros will say so on real input too
             self.ctx.logger.warning("model %s: warm-up run failed: %s", self.card.name, exc)
 
@@ -202,6 +212,12 @@ class Infer(Stage):
             self.batcher.cancel()  # every item is through or counted by now: nobody awaits the rest
         if hasattr(self, "_model_thread"):
             self._model_thread.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "engine"):
+            await self.engine.close()
+
+    def not_ready(self) -> str | None:
+        engine: Engine | None = getattr(self, "engine", None)
+        return engine.not_ready() if engine is not None else None
 
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.live:
@@ -234,8 +250,11 @@ class Infer(Stage):
         unit = object()  # the item's tensors wait, and are superseded, together
         requests = [self._request(item, tensor, unit) for tensor in tensors]
         outcomes = await asyncio.gather(*(self.batcher.submit(r) for r in requests), return_exceptions=True)
-        for missed, reason in ((Superseded, "stale"), (DeadlineMissed, "deadline")):
-            if any(isinstance(o, missed) for o in outcomes):
+        for missed, reason in ((Superseded, "stale"), (DeadlineMissed, "deadline"), (EngineError, "error:engine")):
+            failure = next((o for o in outcomes if isinstance(o, missed)), None)
+            if failure is not None:
+                if isinstance(failure, EngineError):
+                    self._engine_errors.log(failure)
                 self.ctx.stats.drop_item(item, f"{reason}:{self.name}")
                 return ()
         results: list[dict[str, np.ndarray]] = []
@@ -304,24 +323,39 @@ class Infer(Stage):
         )
 
     async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray] | BaseException]:
-        failed = await self._prepare_deferred(requests)
+        failed = await self._prepare_deferred(requests, at_least=1 if self.engine.remote else 2)
         runnable = [r for r in requests if id(r) not in failed]
         outcomes: list[dict[str, np.ndarray] | BaseException] = []
-        if runnable:
+        if runnable and self.engine.remote:
+            outcomes = list(await self._run_remote(runnable))
+        elif runnable:
             loop = asyncio.get_running_loop()
             outcomes = await loop.run_in_executor(self._model_thread, self._infer, runnable)
         ran = iter(outcomes)
         return [failed[id(r)] if id(r) in failed else next(ran) for r in requests]
 
-    async def _prepare_deferred(self, requests: list[Request[_Work]]) -> dict[int, BaseException]:
-        """Prepare a batch's deferred frames side by side in the pool, when there are several (a
-        batch of live frames on a GPU), not one after another on the model's thread; a single one
-        is left to that thread (the pool may be busy decoding, the model would wait for a turn
-        there). Each request's wait counts as its ``prepare`` time, and as part of the batch's
-        cost for ``auto``. Returns the requests whose frame failed (by id), with the error: they
-        fail alone, the rest still run together."""
+    async def _run_remote(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
+        """One request to the server for the batch (its frames were prepared in the pool); the
+        batch is stacked in the pool too, so the event loop only waits on the network."""
+        streams = self._streams_of(requests)
+        feeds: dict[str, Any] = {
+            self._data_input: await self.ctx.run_blocking(stack_batch, [r.payload.array() for r in requests])
+        }
+        feeds.update(self._constants)
+        feeds.update(self._state.gather(streams))
+        began = time.perf_counter()
+        outputs = await self.engine.infer_async(feeds)
+        return self._outputs_of(requests, streams, outputs, time.perf_counter() - began)
+
+    async def _prepare_deferred(self, requests: list[Request[_Work]], *, at_least: int) -> dict[int, BaseException]:
+        """Prepare a batch's deferred frames side by side in the pool, when there are ``at_least``
+        (a batch of live frames on a GPU, or any for a remote model), not one after another on the
+        model's thread; a single one is left to that thread (the pool may be busy decoding, the
+        model would wait for a turn there). Each request's wait counts as its ``prepare`` time,
+        and as part of the batch's cost for ``auto``. Returns the requests whose frame failed (by
+        id), with the error: they fail alone, the rest still run together."""
         deferred = [r for r in requests if isinstance(r.payload.tensor, DeferredTensor)]
-        if len(deferred) < 2:
+        if len(deferred) < at_least:
             return {}
         began = time.perf_counter()
         outcomes = await asyncio.gather(
@@ -350,18 +384,27 @@ class Infer(Stage):
         return [failed[id(r)] if id(r) in failed else next(outputs) for r in batch]
 
     def _run_model(self, requests: list[Request[_Work]], tensors: list[Any]) -> list[dict[str, np.ndarray]]:
-        streams = [r.stream_id for r in requests]
-        for request in requests:
-            last = self._ran_seq.get(request.stream_id)
-            if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
-                self._state.reset(request.stream_id)
-            self._ran_seq[request.stream_id] = request.payload.seq
+        streams = self._streams_of(requests)
         feeds: dict[str, Any] = {self._data_input: stack_batch(tensors)}
         feeds.update(self._constants)
         feeds.update(self._state.gather(streams))
         began = time.perf_counter()
         outputs = self.engine.infer(feeds)
-        model_s = time.perf_counter() - began
+        return self._outputs_of(requests, streams, outputs, time.perf_counter() - began)
+
+    def _streams_of(self, requests: list[Request[_Work]]) -> list[str]:
+        """The batch's streams, in order; a stream whose items skipped some starts its state over."""
+        for request in requests:
+            last = self._ran_seq.get(request.stream_id)
+            if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
+                self._state.reset(request.stream_id)
+            self._ran_seq[request.stream_id] = request.payload.seq
+        return [r.stream_id for r in requests]
+
+    def _outputs_of(
+        self, requests: list[Request[_Work]], streams: list[str], outputs: dict[str, Any], model_s: float
+    ) -> list[dict[str, np.ndarray]]:
+        """Each request's slice of the batch's outputs; the state goes back to its stream."""
         self.ctx.metrics.observe_batch(self.name, self.card.name, len(requests), model_s)
         for request in requests:
             request.model_s = model_s
@@ -370,3 +413,26 @@ class Infer(Stage):
             {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}
             for index in range(len(requests))
         ]
+
+
+class _ErrorLog:
+    """Logs an engine's failed batches without flooding: a new message at once, the same one
+    again at most every ``every_s`` seconds, with how many failed meanwhile."""
+
+    def __init__(self, logger: Any, stage: str, every_s: float = 10.0) -> None:
+        self._logger = logger
+        self._stage = stage
+        self._every_s = every_s
+        self._last = ""
+        self._last_at = 0.0
+        self._since = 0
+
+    def log(self, error: EngineError) -> None:
+        message = str(error)
+        now = time.monotonic()
+        if message == self._last and now - self._last_at < self._every_s:
+            self._since += 1
+            return
+        repeats = f" ({self._since} more items failed the same way meanwhile)" if self._since else ""
+        self._logger.warning("%s; the item is counted as error:engine:%s%s", message, self._stage, repeats)
+        self._last, self._last_at, self._since = message, now, 0

@@ -655,3 +655,59 @@ async def test_batcher_with_auto_size_settles_by_measurement():
     assert all(f.done() for f in futures)
     assert batcher.adaptive is not None and batcher.adaptive.current == 8
     assert max(len(b) for b in model.batches) == 8
+
+
+class GatedBatches:
+    """Each batch waits for its own ``release``: batches in flight at once can be counted."""
+
+    def __init__(self) -> None:
+        self.started: list[list[Any]] = []
+        self.gates: list[asyncio.Future[None]] = []
+
+    async def run(self, batch: list[Request[Any]]) -> Sequence[Any]:
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started.append([r.payload for r in batch])
+        self.gates.append(gate)
+        await gate
+        return [f"out:{r.payload}" for r in batch]
+
+    def release(self, index: int) -> None:
+        self.gates[index].set_result(None)
+
+
+async def test_max_concurrent_keeps_that_many_batches_running_and_no_more():
+    model = GatedBatches()
+    batcher: Batcher[Any] = Batcher(model.run, BatchPolicy(max_size=2, max_concurrent=2), clock=ManualClock())
+    futures = [submit(batcher, "a", i) for i in range(6)]
+    await settle()
+    assert model.started == [[0, 1], [2, 3]]  # the third batch waits for a free place
+    model.release(1)  # the second finishes first: its results do not wait for the first's
+    await settle()
+    assert futures[2].result() == "out:2" and not futures[0].done()
+    assert model.started[2] == [4, 5]
+    model.release(0)
+    model.release(2)
+    await batcher.close()
+    assert [f.result() for f in futures] == [f"out:{i}" for i in range(6)]
+
+
+async def test_an_engine_error_fails_the_whole_batch_without_running_each_alone():
+    from pipeline.errors import EngineError
+
+    runs: list[int] = []
+
+    async def down(batch: list[Request[Any]]) -> Sequence[Any]:
+        runs.append(len(batch))
+        raise EngineError("server down")
+
+    batcher: Batcher[Any] = Batcher(down, BatchPolicy(max_size=3), clock=ManualClock())
+    futures = [submit(batcher, s, 0) for s in "abc"]
+    await settle()
+    assert runs == [3]
+    assert all(isinstance(f.exception(), EngineError) for f in futures)
+    await batcher.close()
+
+
+def test_concurrent_batches_of_a_stateful_model_are_refused():
+    with pytest.raises(ValueError, match="max_concurrent"):
+        Batcher(GatedBatches().run, BatchPolicy(max_size=2, max_concurrent=2, one_per_stream=True))

@@ -96,7 +96,10 @@ def test_engine_follows_the_input_size(engine):
 
 def test_create_engine_auto_is_onnxruntime(card):
     assert isinstance(create_engine("auto", card, AutoOptions(providers=CPU)), OnnxRuntimeEngine)
-    with pytest.raises(UnknownEngine, match="unknown engine 'tensorflow'; available: auto, onnxruntime, tensorrt"):
+    with pytest.raises(
+        UnknownEngine,
+        match="unknown engine .tensorflow.; available: auto, kserve, onnxruntime, tensorrt, tfserving, torchserve, triton",
+    ):
         create_engine("tensorflow", card)
 
 

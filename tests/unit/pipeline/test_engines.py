@@ -41,7 +41,7 @@ def test_engines_are_registered_by_name_each_with_its_strict_options():
     from pipeline.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
     from pipeline.engines.tensorrt import TensorRtEngine, TensorRtOptions
 
-    assert engine_names() == ["auto", "onnxruntime", "tensorrt"]
+    assert engine_names() == ["auto", "kserve", "onnxruntime", "tensorrt", "tfserving", "torchserve", "triton"]
     assert (engine_entry("onnxruntime").load, engine_entry("onnxruntime").options) == (
         OnnxRuntimeEngine,
         OnnxRuntimeOptions,

@@ -370,15 +370,15 @@ async def test_start_warms_the_model_up_before_the_first_frame_at_the_size_it_ru
     import stages.infer.infer as infer_module
 
     runs: list[tuple[int, ...]] = []
-    real_create = infer_module.create_engine
+    real_load = infer_module.load_engine
 
-    def recording_create(*args, **kwargs):
-        engine = real_create(*args, **kwargs)
+    def recording_load(*args, **kwargs):
+        engine = real_load(*args, **kwargs)
         real_infer = engine.infer
         engine.infer = lambda feeds: runs.append(feeds["x"].shape) or real_infer(feeds)  # type: ignore[method-assign]
         return engine
 
-    monkeypatch.setattr(infer_module, "create_engine", recording_create)
+    monkeypatch.setattr(infer_module, "load_engine", recording_load)
     infer = await started_infer(make_ctx, fed=fed)
     assert runs == [shape]
     await infer.stop()
