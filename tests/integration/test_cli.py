@@ -67,7 +67,8 @@ def test_validate_accepts_the_demo_config() -> None:
                 "      model: pp-ocrv4-det\n  - name: text",
                 "      model: pp-ocrv4-det\n      engine: nosuch\n  - name: text",
             ),
-            "stages[3].params.engine: unknown engine 'nosuch'; available: auto, kserve, onnxruntime, tensorrt, tfserving, torchserve, triton",
+            "stages[3].params.engine: unknown engine 'nosuch'; available: auto, kserve, onnxruntime, tensorrt, "
+            "tfserving, torchserve, triton",
         ),
         (
             (

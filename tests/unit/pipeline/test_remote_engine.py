@@ -119,7 +119,7 @@ async def test_a_server_without_metadata_leaves_the_card_unchecked_and_the_batch
 async def test_a_model_the_server_does_not_have_is_a_config_error():
     engine, transport = make_engine()
     transport.ready_script = [Rejected("the server has no such model (HTTP 404)")]
-    with pytest.raises(ConfigError, match="params.server: model 'pp_ocrv4_det' .*no such model"):
+    with pytest.raises(ConfigError, match=r"params\.server: model 'pp_ocrv4_det' .*no such model"):
         await engine.open()
 
 
