@@ -96,10 +96,8 @@ def test_engine_follows_the_input_size(engine):
 
 def test_create_engine_auto_is_onnxruntime(card):
     assert isinstance(create_engine("auto", card, AutoOptions(providers=CPU)), OnnxRuntimeEngine)
-    with pytest.raises(
-        UnknownEngine,
-        match="unknown engine .tensorflow.; available: auto, kserve, onnxruntime, tensorrt, tfserving, torchserve, triton",
-    ):
+    available = "auto, kserve, onnxruntime, tensorrt, tfserving, torchserve, triton"
+    with pytest.raises(UnknownEngine, match=rf"unknown engine 'tensorflow'; available: {available}"):
         create_engine("tensorflow", card)
 
 
