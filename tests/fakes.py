@@ -4,13 +4,19 @@
 * ``CountingSink``: a last stage that counts what reaches it as published (``publish`` without a
   bus); a config names it ``class: tests.fakes:CountingSink``.
 * ``FakeClock``: a clock that stands still until the test moves it.
+* ``ScriptedTransport``: an inference server's client whose answers a test scripts (a unit test
+  of ``RemoteEngine`` and of ``infer`` with it; real servers are tests/remote's).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
+
+from pipeline.engines.remote.transport import ServerModel, Transport
 from pipeline.media import EncodedPacket, EndOfStream, Item, Message
 from pipeline.stage import Stage, StageParams
 
@@ -93,3 +99,50 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class ScriptedTransport(Transport):
+    """Answers ``infer`` from ``script`` (an exception to raise, or None for a right answer: zeros
+    of the PP-OCRv4 det output's shape), then rightly; ``wait_ready`` from ``ready_script``.
+    With ``gate`` set, each request waits for it: ``most_in_flight`` counts them at once."""
+
+    def __init__(self, server: Any, model: ServerModel, script: list[Exception | None] | None = None) -> None:
+        super().__init__(server)
+        self.model = model
+        self.script = list(script or [])
+        self.ready_script: list[Exception | None] = []
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    @property
+    def protocol(self) -> str:
+        return "scripted"
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def wait_ready(self) -> None:
+        if self.ready_script and (error := self.ready_script.pop(0)) is not None:
+            raise error
+
+    async def describe(self) -> ServerModel:
+        return self.model
+
+    async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.script and (error := self.script.pop(0)) is not None:
+                raise error
+        finally:
+            self.in_flight -= 1
+        x = feeds["x"]
+        return {"sigmoid_0.tmp_0": np.zeros((x.shape[0], 1, *x.shape[2:]), np.float32)}

@@ -12,48 +12,14 @@ import pytest
 
 from pipeline.engines import RemoteEngine, engine_entry
 from pipeline.engines.remote import engine as engine_module
-from pipeline.engines.remote.transport import BadAnswer, Rejected, ServerModel, ServerTensor, Transport, Unavailable
+from pipeline.engines.remote.transport import BadAnswer, Rejected, ServerModel, ServerTensor, Unavailable
 from pipeline.errors import ConfigError, EngineError
 from pipeline.modelcard import load_model_card
+from tests.fakes import ScriptedTransport
 
 MODELS = Path(__file__).resolve().parents[3] / "models"
 DET_INPUT = ServerTensor("x", "FP32", "float32", [-1, 3, -1, -1])
 DET_OUTPUT = ServerTensor("sigmoid_0.tmp_0", "FP32", "float32", [-1, 1, -1, -1])
-
-
-class Scripted(Transport):
-    """Answers ``infer`` from a script: an exception to raise, or None for a right answer."""
-
-    def __init__(self, server: Any, model: ServerModel, script: list[Exception | None] | None = None) -> None:
-        super().__init__(server)
-        self.model = model
-        self.script = list(script or [])
-        self.ready_script: list[Exception | None] = []
-        self.calls = 0
-
-    @property
-    def protocol(self) -> str:
-        return "scripted"
-
-    async def open(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def wait_ready(self) -> None:
-        if self.ready_script and (error := self.ready_script.pop(0)) is not None:
-            raise error
-
-    async def describe(self) -> ServerModel:
-        return self.model
-
-    async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        self.calls += 1
-        if self.script and (error := self.script.pop(0)) is not None:
-            raise error
-        x = feeds["x"]
-        return {"sigmoid_0.tmp_0": np.zeros((x.shape[0], 1, *x.shape[2:]), np.float32)}
 
 
 class Clock:
@@ -75,7 +41,7 @@ def make_engine(model: ServerModel | None = None, script: list[Exception | None]
     card = load_model_card("pp-ocrv4-det", MODELS)
     settings = {"url": "http://127.0.0.1:1", "model": "pp_ocrv4_det", "backoff_s": 0.001, "max_backoff_s": 2.0}
     options = engine_entry("triton").options.model_validate({"server": {**settings, **server}})
-    transport = Scripted(options.server, model or ServerModel([DET_INPUT], [DET_OUTPUT], 8), script)
+    transport = ScriptedTransport(options.server, model or ServerModel([DET_INPUT], [DET_OUTPUT], 8), script)
     return RemoteEngine(card, options, transport), transport
 
 
