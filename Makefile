@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The last file make_samples.py writes (after text.mp4): it stands for all of them.
 SAMPLE := samples/av.mp4
 
-.PHONY: install samples models demo test lint clean
+.PHONY: install samples models demo test lint clean servers triton kserve
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,7 @@ models: install
 demo: install samples
 	$(BIN)/streamgraph run configs/text-detect.yaml
 
-test: install samples
+test: install samples servers
 	$(BIN)/python -m pytest
 
 lint: install
@@ -35,7 +35,61 @@ lint: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) samples/*.mp4 samples/text.json samples/av.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) $(TORCHSERVE_VENV) samples/*.mp4 samples/text.json samples/av.json .pytest_cache .mypy_cache .ruff_cache
+
+# --- real inference servers (tests/remote, the remote engines' demo) -----------------------------
+# Each in a venv of its own, made once (the stamp file), with pinned versions: PyTriton needs
+# numpy < 2, which neither the project nor KServe wants. servers/*.py run ONNX models in them.
+# Changing a pin? `rm -rf` the venv (or `make clean`): the stamp does not know the pins.
+TRITON_VENV ?= .venv-triton
+KSERVE_VENV ?= .venv-kserve
+TORCHSERVE_VENV ?= .venv-torchserve
+SERVER_ORT := onnxruntime==1.32.0
+TRITON_PACKAGES := nvidia-pytriton==0.7.0 "numpy<2" $(SERVER_ORT)
+KSERVE_PACKAGES := kserve==0.21.0 $(SERVER_ORT)
+# TorchServe (Java, from apt) runs servers/torchserve/tensor_handler.py, which needs ONNX Runtime,
+# not torch; its worker imports torch only to spot torch.Tensor answers (tests/remote/test_torchserve.py
+# gives it a stand-in: CPU torch is not on PyPI). PyYAML: the worker needs it and does not declare it.
+TORCHSERVE_PACKAGES := torchserve==0.12.0 torch-model-archiver==0.12.0 pyyaml numpy $(SERVER_ORT)
+TRITON_PORTS ?= --http-port 8000 --grpc-port 8001 --metrics-port 8002
+KSERVE_PORTS ?= --http-port 8080 --grpc-port 8081
+# The pulled ONNX file of a model card (make runs it when the recipe line runs, after the pull).
+MODEL_FILE = $$($(BIN)/python scripts/model_file.py $(1))
+OCR_MODELS = --model pp_ocrv4_det=$(call MODEL_FILE,pp-ocrv4-det) --model pp_ocrv4_rec=$(call MODEL_FILE,pp-ocrv4-rec)
+
+servers: $(TRITON_VENV)/.installed $(KSERVE_VENV)/.installed $(TORCHSERVE_VENV)/.installed
+
+# rm -rf first: a venv left half-made by an interrupted install is made again, not patched.
+$(TRITON_VENV)/.installed:
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TRITON_PACKAGES)
+	touch $@
+
+$(KSERVE_VENV)/.installed:
+	rm -rf $(KSERVE_VENV)
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(KSERVE_PACKAGES)
+	touch $@
+
+$(TORCHSERVE_VENV)/.installed:
+	rm -rf $(TORCHSERVE_VENV)
+	$(PYTHON) -m venv $(TORCHSERVE_VENV)
+	$(TORCHSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(TORCHSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCHSERVE_PACKAGES)
+	touch $@
+
+# A real Triton serving the OCR models, in the foreground (Ctrl-C stops it).
+triton: install $(TRITON_VENV)/.installed
+	$(BIN)/streamgraph models pull pp-ocrv4-det pp-ocrv4-rec
+	$(TRITON_VENV)/bin/python servers/triton_serve.py $(OCR_MODELS) $(TRITON_PORTS)
+
+# The same models on a real KServe ModelServer (v2 REST and gRPC, TF Serving's v1 REST format).
+kserve: install $(KSERVE_VENV)/.installed
+	$(BIN)/streamgraph models pull pp-ocrv4-det pp-ocrv4-rec
+	$(KSERVE_VENV)/bin/python servers/kserve_serve.py $(OCR_MODELS) $(KSERVE_PORTS)
 
 # --- the one-shot GPU check (docs/gpu.md) -------------------------------------------------------
 # `make gpu-bundle` HERE (with PyPI): the wheels the GPU machine lacks and the pulled models, as
