@@ -48,6 +48,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def engine_errors_in_metrics(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    counted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("streamgraph_frames_dropped_total{") and 'reason="error:engine:det"' in line
+    ]
+    return sum(counted)
+
+
 def readyz(url: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
@@ -76,14 +87,11 @@ async def test_a_server_killed_mid_run_costs_counted_frames_and_results_resume_w
             assert (await asyncio.to_thread(readyz, api))[0] == 200
 
             await asyncio.to_thread(triton_server.kill)
-
-            def engine_errors() -> int:
-                last = results["sample"][-1]["drops"]["by_reason"]
-                return int(last.get("error:engine:det", 0))
-
-            await until(lambda: engine_errors() > 0, "frames counted as engine errors")
+            # While it is down no frame gets through, so no result carries the count yet: the
+            # metrics and /readyz say it.
+            await until(lambda: engine_errors_in_metrics(api) > 0, "frames counted as engine errors in /metrics")
             status, body = await asyncio.to_thread(readyz, api)
-            assert status == 503 and "det" in body["not_ready"], body
+            assert status == 503 and "is down" in body["not_ready"]["det"], body
             assert process.returncode is None, "the pipeline died with its server"
 
             published = len(results["sample"])
@@ -92,6 +100,8 @@ async def test_a_server_killed_mid_run_costs_counted_frames_and_results_resume_w
                 lambda: any(r["results"]["text"]["boxes"] for r in results["sample"][published:]),
                 "detections after the server came back",
             )
+            resumed = next(r for r in results["sample"][published:] if r["results"]["text"]["boxes"])
+            assert resumed["drops"]["by_reason"].get("error:engine:det", 0) > 0, resumed["drops"]
             status, body = await asyncio.to_thread(readyz, api)
             assert status == 200, body
         finally:

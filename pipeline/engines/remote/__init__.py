@@ -17,7 +17,7 @@ from ...modelcard import ModelCard
 from ..base import RunSettings
 from ..registry import register_engine
 from .engine import RemoteEngine
-from .options import RemoteOptions, ServerOptions
+from .options import RemoteOptions, ServerOptions, TritonOptions
 from .transport import BadAnswer, Rejected, ServerModel, ServerTensor, Transport, Unavailable
 
 
@@ -41,8 +41,8 @@ def _v2_transport(server: ServerOptions, *, read_config: bool) -> Transport:
     return KServeHttp(server, read_config=read_config)
 
 
-@register_engine("triton", RemoteOptions)
-def load_triton(card: ModelCard, options: RemoteOptions, settings: RunSettings) -> RemoteEngine:
+@register_engine("triton", TritonOptions)
+def load_triton(card: ModelCard, options: TritonOptions, settings: RunSettings) -> RemoteEngine:
     return RemoteEngine(card, options, _v2_transport(options.server, read_config=True))
 
 
@@ -74,5 +74,6 @@ __all__ = [
     "ServerOptions",
     "ServerTensor",
     "Transport",
+    "TritonOptions",
     "Unavailable",
 ]

@@ -17,6 +17,8 @@ import numpy as np
 from .dtypes import V2_TO_NUMPY, v2_datatype
 from .http import HttpAnswer, HttpSession
 from .options import ServerOptions
+from .shared_memory import EXTENSION as SHARED_MEMORY
+from .shared_memory import SharedMemoryInputs
 from .transport import BadAnswer, Rejected, ServerModel, ServerTensor, Transport, Unavailable
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -32,15 +34,22 @@ class KServeHttp(Transport):
         self._binary = server.binary is True
         version = f"/versions/{server.version}" if server.version else ""
         self._model_path = f"/v2/models/{server.model}{version}"
+        self._shared: SharedMemoryInputs | None = None
+        if getattr(server, "shared_memory", False):  # triton's key
+            self._shared = SharedMemoryInputs(self._http, server.max_in_flight)
 
     @property
     def protocol(self) -> str:
+        if self._shared is not None:
+            return "KServe v2 HTTP, inputs in shared memory"
         return f"KServe v2 HTTP, {'binary' if self._binary else 'JSON'}"
 
     async def open(self) -> None:
         await self._http.open()
 
     async def close(self) -> None:
+        if self._shared is not None:
+            await self._shared.close()
         await self._http.close()
 
     async def wait_ready(self) -> None:
@@ -57,10 +66,14 @@ class KServeHttp(Transport):
         raise Unavailable(f"model not ready yet (HTTP {model.status}: {model.message()})")
 
     async def describe(self) -> ServerModel:
+        about = (await self._http.get("/v2")).json()
+        extensions = (about.get("extensions") if isinstance(about, dict) else None) or []
         if self.server.binary == "auto":
-            about = (await self._http.get("/v2")).json()
-            extensions = about.get("extensions") if isinstance(about, dict) else None
-            self._binary = BINARY_EXTENSION in (extensions or [])
+            self._binary = BINARY_EXTENSION in extensions
+        if self._shared is not None:
+            if SHARED_MEMORY not in extensions:
+                raise Rejected(f"shared_memory: the server does not list the {SHARED_MEMORY} extension")
+            await self._shared.open()
         metadata = (await self._http.get(self._model_path)).json()
         if not isinstance(metadata, dict):
             raise BadAnswer(f"model metadata is not a JSON object: {metadata!r:.200}")
@@ -78,6 +91,8 @@ class KServeHttp(Transport):
 
     async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         path = f"{self._model_path}/infer"
+        if self._shared is not None:
+            return await self._infer_shared(path, feeds, outputs)
         if self._binary:
             header, tensors = _binary_request(feeds, outputs)
             answer = await self._http.post(
@@ -88,6 +103,23 @@ class KServeHttp(Transport):
             )
         else:
             answer = await self._http.post(path, _json_request(feeds, outputs), content_type="application/json")
+        return _parse_answer(answer)
+
+    async def _infer_shared(self, path: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        assert self._shared is not None
+        region, inputs = await self._shared.write(feeds)
+        wanted = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
+        body = json.dumps({"inputs": inputs, "outputs": wanted}).encode()
+        try:
+            try:
+                answer = await self._http.post(path, body, content_type="application/json")
+            except Rejected as exc:
+                if "shared memory" not in str(exc).lower():
+                    raise
+                await self._shared.register_again(region)  # a restarted server forgot it
+                answer = await self._http.post(path, body, content_type="application/json")
+        finally:
+            self._shared.release(region)
         return _parse_answer(answer)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ...config import StrictModel
 from ..base import EngineOptions
@@ -35,6 +35,9 @@ class ServerOptions(StrictModel):
     """Longest wait between tries; while the server is down, also how often one batch probes it."""
     startup_timeout_s: float = Field(default=30.0, ge=0)
     """How long ``start`` waits for the server and the model to become ready."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every request (HTTP headers; gRPC metadata, names lower-cased): a gateway's
+    ``Authorization``, or the ``triton-access-token`` of Triton's restricted APIs."""
     binary: Literal["auto", True, False] = "auto"
     """KServe v2 over HTTP: tensors as raw bytes (the binary tensor data extension); ``auto``:
     where the server lists the extension, else JSON."""
@@ -65,3 +68,19 @@ class RemoteOptions(EngineOptions):
     """The engine keys of an ``infer`` stage on an inference server."""
 
     server: ServerOptions
+
+
+class TritonServerOptions(ServerOptions):
+    shared_memory: bool = False
+    """A Triton on this host (HTTP): inputs through system shared memory regions, not in the
+    request body."""
+
+    @model_validator(mode="after")
+    def _http(self) -> TritonServerOptions:
+        if self.shared_memory and self.grpc:
+            raise ValueError("shared_memory: over HTTP only (an http:// URL of a Triton on this host)")
+        return self
+
+
+class TritonOptions(RemoteOptions):
+    server: TritonServerOptions
