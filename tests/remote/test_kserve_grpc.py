@@ -69,7 +69,7 @@ async def test_describe_gives_the_models_tensors_and_the_batch_limit_from_triton
     assert model.inputs == [ServerTensor(INPUT, "FP32", "float32", [-1, 3, -1, -1])]
     assert model.outputs == [ServerTensor(OUTPUT, "FP32", "float32", [-1, 1, -1, -1])]
     max_batch = triton_config(triton_server)["max_batch_size"]
-    assert max_batch > 0 and model.max_batch == max_batch and model.batched
+    assert max_batch > 0 and model.max_batch == max_batch
     assert triton.protocol == "KServe v2 gRPC"
 
 

@@ -148,19 +148,15 @@ class KServeGrpc(Transport):
     async def describe(self) -> ServerModel:
         request = pb.ModelMetadataRequest(name=self.server.model, version=self._version)
         metadata: pb.ModelMetadataResponse = await self._call("ModelMetadata", request)
-        max_batch, batched = None, True
+        max_batch = None
         if self._read_config:
             config = await self._model_config()
             if config is not None:
                 max_batch = config.max_batch_size if config.max_batch_size > 0 else None
-                # Triton adds the batch axis (as -1) to a batching model's metadata only; a model
-                # with max_batch_size 0 takes exactly the shapes listed.
-                batched = config.max_batch_size > 0
         return ServerModel(
             inputs=[_tensor(t) for t in metadata.inputs],
             outputs=[_tensor(t) for t in metadata.outputs],
             max_batch=max_batch,
-            batched=batched,
         )
 
     async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
@@ -168,7 +164,9 @@ class KServeGrpc(Transport):
             raise RuntimeError("KServeGrpc used before open() or after close()")
         body = self._infer_request(feeds, outputs)
         try:
-            answer: pb.ModelInferResponse = await self._infer(body, timeout=self.server.timeout_s, metadata=self._metadata)
+            answer: pb.ModelInferResponse = await self._infer(
+                body, timeout=self.server.timeout_s, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise _sorted("ModelInfer", exc, self.server.timeout_s) from None
         # Counted once answered, as the HTTP transports count (the answer's bytes in _received).

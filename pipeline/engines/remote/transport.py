@@ -52,10 +52,9 @@ class ServerModel:
     inputs: list[ServerTensor] = field(default_factory=list)
     outputs: list[ServerTensor] = field(default_factory=list)
     max_batch: int | None = None
-    """The most the model takes in one request, where the server tells (Triton's model config)."""
-    batched: bool = True
-    """Whether the tensors' shapes include the batch axis (Triton leaves it out of a model with
-    ``max_batch_size`` 0 — it then takes exactly the shapes listed)."""
+    """The most the model takes in one request, where the server tells (Triton's model config).
+    The shapes are the whole request's either way: Triton lists a batching model's batch axis as
+    -1, and a model with ``max_batch_size`` 0 takes exactly the shapes listed."""
 
 
 @dataclass
