@@ -69,7 +69,8 @@ async def test_readyz_names_what_is_missing(api: tuple[str, Runner]) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz", headers=AUTH) as response:
         body = await response.json()
     assert response.status == 503
-    assert body == {"ready": False, "checks": {"bus_connected": False, "models_loaded": True, "not_stopping": True}}
+    checks = {"bus_connected": False, "models_loaded": True, "not_stopping": True, "stages_ready": True}
+    assert body == {"ready": False, "checks": checks}
 
 
 @pytest.mark.parametrize(
