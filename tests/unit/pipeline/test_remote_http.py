@@ -1,6 +1,6 @@
 """HttpSession, the HTTP transports' connection pool, against a local aiohttp server: requests go
-over kept-alive connections, at most ``max_in_flight`` of them, not one connection per request;
-failures are sorted into the transport errors."""
+over kept-alive connections, at most ``max_in_flight`` of them, not one connection per request,
+and ask for no compression; failures are sorted into the transport errors."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from pipeline.engines.remote.transport import Rejected, TransferCounts, Unavaila
 
 async def test_requests_share_at_most_max_in_flight_kept_alive_connections() -> None:
     peers: set[object] = set()
+    encodings: set[str | None] = set()
 
     async def echo(request: web.Request) -> web.Response:
         peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        encodings.add(request.headers.get("Accept-Encoding"))
         await asyncio.sleep(0.01)  # so concurrent requests overlap
         return web.Response(body=await request.read())
 
@@ -39,6 +41,7 @@ async def test_requests_share_at_most_max_in_flight_kept_alive_connections() -> 
         finally:
             await session.close()
     assert 1 <= len(peers) <= 2  # 13 requests, two connections at most
+    assert encodings == {None}  # answers not gzipped: float tensors hardly shrink, and it costs both ends
     assert (counts.requests, counts.sent, counts.received) == (13, 508, 508)
 
 
