@@ -126,7 +126,7 @@ class ServerProcess:
             return
         process, self.process = self.process, None
         # Collected before the kill: once their parent is gone, children no longer point back to it.
-        doomed = _descendants(process.pid)
+        doomed = descendants(process.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # start_new_session: its group id is its pid
         for pid in doomed:
@@ -217,7 +217,7 @@ def _wait_ports_free(ports: list[int], timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process under ``pid``, from /proc (Linux): those that left its process group too."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
