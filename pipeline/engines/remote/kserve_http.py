@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import V2_TO_NUMPY, v2_datatype
-from .http import HttpAnswer, HttpSession
+from .http import HttpAnswer, HttpSession, dumps_json
 from .options import ServerOptions
 from .shared_memory import EXTENSION as SHARED_MEMORY
 from .shared_memory import SharedMemoryInputs
@@ -160,7 +160,7 @@ def _json_request(feeds: dict[str, np.ndarray], outputs: list[str]) -> bytes:
     ]
     # Triton sends outputs as bytes unless told not to, even to a JSON request.
     wanted = [{"name": name, "parameters": {"binary_data": False}} for name in outputs]
-    return json.dumps({"inputs": inputs, "outputs": wanted}).encode()
+    return dumps_json({"inputs": inputs, "outputs": wanted})  # the tensors as lists: pydantic-core's encoder
 
 
 def _parse_answer(answer: HttpAnswer) -> dict[str, np.ndarray]:
