@@ -44,21 +44,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.remote.servers: the tests' server launcher
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,28 +69,21 @@ from batching import (
     cut_clip,
     ensure_sample,
     load1,
-    percentile,
     pipeline_dict,
     summarize_messages,
 )
-from remote_anchor import batch_array, drive, parse_shape
+from remote_anchor import parse_shape
+from remote_clients import client_part, client_rows, client_verdict, warm_server
+from remote_server import SERVED, server_cpu_s, triton
 
 from pipeline.bus import NatsServer
 from pipeline.config import parse_config
-from pipeline.engines.base import RunSettings
-from pipeline.engines.remote import RemoteEngine, TritonOptions, load_triton
-from pipeline.engines.remote.options import TritonServerOptions
-from pipeline.modelcard import ModelCard, load_model_card
+from pipeline.modelcard import load_model_card
 from pipeline.modelstore import model_path
 from pipeline.service import run_pipeline
-from tests.remote.servers import TRITON_SCRIPT, TRITON_VENV, ServerProcess, descendants, free_port
+from tests.remote.servers import TRITON_VENV, ServerProcess
 
-BENCH = Path(__file__).resolve().parent
-SERVED = "pp_ocrv4_det"
-"""The model's name on the server."""
-ANCHOR = BENCH / "remote_anchor.py"
 IN_PROCESS = "in-process ORT"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -114,36 +102,6 @@ CONTENDERS = (
     Contender("Triton HTTP, 1 in flight", "http", 1),
     Contender("Triton HTTP shm, 2 in flight", "http", 2, shared_memory=True),
 )
-
-
-# --------------------------------------------------------------------------- the server
-
-
-@contextlib.contextmanager
-def triton(python: Path, onnx: Path, max_batch: int, log_path: Path) -> Iterator[ServerProcess]:
-    """servers/triton_serve.py started as the tests start it, ready (the model loaded) on return."""
-    ports = {flag: free_port() for flag in ("--http-port", "--grpc-port", "--metrics-port")}
-    options = ("--max-batch", str(max_batch))
-    server = ServerProcess("triton", python, TRITON_SCRIPT, {SERVED: onnx}, ports, log_path, options=options)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def server_cpu_s(server: ServerProcess) -> float:
-    """CPU time (user and system) so far of the server and every process under it
-    (``tritonserver``, PyTriton's model proxy and Python backend stub), from /proc."""
-    assert server.process is not None
-    ticks = 0
-    for pid in [server.process.pid, *descendants(server.process.pid)]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        ticks += int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15
-    return ticks / CLOCK_TICKS
 
 
 # --------------------------------------------------------------------------- 1. the pipeline
@@ -281,162 +239,6 @@ def pipeline_rows(runs: list[PipelineRun]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-# --------------------------------------------------------------------------- 2. the client alone
-
-
-@dataclass
-class ClientRun:
-    client: str
-    protocol: str
-    concurrency: int
-    latencies_ms: list[float]
-    wall_s: float
-    cpu_s: float
-    """The client process's CPU time over the measured requests."""
-    server_cpu_s: float
-    """The server's CPU time over the whole run: ``sent`` requests, warm-up included."""
-    sent: int
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies_ms) / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def cpu_ms_per_request(self) -> float:
-        return 1000.0 * self.cpu_s / max(1, len(self.latencies_ms))
-
-    @property
-    def server_cpu_ms_per_request(self) -> float:
-        return 1000.0 * self.server_cpu_s / max(1, self.sent)
-
-    def percentile(self, q: float) -> float:
-        return percentile(np.asarray(self.latencies_ms), q)
-
-
-@contextlib.asynccontextmanager
-async def our_engine(
-    card: ModelCard, url: str, max_in_flight: int, max_batch: int, *, shared_memory: bool = False
-) -> AsyncIterator[RemoteEngine]:
-    """Our engine for the model on the server, opened (the server and the model checked) as the
-    ``infer`` stage opens it."""
-    server = TritonServerOptions(url=url, model=SERVED, max_in_flight=max_in_flight, shared_memory=shared_memory)
-    engine = load_triton(card, TritonOptions(server=server), RunSettings(max_batch=max_batch))
-    await engine.open()
-    try:
-        yield engine
-    finally:
-        await engine.close()
-
-
-async def warm_server(card: ModelCard, url: str, frame: list[int], largest: int) -> None:
-    """The server's first run of a batch size is several times slower (ONNX Runtime plans the
-    shape): one of each size up to ``largest`` (its dynamic batcher may merge two requests) before
-    anything is measured, so no contender pays for them."""
-    async with our_engine(card, url, 1, largest) as engine:
-        for size in range(1, largest + 1):
-            await engine.infer_async({card.inputs[0].name: batch_array([size, *frame])})
-
-
-async def ours(
-    card: ModelCard, url: str, shape: list[int], requests: int, concurrency: int, *, shared_memory: bool = False
-) -> dict[str, Any]:
-    """Our engine as the ``infer`` stage runs it: ``infer_async`` with ``max_in_flight`` = concurrency."""
-    feeds = {card.inputs[0].name: batch_array(shape)}
-    async with our_engine(card, url, concurrency, shape[0], shared_memory=shared_memory) as engine:
-        result = await drive(lambda: engine.infer_async(feeds), requests, concurrency)
-        result["client"] = f"ours ({engine.transport.protocol})"
-    return result
-
-
-def theirs(python: Path, card: ModelCard, url: str, batch: str, requests: int, concurrency: int) -> dict[str, Any]:
-    """NVIDIA's tritonclient (aio) in the Triton venv: bench/remote_anchor.py, one JSON object back."""
-    command = [
-        str(python),
-        str(ANCHOR),
-        f"--url={url}",
-        f"--model={SERVED}",
-        f"--input={card.inputs[0].name}",
-        f"--output={card.outputs[0].name}",
-        f"--batch={batch}",
-        f"--requests={requests}",
-        f"--concurrency={concurrency}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"the tritonclient anchor failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
-def client_part(args: argparse.Namespace, card: ModelCard, server: ServerProcess) -> list[ClientRun]:
-    shape = parse_shape(args.batch)
-    runs: dict[tuple[str, str, int], list[ClientRun]] = {}
-    for concurrency in args.concurrency_levels:
-        for repeat in range(args.repeat):
-            for protocol, url, sides in (
-                ("HTTP", server.http_url, ("ours", "tritonclient")),
-                ("gRPC", server.grpc_url, ("ours", "tritonclient")),
-                ("HTTP shm", server.http_url, ("ours",)),  # inputs through shared memory: ours alone
-            ):
-                for side in sides:
-                    server_cpu = server_cpu_s(server)
-                    if side == "ours":
-                        shm = protocol.endswith("shm")
-                        result = asyncio.run(ours(card, url, shape, args.requests, concurrency, shared_memory=shm))
-                    else:
-                        result = theirs(args.triton_python, card, url, args.batch, args.requests, concurrency)
-                    run = ClientRun(
-                        client=side,
-                        protocol=protocol,
-                        concurrency=concurrency,
-                        latencies_ms=result["latencies_ms"],
-                        wall_s=result["wall_s"],
-                        cpu_s=result["cpu_s"],
-                        server_cpu_s=server_cpu_s(server) - server_cpu,
-                        sent=result["sent"],
-                    )
-                    runs.setdefault((protocol, side, concurrency), []).append(run)
-                    print(
-                        f"  {protocol:<8} x{concurrency} {result['client']:<44} {run.rate:6.2f} requests/s, "
-                        f"p50 {run.percentile(50):.0f} ms (run {repeat + 1}/{args.repeat})",
-                        flush=True,
-                    )
-    return [max(group, key=lambda run: run.rate) for group in runs.values()]
-
-
-def client_rows(runs: list[ClientRun]) -> tuple[list[str], list[list[str]]]:
-    theirs_by = {(r.protocol, r.concurrency): r for r in runs if r.client == "tritonclient"}
-    header = [
-        "protocol",
-        "in flight",
-        "client",
-        "requests/s",
-        "p50 ms",
-        "p99 ms",
-        "client CPU ms/req",
-        "server CPU ms/req",
-        "ours/theirs",
-    ]
-    rows = []
-    for run in sorted(runs, key=lambda r: (r.concurrency, r.protocol, r.client != "ours")):
-        anchor = theirs_by.get((run.protocol, run.concurrency))
-        ratio = f"{run.rate / anchor.rate:.2f}x" if run.client == "ours" and anchor and anchor.rate else ""
-        rows.append(
-            [
-                run.protocol,
-                f"{run.concurrency}",
-                run.client,
-                f"{run.rate:.2f}",
-                f"{run.percentile(50):.0f}",
-                f"{run.percentile(99):.0f}",
-                f"{run.cpu_ms_per_request:.1f}",
-                f"{run.server_cpu_ms_per_request:.0f}",
-                ratio,
-            ]
-        )
-    return header, rows
-
-
 # --------------------------------------------------------------------------- printing
 
 
@@ -459,23 +261,6 @@ def pipeline_verdict(runs: list[PipelineRun]) -> list[str]:
         lines.append(
             f"{run.outcome.contender}: {share:.2f}x the in-process frames/s{goal}; CPU per frame, pipeline and "
             f"server together, {cpu:.0f} ms against {base_cpu:.0f} ms in the process ({cpu / base_cpu:.2f}x)"
-        )
-    return lines
-
-
-def client_verdict(runs: list[ClientRun]) -> list[str]:
-    theirs_by = {(r.protocol, r.concurrency): r for r in runs if r.client == "tritonclient"}
-    lines = []
-    for run in runs:
-        anchor = theirs_by.get((run.protocol, run.concurrency))
-        if run.client != "ours" or anchor is None or not anchor.rate:
-            continue
-        ratio = run.rate / anchor.rate
-        speed = "faster" if ratio > 1.05 else "as fast, within 5%" if ratio >= 0.95 else "slower"
-        lines.append(
-            f"{run.protocol} with {run.concurrency} in flight: ours {ratio:.2f}x tritonclient's "
-            f"requests/s ({speed}); client CPU per request "
-            f"{run.cpu_ms_per_request:.1f} ms against {anchor.cpu_ms_per_request:.1f} ms"
         )
     return lines
 
