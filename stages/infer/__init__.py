@@ -2,8 +2,9 @@
 
 from . import infer as infer
 from .arrays import stack_batch
-from .infer import LIVE_WAITING, Infer, warm_up_feeds
+from .infer import LIVE_WAITING, Infer
 from .params import BatchParams, InferParams, infer_params_for
+from .warmup import warm_up_feeds
 
 __all__ = [
     "LIVE_WAITING",

@@ -18,6 +18,10 @@ stream's frame is prepared just before its run (``DeferredTensor``: a batch of s
 side in the thread pool, one alone on the model's thread), so only frames that run cost that work;
 other streams' frames are prepared as they come, in the pool. The time counts as ``prepare``, and a
 frame that cannot be prepared fails alone.
+
+A model on an inference server (a remote engine) runs its batches on the event loop, up to its
+``max_in_flight`` at once; the items of a batch its engine could not run are dropped and counted
+(``error:engine:<stage>``).
 """
 
 from __future__ import annotations
@@ -43,27 +47,13 @@ from pipeline.stage import Stage, StageContext, register_stage
 from pipeline.tensors import DeferredTensor, ModelInput, ModelOutput
 
 from .arrays import device_module, stack_batch, tensor_on_device
+from .failures import EngineFailureLog
 from .params import InferParams, infer_params_for
 from .state import StreamStates
+from .warmup import warm_up_feeds
 
 LIVE_WAITING = 1
 """Items per live stream that may wait for the model: only the newest frame is worth running."""
-
-
-def warm_up_feeds(card: ModelCard, xp: Any = np) -> dict[str, Any] | None:
-    """Zeros for a batch of one at the card's input size, or None where that size is not known
-    (an axis other than batch, height and width) or the model keeps state between runs. ``xp``
-    makes them: CuPy for a model on a GPU, so the warm-up takes the path real device frames take
-    and counts no host copy."""
-    if card.state or card.preprocess is None:
-        return None
-    spec = card.data_inputs[0]
-    height, width = card.preprocess.size
-    named = {"batch": 1, "height": height, "width": width}
-    if not all(isinstance(dim, int) or dim in named for dim in spec.shape):
-        return None
-    shape = [dim if isinstance(dim, int) else named[dim] for dim in spec.shape]
-    return {spec.name: xp.zeros(shape, dtype=spec.dtype)}
 
 
 @dataclass(slots=True)
@@ -170,7 +160,7 @@ class Infer(Stage):
         # One thread is enough: the batcher runs one batch at a time, and the engine uses the cores.
         # A remote engine runs on the event loop, several batches at once.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
-        self._engine_errors = _ErrorLog(ctx.logger, self.name)
+        self._engine_errors = EngineFailureLog(ctx.logger, self.name)
         self.batcher: Batcher[_Work] = Batcher(
             self._run_batch,
             BatchPolicy(
@@ -413,26 +403,3 @@ class Infer(Stage):
             {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}
             for index in range(len(requests))
         ]
-
-
-class _ErrorLog:
-    """Logs an engine's failed batches without flooding: a new message at once, the same one
-    again at most every ``every_s`` seconds, with how many failed meanwhile."""
-
-    def __init__(self, logger: Any, stage: str, every_s: float = 10.0) -> None:
-        self._logger = logger
-        self._stage = stage
-        self._every_s = every_s
-        self._last = ""
-        self._last_at = 0.0
-        self._since = 0
-
-    def log(self, error: EngineError) -> None:
-        message = str(error)
-        now = time.monotonic()
-        if message == self._last and now - self._last_at < self._every_s:
-            self._since += 1
-            return
-        repeats = f" ({self._since} more items failed the same way meanwhile)" if self._since else ""
-        self._logger.warning("%s; the item is counted as error:engine:%s%s", message, self._stage, repeats)
-        self._last, self._last_at, self._since = message, now, 0

@@ -67,3 +67,30 @@ async def test_a_server_down_drops_and_counts_each_item_and_the_stage_says_it_is
     assert counters.drops == {"error:engine:det": 2}
     assert "is down: connection refused" in (stage.not_ready() or "")
     await stage.stop()
+
+
+def test_engine_failures_are_logged_once_per_message_and_window_with_what_was_suppressed():
+    import logging
+
+    from pipeline.errors import EngineError
+    from stages.infer.failures import EngineFailureLog
+
+    class Recorder(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.engine_failures")
+    recorder = Recorder()
+    logger.addHandler(recorder)
+    failures = EngineFailureLog(logger, "det", every_s=3600)
+    for _ in range(3):
+        failures.log(EngineError("server down"))
+    failures.log(EngineError("bad answer"))
+    assert recorder.lines == [
+        "server down; the item is counted as error:engine:det",
+        "bad answer; the item is counted as error:engine:det (2 more items failed as logged before meanwhile)",
+    ]
