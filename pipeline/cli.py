@@ -105,7 +105,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _summary_line(summary: RunSummary) -> str:
     stats = summary.stats
-    fps = stats.published / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    # Frames decoded and messages published apart: an audio window or an ensemble's join makes
+    # messages that are not one per frame.
+    seconds = summary.elapsed_s if summary.elapsed_s > 0 else float("inf")
     drops = stats.drops_by_reason()
     detail = f" ({', '.join(f'{k}: {v}' for k, v in sorted(drops.items()))})" if drops else ""
     how = "stopped" if summary.interrupted else "done"
@@ -113,7 +115,8 @@ def _summary_line(summary: RunSummary) -> str:
     return (
         f"{summary.pipeline} {how}: {len(stats.items())} stream(s), {stats.decoded} frames decoded, "
         f"{stats.published} messages published, {stats.dropped} dropped{detail}{consumed}, "
-        f"{summary.elapsed_s:.1f} s ({fps:.1f} frames/s)"
+        f"{summary.elapsed_s:.1f} s ({stats.decoded / seconds:.1f} frames decoded/s, "
+        f"{stats.published / seconds:.1f} messages/s)"
     )
 
 

@@ -10,7 +10,9 @@ from aiohttp.typedefs import Middleware
 
 from .errors import Handler, error_response
 
-OPEN_ROUTES = frozenset({"/healthz", "/publish"})  # the page holds no data; its requests carry the token
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/publish"})
+"""Health and readiness: Kubernetes' probes send no token, and the answers hold nothing secret.
+The publish page holds no data; its own requests carry the token."""
 
 
 def bearer_token(token: str) -> Middleware:

@@ -1,4 +1,4 @@
-"""``GET|POST /streams`` and ``DELETE /streams/{id}``: the runner's ``StreamControl`` over HTTP.
+"""``GET|POST /streams`` and ``GET|DELETE /streams/{id}``: the runner's ``StreamControl`` over HTTP.
 
 ``POST`` takes a ``StreamSpec`` as JSON and answers ``201 Created`` with the stream as ``GET``
 lists it (``Location: /streams/{id}``); ``DELETE`` answers once the stream has ended.
@@ -28,6 +28,9 @@ def add_routes(app: web.Application, runner: Runner) -> None:
         stream = control.describe(spec.id)
         return web.json_response(stream, status=201, headers={"Location": f"/streams/{spec.id}"})
 
+    async def get_stream(request: web.Request) -> web.Response:
+        return web.json_response(runner.control.describe(request.match_info["id"]))
+
     async def remove_stream(request: web.Request) -> web.Response:
         stream_id = request.match_info["id"]
         await runner.control.remove(stream_id)
@@ -35,6 +38,7 @@ def add_routes(app: web.Application, runner: Runner) -> None:
 
     app.router.add_get("/streams", list_streams)
     app.router.add_post("/streams", add_stream)
+    app.router.add_get("/streams/{id}", get_stream)
     app.router.add_delete("/streams/{id}", remove_stream)
 
 

@@ -50,12 +50,15 @@ async def api(sample_video: Path) -> AsyncIterator[tuple[str, Runner]]:
         await asyncio.wait_for(task, 30)
 
 
-async def test_the_token_guards_every_route_but_healthz(api: tuple[str, Runner]) -> None:
+async def test_the_token_guards_every_route_but_the_probes(api: tuple[str, Runner]) -> None:
     base, _ = api
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 200
-        for method, path in [("GET", "/streams"), ("POST", "/streams"), ("DELETE", "/streams/x"), ("GET", "/readyz")]:
+        async with http.get(f"{base}/readyz") as response:  # Kubernetes' probes send no token
+            assert response.status == 503 and "checks" in await response.json()
+        guarded = [("GET", "/streams"), ("POST", "/streams"), ("GET", "/streams/x"), ("DELETE", "/streams/x")]
+        for method, path in [*guarded, ("GET", "/streams/x/results"), ("GET", "/metrics")]:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
                 async with http.request(method, f"{base}{path}", headers=headers) as response:
                     assert response.status == 401, (method, path, headers)
@@ -66,7 +69,7 @@ async def test_the_token_guards_every_route_but_healthz(api: tuple[str, Runner])
 
 async def test_readyz_names_what_is_missing(api: tuple[str, Runner]) -> None:
     base, _ = api
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz", headers=AUTH) as response:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/readyz") as response:
         body = await response.json()
     assert response.status == 503
     checks = {"bus_connected": False, "models_loaded": True, "not_stopping": True, "stages_ready": True}
@@ -116,6 +119,10 @@ async def test_add_list_remove_and_their_errors(api: tuple[str, Runner], sample_
             assert response.status == 409
         async with http.put(f"{base}/streams", json=stream, headers=AUTH) as response:
             assert response.status == 405
+        async with http.get(f"{base}/streams/clip", headers=AUTH) as response:
+            assert response.status == 200 and (await response.json())["state"] == "running"
+        async with http.get(f"{base}/streams/nosuch", headers=AUTH) as response:
+            assert response.status == 404 and (await response.json())["error"] == "no stream 'nosuch'"
         while runner.stats.stream("clip").published < 3:  # hang guard: the test timeout
             await asyncio.sleep(0.02)
         async with http.delete(f"{base}/streams/clip", headers=AUTH) as response:

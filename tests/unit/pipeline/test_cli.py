@@ -165,7 +165,8 @@ def test_summary_line_counts_streams_frames_and_rate():
     stats = stats_for({"a": 100, "b": 50}, {"a": 100, "b": 50})
     line = cli._summary_line(RunSummary("demo", elapsed_s=3.0, stats=stats, interrupted=False))
     assert line == (
-        "demo done: 2 stream(s), 150 frames decoded, 150 messages published, 0 dropped, 3.0 s (50.0 frames/s)"
+        "demo done: 2 stream(s), 150 frames decoded, 150 messages published, 0 dropped, 3.0 s "
+        "(50.0 frames decoded/s, 50.0 messages/s)"
     )
 
 
@@ -176,7 +177,7 @@ def test_summary_line_lists_drops_by_reason_sorted():
     stats.count_drop("b", "edge:infer", 1)
     line = cli._summary_line(RunSummary("demo", elapsed_s=2.0, stats=stats, interrupted=True))
     assert line.startswith("demo stopped: 2 stream(s), 20 frames decoded, 16 messages published, ")
-    assert "4 dropped (edge:infer: 2, shutdown: 2), 2.0 s (8.0 frames/s)" in line
+    assert "4 dropped (edge:infer: 2, shutdown: 2), 2.0 s (" in line and "8.0 messages/s)" in line
 
 
 def test_summary_line_appends_consumed_windows_only_when_there_are_some():
@@ -186,10 +187,13 @@ def test_summary_line_appends_consumed_windows_only_when_there_are_some():
     line = cli._summary_line(RunSummary("vad", elapsed_s=2.0, stats=stats, interrupted=False))
     assert line == (
         "vad done: 1 stream(s), 313 frames decoded, 4 messages published, 1 dropped (shutdown: 1), "
-        "308 consumed, 2.0 s (2.0 frames/s)"
+        "308 consumed, 2.0 s (156.5 frames decoded/s, 2.0 messages/s)"  # audio windows are not messages
     )
 
 
 def test_summary_line_with_no_elapsed_time_has_zero_rate():
     line = cli._summary_line(RunSummary("demo", elapsed_s=0.0, stats=StreamStats(), interrupted=False))
-    assert line == "demo done: 0 stream(s), 0 frames decoded, 0 messages published, 0 dropped, 0.0 s (0.0 frames/s)"
+    assert line == (
+        "demo done: 0 stream(s), 0 frames decoded, 0 messages published, 0 dropped, 0.0 s "
+        "(0.0 frames decoded/s, 0.0 messages/s)"
+    )
