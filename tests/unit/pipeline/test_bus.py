@@ -255,11 +255,13 @@ async def test_dead_url_is_a_bus_error_naming_the_url():
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:4222", "127.0.0.1:4222", "localhost", ""])
-async def test_bad_url_scheme_is_a_bus_error(url):
-    with pytest.raises(BusError) as info:
-        await Bus.connect(NatsConfig(url=url), pipeline="unit")
+async def test_bad_url_scheme_is_refused_by_the_config_and_a_bus_error_given_as_override(url):
+    with pytest.raises(ValueError, match="expected 'embedded' or nats://host:port"):
+        NatsConfig(url=url)
+    with pytest.raises(BusError) as info:  # --nats-url: not seen by the config's check
+        await Bus.connect(NatsConfig(), pipeline="unit", url=url or " ")
     assert "nats.url" in str(info.value)
-    assert repr(url) in str(info.value)
+    assert repr(url or " ") in str(info.value)
 
 
 # --- JetStream ------------------------------------------------------------------------------------------

@@ -118,7 +118,9 @@ stages:
     assert code == cli.EXIT_FAILED == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.splitlines() == ["error: nats.url: expected 'embedded' or a nats:// URL, got 'http://127.0.0.1:4222'"]
+    assert err.splitlines() == [
+        "error: nats.url: expected 'embedded' or nats://host:port (nats, tls, ws, wss), got 'http://127.0.0.1:4222'"
+    ]
 
 
 def test_subscribe_to_a_dead_server_is_one_line_without_tracebacks(capsys):

@@ -95,6 +95,26 @@ def test_strict_types_are_not_coerced(override, expected):
     assert str(config_error(minimal(**override))) == expected
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "htp://nowhere",
+            "nats.url: expected 'embedded' or nats://host:port (nats, tls, ws, wss), got 'htp://nowhere'",
+        ),
+        ("nats://", "nats.url: expected 'embedded' or nats://host:port"),
+        ("nats://host:port", "nats.url: bad port in 'nats://host:port'"),
+    ],
+)
+def test_a_nats_url_that_cannot_work_is_a_config_error_before_the_run(url, expected):
+    assert str(config_error(minimal(nats={"url": url}))).startswith(expected)
+
+
+def test_nats_urls_of_every_scheme_nats_py_takes_are_accepted():
+    for url in ("embedded", "nats://127.0.0.1:4222", "tls://bus.example:4443", "ws://h:8080", "wss://h"):
+        assert parse_config(minimal(nats={"url": url}), base_dir=Path(".")).nats.url == url
+
+
 def test_value_constraints_are_reported_at_their_path():
     error = config_error(minimal(runtime={"threads": 0}))
     assert error.path == "runtime.threads"
