@@ -23,6 +23,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from pipeline.bus import free_port as free_port  # the one way tests pick a port
+
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_VENV = ROOT / ".venv-triton"
 KSERVE_VENV = ROOT / ".venv-kserve"
@@ -38,12 +40,6 @@ class ServerError(RuntimeError):
 TRITON_ACCESS_TOKEN = "streamgraph-tests"
 """The test Triton's ``--access-token``: its shared-memory API wants it in a ``triton-access-token``
 header, as a Triton started with ``--http-restricted-api`` would."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def venv_python(venv: Path, what: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from pipeline.engines.remote.proto import grpc_service_pb2 as pb
 from pipeline.engines.remote.transport import BadAnswer, Rejected, ServerTensor, Unavailable
 from pipeline.modelcard import load_card
 from pipeline.modelstore import model_path
+from tests.remote.servers import free_port
 
 INPUT, OUTPUT = "x", "sigmoid_0.tmp_0"
 
@@ -46,12 +46,6 @@ async def triton(triton_server: Any) -> AsyncIterator[KServeGrpc]:
     transport = await opened(triton_server.grpc_url, triton_server.model)
     yield transport
     await transport.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def triton_config(triton_server: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from tests.integration.support import ROOT, Recorder, finish, run_to_end, start_cli, until
+from tests.remote.servers import free_port
 
 LOCAL = ROOT / "configs" / "text-detect.yaml"
 REMOTE = ROOT / "configs" / "text-detect-triton.yaml"
@@ -40,12 +40,6 @@ async def test_the_contract_yaml_on_triton_finds_what_the_model_in_process_finds
         assert len(boxes) == len(theirs[seq]), f"frame {seq}: {boxes} vs {theirs[seq]}"
         for a, b in zip(boxes, theirs[seq], strict=True):
             assert max(abs(p - q) for p, q in zip(a, b, strict=True)) <= 1.0, f"frame {seq}: {a} vs {b}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def engine_errors_in_metrics(url: str) -> float:
