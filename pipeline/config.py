@@ -44,19 +44,25 @@ class JetStreamConfig(StrictModel):
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
-def nats_url_problem(url: str) -> str | None:
-    """What is wrong with a ``nats.url`` (``embedded`` or a URL of a NATS scheme with a host), or
-    None: found by ``validate``, not when the run connects."""
-    if url == "embedded":
-        return None
+def url_problem(url: str, schemes: tuple[str, ...], expected: str) -> str | None:
+    """What is wrong with a URL that must be of one of ``schemes``, with a host and a numeric port
+    if any (``expected`` says what was, for the message), or None. A config's URLs are checked by
+    ``validate`` this way, not first when the run connects."""
     parts = urlsplit(url)
-    if parts.scheme not in NATS_SCHEMES or not parts.hostname:
-        return f"expected 'embedded' or nats://host:port ({', '.join(NATS_SCHEMES)}), got {url!r}"
+    if parts.scheme not in schemes or not parts.hostname:
+        return f"expected {expected}, got {url!r}"
     try:
         parts.port  # noqa: B018  (parsing it is the check)
     except ValueError:
         return f"bad port in {url!r}"
     return None
+
+
+def nats_url_problem(url: str) -> str | None:
+    """What is wrong with a ``nats.url``: ``embedded``, or a URL of a NATS scheme with a host."""
+    if url == "embedded":
+        return None
+    return url_problem(url, NATS_SCHEMES, f"'embedded' or nats://host:port ({', '.join(NATS_SCHEMES)})")
 
 
 class NatsConfig(StrictModel):

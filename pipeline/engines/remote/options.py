@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from ...config import StrictModel
+from ...config import StrictModel, url_problem
 from ..base import EngineOptions
 
 SCHEMES = ("http", "https", "grpc")
@@ -45,13 +45,9 @@ class ServerOptions(StrictModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEMES or not parts.hostname:
-            raise ValueError(f"expected http://host:port, https://host:port or grpc://host:port, got {url!r}")
-        try:
-            parts.port  # noqa: B018  (parsing it is the check)
-        except ValueError:
-            raise ValueError(f"bad port in {url!r}") from None
+        problem = url_problem(url, SCHEMES, "http://host:port, https://host:port or grpc://host:port")
+        if problem:
+            raise ValueError(problem)
         return url.rstrip("/")
 
     @property
