@@ -59,27 +59,24 @@ OCR_MODELS = --model pp_ocrv4_det=$(call MODEL_FILE,pp-ocrv4-det) --model pp_ocr
 
 servers: $(TRITON_VENV)/.installed $(KSERVE_VENV)/.installed $(TORCHSERVE_VENV)/.installed
 
-# rm -rf first: a venv left half-made by an interrupted install is made again, not patched.
+# One recipe for each server's venv: $(1) the venv, $(2) its packages (no commas: call splits on
+# them). rm -rf first: a venv left half-made by an interrupted install is made again, not patched.
+define server_venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(1)/bin/python -m pip install --quiet --disable-pip-version-check $(2)
+	touch $(1)/.installed
+endef
+
 $(TRITON_VENV)/.installed:
-	rm -rf $(TRITON_VENV)
-	$(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TRITON_PACKAGES)
-	touch $@
+	$(call server_venv,$(TRITON_VENV),$(TRITON_PACKAGES))
 
 $(KSERVE_VENV)/.installed:
-	rm -rf $(KSERVE_VENV)
-	$(PYTHON) -m venv $(KSERVE_VENV)
-	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(KSERVE_PACKAGES)
-	touch $@
+	$(call server_venv,$(KSERVE_VENV),$(KSERVE_PACKAGES))
 
 $(TORCHSERVE_VENV)/.installed:
-	rm -rf $(TORCHSERVE_VENV)
-	$(PYTHON) -m venv $(TORCHSERVE_VENV)
-	$(TORCHSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(TORCHSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCHSERVE_PACKAGES)
-	touch $@
+	$(call server_venv,$(TORCHSERVE_VENV),$(TORCHSERVE_PACKAGES))
 
 # A real Triton serving the OCR models, in the foreground (Ctrl-C stops it).
 triton: install $(TRITON_VENV)/.installed
