@@ -154,8 +154,8 @@ class KServeGrpc(Transport):
             if config is not None:
                 max_batch = config.max_batch_size if config.max_batch_size > 0 else None
         return ServerModel(
-            inputs=[_tensor(t) for t in metadata.inputs],
-            outputs=[_tensor(t) for t in metadata.outputs],
+            inputs=[ServerTensor.v2(t.name, t.datatype, t.shape) for t in metadata.inputs],
+            outputs=[ServerTensor.v2(t.name, t.datatype, t.shape) for t in metadata.outputs],
             max_batch=max_batch,
         )
 
@@ -276,16 +276,6 @@ def _sorted(method: str, exc: grpc.RpcError, timeout_s: float) -> _Refused | Una
 def _trimmed(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
-
-
-def _tensor(metadata: Any) -> ServerTensor:
-    datatype = str(metadata.datatype)
-    return ServerTensor(
-        name=str(metadata.name),
-        datatype=datatype,
-        dtype=V2_TO_NUMPY.get(datatype),
-        shape=[int(d) for d in metadata.shape],
-    )
 
 
 def _outputs(answer: pb.ModelInferResponse) -> dict[str, np.ndarray]:

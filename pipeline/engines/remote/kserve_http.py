@@ -126,13 +126,7 @@ class KServeHttp(Transport):
 def _tensor(entry: Any) -> ServerTensor:
     if not isinstance(entry, dict) or "name" not in entry:
         raise BadAnswer(f"model metadata lists a tensor without a name: {entry!r:.200}")
-    datatype = str(entry.get("datatype", "?"))
-    return ServerTensor(
-        name=str(entry["name"]),
-        datatype=datatype,
-        dtype=V2_TO_NUMPY.get(datatype),
-        shape=[int(d) for d in entry.get("shape") or []],
-    )
+    return ServerTensor.v2(entry["name"], entry.get("datatype", "?"), entry.get("shape") or [])
 
 
 def _binary_request(feeds: dict[str, np.ndarray], outputs: list[str]) -> tuple[bytes, list[bytes]]:

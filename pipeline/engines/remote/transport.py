@@ -11,11 +11,14 @@ the tensors asked for).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ...errors import EngineError
+from .dtypes import V2_TO_NUMPY
 from .options import ServerOptions
 
 
@@ -42,6 +45,12 @@ class ServerTensor:
     """numpy's name for it, or None where numpy has none (``BYTES``)."""
     shape: list[int]
     """As the server says it: -1 for an axis of any size (the batch axis among them)."""
+
+    @classmethod
+    def v2(cls, name: object, datatype: object, shape: Iterable[Any]) -> ServerTensor:
+        """A tensor of KServe v2 model metadata (over HTTP or gRPC)."""
+        kind = str(datatype)
+        return cls(str(name), kind, V2_TO_NUMPY.get(kind), [int(d) for d in shape])
 
 
 @dataclass(frozen=True)
