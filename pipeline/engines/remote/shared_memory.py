@@ -23,6 +23,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from .dtypes import v2_datatype
 from .http import HttpSession
 from .transport import Rejected
 
@@ -120,8 +121,7 @@ class SharedMemoryInputs:
 
 
 def _copy_in(region: Region, feeds: dict[str, np.ndarray]) -> list[dict[str, object]]:
-    from .dtypes import v2_datatype
-
+    """Each input into the region, one after another, and the request's entry for each."""
     entries: list[dict[str, object]] = []
     offset = 0
     for name, array in feeds.items():
