@@ -183,12 +183,12 @@ class Infer(Stage):
         feeds = warm_up_feeds(self.card, self._xp)
         if feeds is None:
             return
-        loop = asyncio.get_running_loop()
+        feeds.update(self._constants)
         try:
             if self.engine.remote:
-                await self.engine.infer_async({**feeds, **self._constants})
+                await self.engine.infer_async(feeds)
             else:
-                await loop.run_in_executor(self._model_thread, self.engine.infer, {**feeds, **self._constants})
+                await asyncio.get_running_loop().run_in_executor(self._model_thread, self.engine.infer, feeds)
         except Exception as exc:  # a model that cannot run zeros will say so on real input too
             self.ctx.logger.warning("model %s: warm-up run failed: %s", self.card.name, exc)
 
