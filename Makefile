@@ -24,7 +24,7 @@ models: install
 	$(BIN)/streamgraph models pull
 
 demo: install samples
-	$(BIN)/streamgraph run configs/text-detect.yaml
+	$(BIN)/streamgraph run configs/text-detect.yaml --show 5
 
 test: install samples servers
 	$(BIN)/python -m pytest

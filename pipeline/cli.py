@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,10 +12,20 @@ from typing import Any
 from . import __version__
 from .config import load_config
 from .errors import PipelineError
-from .logs import setup_logging
+from .logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 from .runner import Runner, RunSummary
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success; for run: the run ended by itself with every stream of the config file ok, or a
+       Ctrl-C/SIGTERM stop drained (streams added at run time never change the exit code)
+  1    the pipeline failed (a stage crashed, the bus could not be reached, a model could not load),
+       or a run that ended by itself had a stream of the config file fail; subscribe: the server
+       went away for longer than --reconnect-s
+  2    a config error (one line naming the YAML path), or a command-line usage error
+  130  interrupted outside a run's own drain (Ctrl-C while a config loads, or in subscribe)"""
 
 log = logging.getLogger("streamgraph.cli")
 
@@ -24,7 +33,7 @@ log = logging.getLogger("streamgraph.cli")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         result: int = args.func(args)
         return result
@@ -32,21 +41,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="streamgraph", description="Run audio/video model pipelines, publish results to NATS."
+        prog="streamgraph",
+        description="Run audio/video model pipelines, publish results to NATS.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"streamgraph {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=LOG_LEVELS,
+        help="level of streamgraph's own logs (default INFO); other libraries' from WARNING up, all of them at DEBUG",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text: 'HH:MM:SS LEVEL logger: message' (default); json: one object per line "
+        "(time, level, logger, message, exception)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a pipeline until its streams end (Ctrl-C drains and stops)")
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline until its streams end (Ctrl-C drains and stops)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("config", help="pipeline YAML")
     run.add_argument("--nats-url", help="override nats.url: 'embedded' or nats://host:port")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--show",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="print every stream event and the first N results of each stream, a short line each, "
+        "as a subscriber receives them (default 0: none)",
+    )
     run.set_defaults(func=_run)
 
     validate = commands.add_parser("validate", help="check a pipeline YAML; exit 2 with the YAML path at fault")
@@ -56,7 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     subscribe = commands.add_parser("subscribe", help="print messages as they arrive")
     subscribe.add_argument("subject", nargs="?", default="streamgraph.>")
     subscribe.add_argument("--nats-url", default="nats://127.0.0.1:4222")
-    subscribe.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
+    subscribe.add_argument("--count", type=non_negative_int, default=0, help="exit after this many messages (0: never)")
+    subscribe.add_argument(
+        "--reconnect-s",
+        type=non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="when the server goes away, try to reconnect for this long, then exit 1 (default 30)",
+    )
     subscribe.set_defaults(func=_subscribe)
 
     models = commands.add_parser("models", help="model cards and their files")
@@ -70,6 +114,20 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="what this machine can run (GPU paths, and why not); exits 0")
     doctor.set_defaults(func=_doctor)
     return parser
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return value
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -89,18 +147,69 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .service import build, run_pipeline
+    from .showresults import ResultPrinter
 
     config = load_config(args.config)
     graph = build(config, source=args.config)  # every config error surfaces before the bus starts
     progress = _Progress(enabled=not args.no_progress)
-    summary = asyncio.run(
-        run_pipeline(config, nats_url=args.nats_url, source=args.config, on_started=progress.attach, graph=graph)
-    )
-    progress.close()
+    printer = None
+    if args.show:
+        printer = ResultPrinter(config.nats.prefix, config.pipeline, per_stream=args.show, write=progress.write)
+    try:
+        summary = asyncio.run(
+            run_pipeline(
+                config,
+                nats_url=args.nats_url,
+                source=args.config,
+                on_started=progress.attach,
+                graph=graph,
+                on_bus=printer.subscribe if printer is not None else None,
+            )
+        )
+    except PipelineError:
+        raise  # main: one line, exit 2 for a config error found on start, 1 for the rest
+    except Exception as exc:
+        only = _only_pipeline_error(exc)
+        if only is not None:
+            raise only from None
+        # Not a user's mistake but the pipeline itself (a stage crashed): the traceback is the news.
+        log.error("pipeline %s failed", config.pipeline, exc_info=exc)
+        print(f"error: pipeline {config.pipeline} failed: {_describe(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        progress.close()
     print(_summary_line(summary))
     for stream_id, error in summary.failed_streams:
-        print(f"stream {stream_id} failed: {error}", file=sys.stderr)
-    return EXIT_FAILED if summary.failed_streams else EXIT_OK
+        added = " (added at run time)" if summary.stats.stream(stream_id).added_at_run_time else ""
+        print(f"stream {stream_id}{added} failed: {error}", file=sys.stderr)
+    return run_exit_code(summary)
+
+
+def run_exit_code(summary: RunSummary) -> int:
+    """0, unless the run ended by itself (no Ctrl-C/SIGTERM) with a stream of the config file
+    failed: 1, as a batch job whose input failed. A stream added at run time (HTTP, NATS) failing
+    is that stream's own affair, and a stop asked for is a clean stop: a supervisor restarting the
+    service on a non-zero code must not take either for a crash."""
+    if summary.interrupted:
+        return EXIT_OK
+    declared = [sid for sid, _ in summary.failed_streams if not summary.stats.stream(sid).added_at_run_time]
+    return EXIT_FAILED if declared else EXIT_OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _only_pipeline_error(exc: BaseException) -> PipelineError | None:
+    """The one ``PipelineError`` a task group wrapped, if that is all it holds."""
+    leaves = _leaves(exc)
+    return leaves[0] if len(leaves) == 1 and isinstance(leaves[0], PipelineError) else None
+
+
+def _describe(exc: BaseException) -> str:
+    return "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in _leaves(exc))
 
 
 def _summary_line(summary: RunSummary) -> str:
@@ -152,6 +261,16 @@ class _Progress:
         self._bar.set_postfix(decoded=stats.decoded, dropped=stats.dropped, refresh=False)
         self._bar.refresh()
 
+    def write(self, line: str) -> None:
+        """A line on stdout that does not tear the bar (it is redrawn below the line)."""
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+        else:
+            print(line, flush=True)
+
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -161,46 +280,10 @@ class _Progress:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
-    return asyncio.run(_subscribe_async(args.nats_url, args.subject, args.count))
+    from .subscribe import subscribe
 
-
-async def _subscribe_async(url: str, subject: str, count: int) -> int:
-    import nats
-
-    from .errors import BusError
-
-    try:
-        client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3, error_cb=_log_nats_error)
-    except Exception as exc:
-        raise BusError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
-    received = 0
-    done = asyncio.Event()
-
-    async def show(msg: object) -> None:
-        nonlocal received
-        data = getattr(msg, "data", b"")
-        try:
-            text = json.dumps(json.loads(data), separators=(",", ":"))
-        except ValueError:
-            text = data.decode(errors="replace")
-        print(f"{getattr(msg, 'subject', '?')} {text}", flush=True)
-        received += 1
-        if count and received >= count:
-            done.set()
-
-    await client.subscribe(subject, cb=show)
-    await client.flush()  # the server has the subscription: whatever is published from now on arrives
-    print(f"subscribed to {subject} on {url}", file=sys.stderr)
-    try:
-        await done.wait()
-    finally:
-        await client.drain()
+    asyncio.run(subscribe(args.nats_url, args.subject, count=args.count, reconnect_s=args.reconnect_s))
     return EXIT_OK
-
-
-async def _log_nats_error(exc: Exception) -> None:
-    # nats-py's default callback logs a traceback per failed attempt; one line is enough.
-    log.warning("NATS: %s", exc or type(exc).__name__)
 
 
 def _models_pull(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def build_graph(config: PipelineConfig, *, source: str | None = None) -> Graph:
         try:
             if stage_config.name in nodes:
                 raise ConfigError(f"{path}.name", f"duplicate stage name {stage_config.name!r}")
-            cls = stage_class_for(stage_config.type, stage_config.class_, path)
+            cls = stage_class_for(stage_config.type, stage_config.class_, path, base_dir=config.base_dir)
             stage = build_stage(cls, stage_config.name, stage_config.params, params_path=f"{path}.params")
             try:
                 stage.check(config.base_dir)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
@@ -26,6 +28,8 @@ from .stats import StreamStats
 
 if TYPE_CHECKING:
     from .bus import Bus
+
+log = logging.getLogger("streamgraph.stage")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -227,8 +231,12 @@ def source_class_for_uri(uri: str) -> type[Source]:
     raise ConfigError("uri", f"no source takes {scheme or 'bare'!r} URIs; known schemes: {', '.join(known)}")
 
 
-def stage_class_for(type_name: str | None, class_path: str | None, path: str) -> type[Stage]:
-    """The class a stage config names, by registered type or ``module:Class`` import path."""
+def stage_class_for(
+    type_name: str | None, class_path: str | None, path: str, *, base_dir: Path | None = None
+) -> type[Stage]:
+    """The class a stage config names, by registered type or ``module:Class`` import path. A
+    module is looked for in ``base_dir`` (the config file's directory) first, then on the Python
+    path, so ``mystages.py`` beside the YAML needs no ``PYTHONPATH``."""
     if (type_name is None) == (class_path is None):
         raise ConfigError(path, "give exactly one of 'type' or 'class'")
     if type_name is not None:
@@ -238,19 +246,74 @@ def stage_class_for(type_name: str | None, class_path: str | None, path: str) ->
             raise ConfigError(f"{path}.type", f"unknown stage type {type_name!r}; known: {known}")
         return cls
     assert class_path is not None
+    where = f"{path}.class"
     module_name, _, attr = class_path.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"{path}.class", f"expected 'package.module:Class', got {class_path!r}")
+        raise ConfigError(where, f"expected 'package.module:Class', got {class_path!r}")
     if module_name.startswith("."):
-        raise ConfigError(f"{path}.class", f"expected an absolute module path, got {class_path!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{path}.class", f"cannot import {module_name!r}: {exc}") from None
+        raise ConfigError(where, f"expected an absolute module path, got {class_path!r}")
+    module = _import_stage_module(module_name, base_dir, where)
     cls = getattr(module, attr, None)
+    if cls is None:
+        found = sorted(
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type) and issubclass(v, Stage) and v.__module__ == module.__name__  # not imported ones
+        )
+        listed = f"; Stage classes there: {', '.join(found)}" if found else "; it defines no Stage class"
+        raise ConfigError(where, f"module {module_name!r} ({_module_file(module)}) has no {attr!r}{listed}")
     if not (isinstance(cls, type) and issubclass(cls, Stage)):
-        raise ConfigError(f"{path}.class", f"{class_path!r} is not a streamgraph Stage subclass")
+        raise ConfigError(where, f"{class_path!r} is not a streamgraph Stage subclass")
     return cls
+
+
+def _import_stage_module(module_name: str, base_dir: Path | None, where: str) -> ModuleType:
+    """Import ``module_name`` with ``base_dir`` first on ``sys.path`` for the time of the import.
+
+    Temporarily, not for good: a config's folder left on ``sys.path`` would shadow modules for the
+    rest of the process (a ``utils.py`` or ``json.py`` beside the YAML, for every later import). Not
+    ``spec_from_file_location`` either: that loads one file, not a package (``mypkg.stages``), and
+    the module could not import its neighbours. What the module imports while it is imported is
+    found there too; a package's submodules stay importable later through the package's
+    ``__path__``.
+    """
+    folder = str(base_dir.resolve()) if base_dir is not None else None
+    added = folder if folder is not None and folder not in sys.path else None
+    if added is not None:
+        sys.path.insert(0, added)
+        importlib.invalidate_caches()  # the folder's listing may predate a module written since
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            looked = f"in {folder} or on the Python path" if folder is not None else "on the Python path"
+            raise ConfigError(where, f"no module {module_name!r} {looked}") from None
+        raise ConfigError(where, f"cannot import {module_name!r}: {exc}") from None  # one of its imports
+    except ImportError as exc:
+        raise ConfigError(where, f"cannot import {module_name!r}: {exc}") from None
+    except SyntaxError as exc:  # its message names the file and line
+        raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # the user's module raised while being imported: say where
+        log.debug("importing %s failed", module_name, exc_info=exc)
+        raised = f"{type(exc).__name__}: {exc}{_raised_at(exc)}"
+        raise ConfigError(where, f"importing {module_name!r} raised {raised}") from None
+    finally:
+        if added is not None:
+            sys.path.remove(added)
+
+
+def _module_file(module: ModuleType) -> str:
+    return str(getattr(module, "__file__", None) or "built-in")
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` (file.py:12)``: the innermost frame of ``exc``'s traceback, where the user's code raised."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
 
 
 class TrackSelection(StageParams):

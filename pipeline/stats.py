@@ -30,6 +30,9 @@ class StreamCounters:
     frame_count: int | None = None
     error: str | None = None
     ended: bool = False
+    added_at_run_time: bool = False
+    """Added while the pipeline ran (HTTP API, NATS control), not declared in the config file: its
+    failure is that stream's own, never the run's (``streamgraph run`` exits 0 for it)."""
 
     @property
     def dropped(self) -> int:

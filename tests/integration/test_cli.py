@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ GOOD = (ROOT / "configs" / "text-detect.yaml").read_text()
 
 def _validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "pipeline.yaml"
-    config.write_text(text)
+    # Written elsewhere than configs/: the sample's path made absolute, so only the edit is wrong.
+    config.write_text(text.replace("../samples/text.mp4", str(ROOT / "samples" / "text.mp4")))
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "validate", str(config)],
         capture_output=True,
@@ -145,3 +147,32 @@ def test_doctor_exits_0_and_gives_each_gpu_path_with_its_reason() -> None:
         state, _, why = line.strip()[len(path) :].strip().partition(": ")
         assert state in ("usable", "unavailable") and why.strip(), line
     assert any(line.strip().startswith("engine: auto") for line in lines)
+
+
+def test_a_stage_module_beside_the_config_needs_no_pythonpath(tmp_path: Path, sample_video: Path) -> None:
+    """``class: brightness_stage:Brightness`` with brightness_stage.py next to the YAML, run from
+    another directory with no PYTHONPATH: found; a misspelled class says what the module has."""
+    (tmp_path / "brightness_stage.py").write_text(
+        "from pipeline.stage import Stage\n\n\nclass Brightness(Stage):\n    pass\n"
+    )
+    config = tmp_path / "mine.yaml"
+    text = f"""
+pipeline: mine
+stages:
+  - {{name: video, type: file, params: {{path: '{sample_video}'}}}}
+  - {{name: decode, type: decode, inputs: [video]}}
+  - {{name: bright, class: 'brightness_stage:Brightness', inputs: [decode]}}
+"""
+    config.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [str(Path(sys.executable).parent / "streamgraph"), "validate", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "video -> decode -> bright" in done.stdout
+    config.write_text(text.replace("Brightness'", "Brightnes'"))
+    done = subprocess.run(command, capture_output=True, text=True, cwd="/", env=env, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: {config}: stages[2].class: module 'brightness_stage' ({tmp_path / 'brightness_stage.py'}) "
+        "has no 'Brightnes'; Stage classes there: Brightness"
+    )

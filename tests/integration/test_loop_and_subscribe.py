@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from itertools import pairwise
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 
 import nats
 
-from .support import Recorder, finish, start_cli
+from pipeline.bus import NatsServer
+
+from .support import GUARD_S, Recorder, finish, start_cli
 
 
 async def test_looping_file_keeps_pts_and_seq_increasing(
@@ -59,3 +62,55 @@ async def test_subscribe_prints_each_message_with_its_subject(nats_server: Any, 
     stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0
     assert stdout.decode().splitlines() == ['demo.one {"seq":1}', "demo.two not json"]
+
+
+async def _until_subscribed(process: asyncio.subprocess.Process) -> None:
+    assert process.stderr is not None
+    line = b""
+    while b"subscribed to" not in line:  # printed once the server has the subscription
+        line = await asyncio.wait_for(process.stderr.readline(), timeout=60)
+        assert line, "subscribe exited before it listened"
+
+
+async def test_subscribe_gives_up_on_a_server_gone_for_longer_than_reconnect_s(cli_env: dict[str, str]) -> None:
+    """It used to wait forever: now it reconnects for ``--reconnect-s``, then exits 1 naming the server."""
+    server = NatsServer().start()
+    try:
+        process = await start_cli("subscribe", "x.>", "--nats-url", server.url, "--reconnect-s", "2", env=cli_env)
+        await _until_subscribed(process)
+    finally:
+        server.stop()
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)  # a hang guard
+    assert process.returncode == 1
+    lines = stderr.decode().splitlines()
+    assert any(f"lost the NATS server at {server.url}; reconnecting for up to 2 s" in line for line in lines)
+    assert lines[-1] == f"error: lost the NATS server at {server.url} and could not reconnect within 2 s"
+    assert "Traceback" not in stderr.decode()
+
+
+async def test_subscribe_resumes_when_the_server_comes_back_within_reconnect_s(cli_env: dict[str, str]) -> None:
+    server = NatsServer().start()
+    try:
+        process = await start_cli("subscribe", "x.>", "--nats-url", server.url, "--count", "1", env=cli_env)
+        await _until_subscribed(process)
+    finally:
+        server.stop()
+    with NatsServer(port=server.port) as again:  # a restart: same address, new process
+        client = await nats.connect(again.url)
+
+        async def publish_until_taken() -> None:
+            # Messages sent before the subscription is back are lost (core NATS): send until one is taken.
+            while process.returncode is None:
+                await client.publish("x.back", b'{"after": "restart"}')
+                await client.flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), timeout=0.2)
+
+        try:
+            await asyncio.wait_for(publish_until_taken(), GUARD_S)
+        finally:
+            await client.close()
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().splitlines() == ['x.back {"after":"restart"}']
+    assert "reconnected to the NATS server at" in stderr.decode()

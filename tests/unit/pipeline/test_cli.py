@@ -6,6 +6,7 @@ tests/integration/test_cli.py; these tests cover the logic behind it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,36 @@ def test_subscribe_to_a_dead_server_is_one_line_without_tracebacks(capsys):
     assert "Traceback" not in err
 
 
+def test_log_format_json_makes_every_log_line_a_json_object(capsys):
+    url = f"nats://127.0.0.1:{free_port()}"  # nobody listens: each failed attempt is logged
+    args = ["--log-format", "json", "subscribe", "--nats-url", url, "x.>"]
+    assert cli.main(args) == cli.EXIT_FAILED
+    *logged, last = capsys.readouterr().err.splitlines()
+    assert last.startswith(f"error: cannot connect to NATS at {url}")  # the command's own verdict
+    records = [json.loads(line) for line in logged]
+    assert records, "the failed attempts are logged"
+    assert {(r["level"], r["logger"]) for r in records} == {("WARNING", "streamgraph.subscribe")}
+
+
+def test_help_lists_the_exit_codes(capsys):
+    for argv in (["--help"], ["run", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "exit codes:" in out
+        for line in ("  0    success", "  1    the pipeline failed", "  2    a config error", "  130  interrupted"):
+            assert line in out, (argv, line)
+
+
+@pytest.mark.parametrize("argv", [["run", "x.yaml", "--show", "-1"], ["subscribe", "--reconnect-s", "-5"]])
+def test_negative_counts_and_durations_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "expected 0 or more" in capsys.readouterr().err
+
+
 def test_keyboard_interrupt_exits_130(monkeypatch, tmp_path, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
@@ -199,3 +230,33 @@ def test_summary_line_with_no_elapsed_time_has_zero_rate():
         "demo done: 0 stream(s), 0 frames decoded, 0 messages published, 0 dropped, 0.0 s "
         "(0.0 frames decoded/s, 0.0 messages/s)"
     )
+
+
+# --- run_exit_code ------------------------------------------------------------------------------------
+
+
+def failed(stream_ids: dict[str, bool]) -> StreamStats:
+    """Stats where each stream failed; the flag: it was added at run time (API, NATS)."""
+    stats = StreamStats()
+    stats.stream("healthy").decoded = 10
+    for stream_id, added in stream_ids.items():
+        stats.stream(stream_id).error = "source x: InvalidDataError: garbage"
+        stats.stream(stream_id).added_at_run_time = added
+    return stats
+
+
+@pytest.mark.parametrize(
+    ("streams", "interrupted", "code"),
+    [
+        ({}, False, 0),  # a batch job that went well
+        ({}, True, 0),
+        ({"cam": True}, True, 0),  # the reported case: Ctrl-C of a service after an API stream failed
+        ({"cam": True}, False, 0),  # ... or the service ended by itself (``stay_open: false``)
+        ({"file": False}, False, 1),  # a batch job whose input failed
+        ({"file": False, "cam": True}, False, 1),
+        ({"file": False}, True, 0),  # a stop asked for is a clean stop
+    ],
+)
+def test_run_exit_code(streams, interrupted, code):
+    summary = RunSummary("demo", elapsed_s=1.0, stats=failed(streams), interrupted=interrupted)
+    assert cli.run_exit_code(summary) == code
