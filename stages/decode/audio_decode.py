@@ -28,7 +28,7 @@ from pipeline.media import AudioChunk, EncodedPacket, EndOfStream, Item, StreamI
 from pipeline.stage import Stage, StageParams, register_stage
 from pipeline.tensors import PreparedTensor
 
-from .errors import count_decode_error
+from .errors import count_decode_error, open_decoder, reason
 
 
 class AudioDecodeParams(StageParams):
@@ -73,7 +73,7 @@ class AudioDecode(Stage):
     async def on_stream_added(self, info: StreamInfo) -> None:
         if info.audio is None:
             return
-        codec: Any = av.CodecContext.create(info.audio.codec, "r")
+        codec = open_decoder(info.stream_id, info.audio.codec, "audio")
         codec.sample_rate = info.audio.sample_rate
         if info.audio.channels:
             codec.layout = _layout(info.audio.channels)
@@ -118,7 +118,7 @@ class AudioDecode(Stage):
             )
             self._add(state, first_pts, samples)
         except av.FFmpegError as exc:
-            self.ctx.logger.warning("stream %s: flushing the audio decoder failed: %s", eos.stream_id, exc)
+            self.ctx.logger.warning("stream %s: flushing the audio decoder failed: %s", eos.stream_id, reason(exc))
         return self._windows(eos.stream_id, state, state.last_capture or time.time(), final=True)
 
     @staticmethod

@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError, StreamError
 from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, VideoFrame, overdue_ms
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-from .errors import count_decode_error
+from .errors import count_decode_error, open_decoder, reason
 from .nvdec import NvdecDecoder, nvdec_unusable
 
 
@@ -115,7 +115,7 @@ class Decode(Stage):
                     self._streams[info.stream_id] = _StreamDecoder(codec=None, gpu=gpu)
                     return
             self.ctx.logger.info("stream %s: decoding on the CPU: %s", info.stream_id, problem)
-        codec = av.CodecContext.create(info.video.codec, "r")
+        codec = open_decoder(info.stream_id, info.video.codec, "video")
         if info.video.extradata:
             codec.extradata = info.video.extradata
         codec.thread_type = "AUTO"
@@ -175,7 +175,7 @@ class Decode(Stage):
                         _decode, state.codec, None, state.time_base, self._wanted(state)
                     )
         except self._decode_errors(state) as exc:
-            self.ctx.logger.warning("stream %s: flushing the decoder failed: %s", eos.stream_id, exc)
+            self.ctx.logger.warning("stream %s: flushing the decoder failed: %s", eos.stream_id, reason(exc))
             return ()
         return self._to_items(eos.stream_id, state, frames)
 

@@ -135,6 +135,25 @@ async def test_packet_for_a_stream_without_video_is_a_stream_error(make_ctx, h26
     assert info.value.stream_id == "audio-only"
 
 
+@pytest.mark.parametrize("track", ["video", "audio"])
+async def test_a_codec_this_ffmpeg_cannot_decode_is_a_stream_error_naming_it(make_ctx, track):
+    from pipeline.media import AudioCodecParams
+    from stages.decode.audio_decode import AudioDecode, AudioDecodeParams
+
+    # a64_multi: FFmpeg encodes it but has no decoder for it (a camera may announce any codec).
+    if track == "video":
+        decoder: Stage = await started_decoder(make_ctx, device="cpu")
+        info = StreamInfo("odd", "rtsp://cam", live=True, video=VideoCodecParams("a64_multi", 64, 48))
+    else:
+        decoder = AudioDecode("audio_decode", AudioDecodeParams())
+        await decoder.start(make_ctx("audio_decode"))
+        info = StreamInfo("odd", "rtsp://cam", live=True, audio=AudioCodecParams("a64_multi", 16000, 1))
+    with pytest.raises(StreamError, match=f"no FFmpeg decoder for {track} codec 'a64_multi'") as raised:
+        await decoder.on_stream_added(info)
+    assert raised.value.stream_id == "odd"
+    assert "odd" not in decoder._streams
+
+
 async def test_non_packets_pass_through(make_ctx):
     decoder = await started_decoder(make_ctx)
     frame = VideoFrame(np.zeros((2, 2, 3), np.uint8), 0, Fraction(1, 30), 2, 2)
@@ -154,8 +173,13 @@ async def test_corrupt_packets_are_counted_then_end_the_stream(make_ctx, h264_fi
     # A good packet resets the run of errors.
     await decoder.process(packet_item(packets[0]))
     assert list(await decoder.process(packet_item(garbage))) == []
-    with pytest.raises(StreamError, match="2 packets in a row failed to decode"):
+    with pytest.raises(StreamError) as failed:
         await decoder.process(packet_item(garbage))
+    # FFmpeg's words for a person, without its errno and C function names.
+    assert (
+        failed.value.message
+        == "corrupt video: 2 packets in a row failed to decode (Invalid data found when processing input)"
+    )
     assert decoder.ctx.stats.stream("cam").packets_dropped == 3
     await decoder.on_stream_ended(EndOfStream("cam", "error"))  # flushes and releases the codec
 
