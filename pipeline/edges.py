@@ -5,6 +5,9 @@ lose nothing) and ``drop_oldest`` discards the oldest waiting item (live: keep l
 Every drop is counted against the item's stream. Control items (stream started/ended) are never
 dropped and never wait, so a full edge cannot lose or stall a stream's end.
 
+An edge ends two parts of an item's latency (``Item.mark``): ``blocked`` when it gets in (the
+wait for room since its last part ended) and ``queue`` when it is taken out.
+
 Compressed video is a chain: a packet decodes only with the packets before it back to a keyframe.
 So once an edge drops a stream's video packet, it also drops that stream's video packets after it
 up to its next keyframe (counted the same way): the decoder resumes on a clean picture instead of
@@ -87,6 +90,9 @@ class Edge:
             self._data_count += 1
             self.max_depth = max(self.max_depth, self._data_count)
             message.enqueued_at = time.monotonic()
+            # Since its last part ended (its stage finished, its source read it) the item waited
+            # for room here, or for a sibling branch's edge to take its copy (fan-out).
+            message.mark("blocked")
         elif isinstance(message, EndOfStream):
             self._awaiting_keyframe.discard(message.stream_id)
         self._queue.append(message)
@@ -104,7 +110,7 @@ class Edge:
             self._wake()
             if self._skip_to_keyframe(message):
                 return await self.get()
-            message.add_time("queue", (time.monotonic() - message.enqueued_at) * 1000.0)
+            message.mark("queue")
         self._wake()
         return message
 

@@ -133,6 +133,12 @@ class Item:
 
     Mutable on purpose: each stage adds its tensors, results and timings in place. A stage that
     hands one item to several branches forks it first (``fork``), so branches never share dicts.
+
+    ``timings_ms`` tiles the item's time since ``capture_time`` into named parts: each part ends
+    with a ``mark`` that gives it everything since the previous part ended, so ``capture_time``
+    plus the parts so far is always the moment the last one ended, and a result's parts add up
+    to its ``total`` by construction (``add_time`` may split a stretch not marked yet: it must
+    not count time another part already has).
     """
 
     stream_id: str
@@ -143,11 +149,27 @@ class Item:
     results: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     enqueued_at: float = 0.0
+    """``time.monotonic()`` when the item last entered an edge (informational: the ``queue``
+    part is marked, not computed from it)."""
     last_stage: str = ""
     """The stage that passed the item on last (a join tells its branches apart by it)."""
 
     def add_time(self, key: str, ms: float) -> None:
+        """Add ``ms`` to part ``key``: a stretch since the last mark that a stage measured itself
+        (the wait in a batcher); the next ``mark`` counts from after it."""
         self.timings_ms[key] = self.timings_ms.get(key, 0.0) + ms
+
+    def mark(self, key: str, *, now: float | None = None) -> float:
+        """End the current part as ``key``: the time from the end of the item's last part (its
+        capture, before the first) to ``now`` (wall clock, default: this moment) goes to ``key``.
+        Returns those ms (0 if the parts already reach past ``now``: a clock stepped back)."""
+        ms = self.unaccounted_ms(time.time() if now is None else now)
+        self.add_time(key, ms)
+        return ms
+
+    def unaccounted_ms(self, now: float) -> float:
+        """The ms from the end of the item's last part to ``now`` (wall clock), never below 0."""
+        return max(0.0, (now - self.capture_time) * 1000.0 - sum(self.timings_ms.values()))
 
     def fork(self) -> Item:
         return Item(

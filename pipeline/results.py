@@ -21,10 +21,11 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 RESULT_SCHEMA = SCHEMA_DIR / "result.schema.json"
 EVENT_SCHEMA = SCHEMA_DIR / "event.schema.json"
 
-RUNTIME_LATENCY_KEYS = ("queue", "blocked", "ordering", "publish")
-"""The parts of a result's latency the runtime itself measures, in every result; the stages add
-the keys they report (``Stage.reported_latency_keys``: decode, prepare, batch_wait, infer, post,
-or their own). Together they account for (nearly) all of ``total``."""
+RUNTIME_LATENCY_KEYS = ("ingest", "queue", "blocked", "ordering", "publish")
+"""The parts of a result's latency the runtime itself marks, in every result; the stages add the
+keys they report (``Stage.reported_latency_keys``: decode, prepare, batch_wait, infer, post,
+held, or their own). The parts tile the time from capture to the message (``Item.mark``), so
+they add up to ``total``."""
 
 
 def result_subject(prefix: str, pipeline: str, stream_id: str) -> str:
@@ -40,21 +41,48 @@ def subject_token(stream_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stream_id) or "_"
 
 
-def message_id(pipeline: str, stream_id: str, seq: int) -> str:
-    return f"{pipeline}.{stream_id}.{seq}"
+def new_run_id() -> str:
+    """A token for one run of a stream, from its start to its end: the wall clock in ns, base 16.
+
+    A stream started again (the service restarted, the stream was removed and added again) gets a
+    new one, so its message ids never collide with its previous run's in JetStream's duplicate
+    window, while a retried message keeps its id.
+    """
+    return f"{time.time_ns():x}"
+
+
+def message_id(pipeline: str, stream_id: str, run: str, seq: int) -> str:
+    """``Nats-Msg-Id`` of a result: unique per stream run and seq, the same for every retry."""
+    return f"{pipeline}.{stream_id}.{run}.{seq}"
+
+
+def event_id(pipeline: str, stream_id: str, run: str, index: int) -> str:
+    """``Nats-Msg-Id`` of a stream's ``index``-th event in one run."""
+    return f"{pipeline}.{stream_id}.{run}.e{index}"
 
 
 def build_result(
-    pipeline: str, item: Item, counters: StreamCounters, publish_ms: float, stage_keys: Sequence[str] = ()
+    pipeline: str,
+    item: Item,
+    counters: StreamCounters,
+    publish_ms: float,
+    stage_keys: Sequence[str] = (),
+    *,
+    run: str | None = None,
 ) -> dict[str, Any]:
     """The result message of ``item``. Its ``latency_ms`` has the runtime's keys, the keys the
     pipeline's stages report (``stage_keys``; 0 where this item spent nothing there), any other a
-    stage added to the item, and ``total``."""
+    stage added to the item, and ``total``, from ``capture_time`` to now.
+
+    Building the message ends the item's last part, ``publish``: from the end of its part before
+    (it got its slot in the publishing stage) to now, so the parts add up to ``total``.
+    ``publish_ms``, what the caller measured of that stretch itself (waiting for room in an
+    outbox before building this), is already inside it and is not added again."""
     media = item.media
     now = time.time()
+    item.mark("publish", now=now)
     keys = dict.fromkeys([*stage_keys, *RUNTIME_LATENCY_KEYS, *item.timings_ms])
     latency = {key: round(item.timings_ms.get(key, 0.0), 3) for key in keys}
-    latency["publish"] = round(latency["publish"] + publish_ms, 3)
     latency["total"] = round(max(0.0, now - item.capture_time) * 1000.0, 3)
     message: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -70,6 +98,8 @@ def build_result(
         "latency_ms": latency,
         "drops": {"total": counters.dropped, "by_reason": dict(counters.drops)},
     }
+    if run is not None:
+        message["run"] = run
     if isinstance(media, VideoFrame):
         message["frame"] = {"width": media.width, "height": media.height}
     return message
@@ -83,6 +113,7 @@ def build_event(
     reason: str | None = None,
     message: str | None = None,
     counters: StreamCounters | None = None,
+    run: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -91,6 +122,8 @@ def build_event(
         "event": event,
         "time": round(time.time(), 6),
     }
+    if run is not None:
+        body["run"] = run
     if reason is not None:
         body["reason"] = reason
     if message is not None:

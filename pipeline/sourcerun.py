@@ -1,11 +1,12 @@
-"""Running one source: whatever happens to it, every stream it started is ended exactly once."""
+"""Running one source: whatever happens to it, every stream it started is ended exactly once; and
+each item it hands on ends its first latency part, ``ingest``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 
-from .media import EndOfStream, Message, StreamStarted
+from .media import EndOfStream, Item, Message, StreamStarted
 from .stage import Source
 from .stats import StreamStats
 
@@ -20,7 +21,11 @@ async def run_source(source: Source, emit: Emit, stats: StreamStats, label: str)
     open_streams: dict[str, None] = {}  # started and not yet ended, in start order
 
     async def tracking(message: Message) -> None:
-        if isinstance(message, StreamStarted):
+        if isinstance(message, Item):
+            # From its capture_time to now: reading it, a file at native rate that fell behind
+            # its schedule, a live source's buffer.
+            message.mark("ingest")
+        elif isinstance(message, StreamStarted):
             open_streams[message.stream_id] = None
         elif isinstance(message, EndOfStream):
             open_streams.pop(message.stream_id, None)

@@ -21,9 +21,12 @@ status of a stream through any input is the n-th status the source sent, and the
 on when the first input delivers it. Counting per input (not comparing contents) keeps a status
 the source repeats ("stalled" twice) and never swallows one.
 
-Time an item spends outside edges and stages is measured too, so its latency breakdown adds up:
-``blocked`` (waiting to get into a full ``block`` edge, or for a free in-flight slot of a stage)
-and ``ordering`` (done in a stage, held back until its stream's earlier items were passed on).
+An item's latency parts tile its time (``Item.mark``: each part runs from the end of the one
+before to the moment the runner or a stage sees it end), so they add up to its total. Here end:
+``blocked`` once the item has a free in-flight slot of the stage, the stage's ``latency_key``
+when ``process`` (or ``on_stream_ended``, for what a stage hands back then) returns, and
+``ordering`` when a result is passed on (after its stream's earlier items; also whatever a stage
+with no ``latency_key`` did not mark itself). Edges end ``blocked`` and ``queue``.
 """
 
 from __future__ import annotations
@@ -55,12 +58,8 @@ async def fan_out(message: Message, outputs: Sequence[Edge], *, via: str) -> Non
         if isinstance(message, EndOfStream | StreamStatus):
             message = dataclasses.replace(message, via=via)
         copies = [message] * len(outputs)
-    began = time.perf_counter()
     for edge, copy in zip(outputs, copies, strict=True):
-        await edge.put(copy)
-        if isinstance(copy, Item):
-            # put() does not yield once the item is in, so nobody has read its timings yet.
-            copy.add_time("blocked", (time.perf_counter() - began) * 1000.0)
+        await edge.put(copy)  # marks the copy's wait to get in (behind the copies before it too)
 
 
 async def emit_all(items: Sequence[Item], outputs: Sequence[Edge], stats: StreamStats, *, via: str) -> None:
@@ -111,11 +110,6 @@ class _Slot:
     """For a ``StreamStarted``: why adding the stream failed."""
     handled: asyncio.Event | None = None
     """For a ``StreamStatus``: set once the writer has passed it on."""
-    done_at: float | None = None
-    """``perf_counter`` when ``task`` finished (how long its results then waited for their turn)."""
-
-    def mark_done(self, _: object) -> None:
-        self.done_at = time.perf_counter()
 
 
 class StageRun:
@@ -214,16 +208,13 @@ class StageRun:
                 self.stats.drop_item(message, f"failed:{self.node.name}")
                 continue
             else:
-                waiting = time.perf_counter()
                 try:
                     await self._room.acquire()
                 except asyncio.CancelledError:
                     self.stats.drop_item(message, "shutdown")
                     raise
-                message.add_time("blocked", (time.perf_counter() - waiting) * 1000.0)
-                task = asyncio.create_task(self._process(message))
-                slot = _Slot(message, task=task)
-                task.add_done_callback(slot.mark_done)
+                message.mark("blocked")
+                slot = _Slot(message, task=asyncio.create_task(self._process(message)))
             self._unfinished.add(slot)
             self._lane(message.stream_id).put_nowait(slot)
 
@@ -259,7 +250,6 @@ class StageRun:
         return None
 
     async def _process(self, item: Item) -> Sequence[Item] | _Failure:
-        began = time.perf_counter()
         try:
             results = await self.stage.process(item)
         except StreamError as exc:
@@ -269,7 +259,7 @@ class StageRun:
             log.exception("stage %s failed on stream %s seq %d", self.node.name, item.stream_id, item.seq)
             self.stats.drop_item(item, f"error:{self.node.name}")
             return ()
-        self._add_latency(results, began)
+        self._end_stage_part(results)
         return results
 
     # --- writer: passes results on in the same order --------------------------------------------
@@ -284,10 +274,9 @@ class StageRun:
                 finally:
                     self._room.release()
                 self._unfinished.discard(slot)
-                if slot.done_at is not None and not isinstance(outcome, _Failure):
-                    held_ms = (time.perf_counter() - slot.done_at) * 1000.0
+                if not isinstance(outcome, _Failure):
                     for result in outcome:
-                        result.add_time("ordering", held_ms)
+                        result.mark("ordering")
                 await self._pass_on(message, outcome)
             elif isinstance(message, StreamStarted):
                 self._unfinished.discard(slot)
@@ -354,11 +343,10 @@ class StageRun:
             return  # its end already went downstream when it failed
         assert entry.end is not None
         eos = entry.end
-        began = time.perf_counter()
         tail: Sequence[Item] = ()
         try:
             tail = await self.stage.on_stream_ended(eos)
-            self._add_latency(tail, began)
+            self._end_stage_part(tail)
         except Exception as exc:
             error = self._describe(eos.stream_id, exc)
             self.stats.stream(eos.stream_id).error = error
@@ -366,12 +354,15 @@ class StageRun:
         await emit_all(tail, self.outputs, self.stats, via=self.node.name)
         await fan_out(eos, self.outputs, via=self.node.name)
 
-    def _add_latency(self, items: Sequence[Item], began: float) -> None:
+    def _end_stage_part(self, items: Sequence[Item]) -> None:
+        """The stage is done with ``items``: their time since their last part ended (getting a slot
+        here, or whatever the stage marked itself) is its ``latency_key``'s. A stage without one
+        marks its own parts; the rest of its time counts as ``ordering``."""
         key = self.stage.latency_key
         if key is not None:
-            elapsed_ms = (time.perf_counter() - began) * 1000.0
+            now = time.time()
             for item in items:
-                item.add_time(key, elapsed_ms)
+                item.mark(key, now=now)
 
     def _describe(self, stream_id: str, exc: Exception) -> str:
         if isinstance(exc, StreamError):

@@ -7,6 +7,9 @@ other input's items are held by media time and attached to the primary item whos
 delivered something at or past the end of its span, but never longer than ``timeout_ms``: then
 it goes out with what it has and that branch marked ``missing`` (a file with no audio track, a
 stalled branch). Attached items are used up, not published: they count as ``consumed``.
+
+A primary item's wait for the other branches is its ``held`` latency part; attaching what they
+delivered is ``post``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Join(Stage):
     Params = JoinParams
     params: JoinParams
     latency_key = "post"
+    latency_keys = ("held",)
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -139,6 +143,7 @@ class Join(Stage):
         finally:
             state.waiting.remove(start)
             state.done_until = max(state.done_until, start)
+        item.mark("held")
         for branch in self.branches:
             taken = [held for t, held in state.held[branch] if start <= t < end]
             item.results[branch] = {

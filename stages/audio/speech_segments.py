@@ -10,7 +10,7 @@ segment). Times are media time: the windows' pts.
 A window on which a segment closes is published at once (with ``per_window: true``, every window
 is, one window late); the others are counted as ``consumed``, not dropped. The latest window is
 held back until the next one arrives, so that a segment still open when the stream ends has an
-item to travel on.
+item to travel on; that wait is the window's ``held`` latency part.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class SpeechSegments(Stage):
     Params = SpeechSegmentsParams
     params: SpeechSegmentsParams
     latency_key = "post"
+    latency_keys = ("held",)
 
     def __init__(self, name: str, params: SpeechSegmentsParams) -> None:
         super().__init__(name, params)
@@ -107,6 +108,7 @@ class SpeechSegments(Stage):
             # Out at once: no speech is open now, so no window needs holding for the stream's end.
             released, state.held = state.held, None
             return (*self._release(released), item)
+        item.mark("post")  # its own segmentation is done; what follows is waiting for the next window
         released, state.held = state.held, item
         return self._release(released)
 
@@ -133,6 +135,7 @@ class SpeechSegments(Stage):
     def _release(self, item: Item | None) -> Sequence[Item]:
         if item is None:
             return ()
+        item.mark("held")
         if self.name in item.results:
             return (item,)
         self.ctx.stats.stream(item.stream_id).consumed += 1

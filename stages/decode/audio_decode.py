@@ -57,6 +57,8 @@ class _AudioStream:
     next_seq: int = 0
     errors_in_row: int = 0
     last_capture: float = 0.0
+    last_timings: dict[str, float] = field(default_factory=dict)
+    """The latency parts of the packet ``last_capture`` is from: its windows carry on from them."""
 
 
 @register_stage("audio_decode")
@@ -93,7 +95,7 @@ class AudioDecode(Stage):
         state = self._streams.get(item.stream_id)
         if state is None:
             raise StreamError(item.stream_id, "audio_decode: audio packet for a stream that has no audio codec")
-        state.last_capture = item.capture_time
+        state.last_capture, state.last_timings = item.capture_time, item.timings_ms
         try:
             first_pts, samples = await self.ctx.run_blocking(
                 _decode, state.codec, state.resampler, packet.payload, self.params.sample_rate
@@ -105,7 +107,7 @@ class AudioDecode(Stage):
             return ()
         state.errors_in_row = 0
         self._add(state, first_pts, samples)
-        return self._windows(item.stream_id, state, item.capture_time, final=False)
+        return self._windows(item.stream_id, state, item.capture_time, item.timings_ms, final=False)
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         state = self._streams.pop(eos.stream_id, None)
@@ -119,7 +121,7 @@ class AudioDecode(Stage):
             self._add(state, first_pts, samples)
         except av.FFmpegError as exc:
             self.ctx.logger.warning("stream %s: flushing the audio decoder failed: %s", eos.stream_id, reason(exc))
-        return self._windows(eos.stream_id, state, state.last_capture or time.time(), final=True)
+        return self._windows(eos.stream_id, state, state.last_capture or time.time(), state.last_timings, final=True)
 
     @staticmethod
     def _add(state: _AudioStream, first_pts: int | None, samples: np.ndarray) -> None:
@@ -129,7 +131,9 @@ class AudioDecode(Stage):
             state.pending.append(samples)
             state.pending_samples += samples.size
 
-    def _windows(self, stream_id: str, state: _AudioStream, capture_time: float, *, final: bool) -> list[Item]:
+    def _windows(
+        self, stream_id: str, state: _AudioStream, capture_time: float, timings_ms: dict[str, float], *, final: bool
+    ) -> list[Item]:
         window, context = self.params.window, self.params.context
         if state.pending_samples < window and not (final and state.pending_samples):
             return []
@@ -152,7 +156,13 @@ class AudioDecode(Stage):
                 sample_rate=self.params.sample_rate,
             )
             state.emitted += new.size
-            item = Item(stream_id=stream_id, media=chunk, capture_time=capture_time, seq=state.next_seq)
+            item = Item(
+                stream_id=stream_id,
+                media=chunk,
+                capture_time=capture_time,
+                seq=state.next_seq,
+                timings_ms=dict(timings_ms),
+            )
             item.tensors[self.name] = PreparedTensor(data=tensor, geometry=None)
             items.append(item)
             state.next_seq += 1

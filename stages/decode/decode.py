@@ -49,8 +49,6 @@ class _Sent:
 
     capture_time: float
     timings_ms: dict[str, float]
-    arrived: float
-    """``perf_counter`` when the packet reached the decoder."""
 
 
 @dataclass
@@ -135,7 +133,7 @@ class Decode(Stage):
             return await self._decode_packet(item, packet, state)
 
     async def _decode_packet(self, item: Item, packet: EncodedPacket, state: _StreamDecoder) -> Sequence[Item]:
-        state.sent[packet.pts or 0] = _Sent(item.capture_time, item.timings_ms, time.perf_counter())
+        state.sent[packet.pts or 0] = _Sent(item.capture_time, item.timings_ms)
         state.time_base = packet.time_base
         frames: Sequence[VideoFrame | int]
         try:
@@ -200,7 +198,6 @@ class Decode(Stage):
     def _to_items(self, stream_id: str, state: _StreamDecoder, frames: Sequence[VideoFrame | int]) -> list[Item]:
         items = []
         counters = self.ctx.stats.stream(stream_id)
-        now = time.perf_counter()
         for frame in frames:
             seq = state.next_seq
             state.next_seq += 1
@@ -213,7 +210,7 @@ class Decode(Stage):
             if packet is not None:
                 item.capture_time = packet.capture_time
                 item.timings_ms.update(packet.timings_ms)
-                item.add_time("decode", (now - packet.arrived) * 1000.0)
+                item.mark("decode")  # since its packet's last part: waiting for the decoder, and decoding
             items.append(item)
         if len(state.sent) > 64:  # pts the decoder never returned (dropped by FFmpeg)
             for pts in sorted(state.sent)[:-64]:

@@ -76,7 +76,7 @@ class _Work:
 class Infer(Stage):
     Params = InferParams
     params: InferParams
-    latency_key = None  # batch wait and model time are measured per request and added below
+    latency_key = None  # process marks its own parts: prepare, batch_wait, infer
     latency_keys = ("prepare", "batch_wait", "infer")
 
     @classmethod
@@ -239,6 +239,7 @@ class Infer(Stage):
             )
         unit = object()  # the item's tensors wait, and are superseded, together
         requests = [self._request(item, tensor, unit) for tensor in tensors]
+        submitted = self.batcher.clock.now()
         outcomes = await asyncio.gather(*(self.batcher.submit(r) for r in requests), return_exceptions=True)
         for missed, reason in ((Superseded, "stale"), (DeadlineMissed, "deadline"), (EngineError, "error:engine")):
             failure = next((o for o in outcomes if isinstance(o, missed)), None)
@@ -253,11 +254,15 @@ class Infer(Stage):
                 raise outcome
             results.append(outcome)
         if requests:
-            item.add_time("batch_wait", max(r.wait_ms for r in requests))
+            # batch_wait: from handing the tensors over to the item's first run; prepare: a frame
+            # prepared just before its run; infer (the mark below): the rest since the item's
+            # last part ended, i.e. its runs (a crop list's later batches too) and getting back here.
+            first_run = min(r.started_at for r in requests)
+            item.add_time("batch_wait", max(0.0, first_run - submitted) * 1000.0)
             prepare_ms = max(r.payload.prepare_ms for r in requests)
             if prepare_ms:
                 item.add_time("prepare", prepare_ms)
-            item.add_time("infer", max(r.run_ms for r in requests) - prepare_ms)
+        item.mark("infer")
         found = [
             ModelOutput(model=self.card.name, outputs=outputs, geometry=tensor.geometry)
             for tensor, outputs in zip(tensors, results, strict=True)
@@ -292,9 +297,8 @@ class Infer(Stage):
         spec, size, resize = how
         if item.stream_id in self._live:
             return imaging.deferred_frame(frame, size, resize, spec)
-        began = time.perf_counter()
         tensor = await self.ctx.run_blocking(imaging.prepare_frame, frame, size, resize, spec)
-        item.add_time("prepare", (time.perf_counter() - began) * 1000.0)
+        item.mark("prepare")
         return tensor
 
     def _request(self, item: Item, tensor: ModelInput, unit: object) -> Request[_Work]:

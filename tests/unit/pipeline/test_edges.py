@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from fractions import Fraction
 
 import pytest
@@ -197,6 +198,27 @@ async def test_queue_time_is_added_to_item_timings():
     second = item(1)
     await edge.put(second)
     assert (await edge.get()).timings_ms["queue"] >= 0.0
+
+
+async def test_an_edge_ends_blocked_when_the_item_gets_in_and_queue_when_it_is_taken_out():
+    edge = make_edge(capacity=1)
+    ahead, waiting = item(0), item(1)
+    ahead.capture_time = waiting.capture_time = time.time()
+    await edge.put(ahead)
+    producer = asyncio.create_task(edge.put(waiting))
+    await asyncio.sleep(0.01)  # the edge is full: ``waiting`` waits to get in
+    assert await edge.get() is ahead
+    await producer
+    await asyncio.sleep(0.01)  # now it waits in the edge
+    before = time.time()
+    got = await edge.get()
+    after = time.time()
+    assert got is waiting
+    assert set(waiting.timings_ms) == {"blocked", "queue"}
+    assert waiting.timings_ms["blocked"] >= 5.0 and waiting.timings_ms["queue"] >= 5.0
+    # The two parts tile its time: together they are its age when it was taken out.
+    accounted_s = sum(waiting.timings_ms.values()) / 1000.0
+    assert before - waiting.capture_time - 1e-6 <= accounted_s <= after - waiting.capture_time + 1e-6
 
 
 async def test_discard_all_counts_frames_as_drops_and_packets_apart():

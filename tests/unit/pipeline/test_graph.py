@@ -249,4 +249,4 @@ def test_the_graph_knows_the_latency_keys_its_stages_report():
     graph = build_graph(load_config(root / "configs" / "text-detect.yaml"))
     assert graph.latency_keys == ("decode", "prepare", "batch_wait", "infer", "post")
     vad = build_graph(load_config(root / "configs" / "vad.yaml"))  # audio: infer prepares nothing, but says so
-    assert vad.latency_keys == ("decode", "prepare", "batch_wait", "infer", "post")
+    assert vad.latency_keys == ("decode", "prepare", "batch_wait", "infer", "post", "held")

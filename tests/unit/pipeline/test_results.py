@@ -19,8 +19,10 @@ from pipeline.results import (
     build_event,
     build_result,
     encode,
+    event_id,
     events_subject,
     message_id,
+    new_run_id,
     result_subject,
     subject_token,
 )
@@ -84,15 +86,32 @@ def test_result_for_a_frame_validates_and_carries_the_item(result_validator):
     assert message["drops"] == {"total": 3, "by_reason": {"edge:det": 2, "shutdown": 1}}
     latency = message["latency_ms"]
     assert set(latency) == {*STAGE_KEYS, *RUNTIME_LATENCY_KEYS, "total"}
-    assert (latency["decode"], latency["infer"], latency["publish"]) == (1.25, 10.0, 0.5)
+    assert (latency["decode"], latency["infer"]) == (1.25, 10.0)
     assert latency["total"] >= 50.0  # captured 50 ms before the message was built
     assert message["publish_time"] >= message["capture_time"]
 
 
-def test_result_adds_publish_time_to_earlier_publish_timings():
-    item = frame_item()
-    item.timings_ms["publish"] = 1.0
-    assert build_result("p", item, StreamCounters(), publish_ms=0.25)["latency_ms"]["publish"] == 1.25
+def parts_sum(latency: dict[str, float]) -> float:
+    return sum(ms for key, ms in latency.items() if key != "total")
+
+
+def test_the_message_ends_the_publish_part_so_the_parts_add_up_to_total():
+    item = frame_item()  # captured 50 ms ago; its parts so far account for 14.5 ms of that
+    item.timings_ms["publish"] = 1.0  # an earlier publish part (a stage before that marked one)
+    message = build_result("p", item, StreamCounters(), publish_ms=0.0)
+    latency = message["latency_ms"]
+    assert abs(latency["total"] - parts_sum(latency)) < 0.01
+    # Everything after the item's last part ended is publish's: the 1 ms plus the ~34.5 ms not
+    # accounted for yet (the frame's parts stopped at 15.5 ms of its 50 ms).
+    assert latency["publish"] >= 1.0 + 50.0 - 15.5
+    assert latency["total"] == pytest.approx((message["publish_time"] - message["capture_time"]) * 1000.0, abs=0.01)
+
+
+def test_publish_ms_measured_by_the_caller_is_not_counted_twice():
+    # Waiting for room in the outbox happens before the message is built, inside the stretch
+    # the message closes as publish: adding it again would make the parts exceed total.
+    latency = build_result("p", frame_item(), StreamCounters(), publish_ms=30.0)["latency_ms"]
+    assert abs(latency["total"] - parts_sum(latency)) < 0.01
 
 
 def test_result_total_latency_is_never_negative(result_validator):
@@ -200,7 +219,15 @@ def test_subject_token_sanitizes(stream_id, token):
 def test_subjects_and_message_id():
     assert result_subject("streamgraph", "text-detect", "cam.1") == "streamgraph.text-detect.cam_1"
     assert events_subject("sg.prod", "p", "front door") == "sg.prod.p.front_door.events"
-    assert message_id("p", "cam-1", 42) == "p.cam-1.42"
+    assert message_id("p", "cam-1", "18c", 42) == "p.cam-1.18c.42"
+    assert event_id("p", "cam-1", "18c", 0) == "p.cam-1.18c.e0"
+
+
+def test_each_run_of_a_stream_has_its_own_id():
+    # A stream started again (a service restart) must not reuse its previous run's message ids.
+    first = new_run_id()
+    time.sleep(0.001)
+    assert new_run_id() != first
 
 
 def test_encode_is_compact_json_and_rejects_nan():
