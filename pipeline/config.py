@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -24,10 +24,39 @@ from .errors import ConfigError
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+STREAM_ID_MAX = 128
+STREAM_ID_PATTERN = rf"^[A-Za-z0-9_-]{{1,{STREAM_ID_MAX}}}$"
+"""The one grammar of a stream id, wherever one is given (a YAML source's ``id``, a ``streams``
+entry, ``POST /streams``, ``POST /whip/{id}``, the NATS control): an id is one token of the NATS
+subjects its results go to (``<prefix>.<pipeline>.<stream>``), so no ``.``, wildcard (``*``,
+``>``), space or path separator can be in it, and two ids never map to one subject."""
+STREAM_ID_MEANING = f"a stream id: 1 to {STREAM_ID_MAX} letters, digits, '-' or '_'"
 _PATTERN_MEANINGS = {
     _NAME_PATTERN: "a name of letters, digits, '-' and '_'",
     SHA256_PATTERN: "a sha256: 64 lower-case hex digits",
+    STREAM_ID_PATTERN: STREAM_ID_MEANING,
 }
+_NOT_IN_STREAM_ID = re.compile(r"[^A-Za-z0-9_-]")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def stream_id_problem(stream_id: object) -> str | None:
+    """What is wrong with ``stream_id`` as a stream id (``STREAM_ID_PATTERN``), or None."""
+    if isinstance(stream_id, str) and re.fullmatch(STREAM_ID_PATTERN, stream_id):
+        return None
+    return f"expected {STREAM_ID_MEANING}, got {_show(stream_id)}"
+
+
+def stream_id_from(raw: str, fallback: str) -> str:
+    """A valid stream id made from a name that was not written as one (a file's stem, the last
+    segment of a camera's URL): every other character becomes ``_``, cut to the maximum length."""
+    return _NOT_IN_STREAM_ID.sub("_", raw)[:STREAM_ID_MAX] or fallback
+
+
+def did_you_mean(name: str, known: Collection[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to a misspelled ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class StrictModel(BaseModel):
@@ -39,6 +68,24 @@ class StrictModel(BaseModel):
 class JetStreamConfig(StrictModel):
     stream: str = Field(pattern=_NAME_PATTERN)
     """JetStream stream to publish into; created (covering this pipeline's subjects) if absent."""
+    max_pending: int = Field(default=256, ge=1, le=65536)
+    """Messages published and not yet acknowledged at once (the pipelining window)."""
+    ack_timeout_s: float = Field(default=5.0, gt=0)
+    """How long to wait for one acknowledgement before sending the same message (same id) again."""
+    retry_for_s: float | None = Field(default=None, gt=0)
+    """Give up on a message not acknowledged this long after its first try (counted as
+    ``error:publish:deadline``); null: keep trying while the outbox has room."""
+
+
+class OutboxConfig(StrictModel):
+    """Results and events waiting to be sent (core NATS: while the bus is down) or acknowledged
+    (JetStream). Bounded in messages and bytes."""
+
+    max_messages: int = Field(default=10000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    flush_timeout_s: float = Field(default=20.0, ge=0)
+    """At the end of a run (or on SIGINT/SIGTERM), how long the outbox may take to empty; what is
+    left then is abandoned and counted (``error:publish:drain_timeout``). A second signal stops at once."""
 
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
@@ -79,6 +126,7 @@ class NatsConfig(StrictModel):
 
     prefix: str = Field(default="streamgraph", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     jetstream: JetStreamConfig | None = None
+    outbox: OutboxConfig = OutboxConfig()
     connect_timeout_s: float = Field(default=5.0, gt=0)
 
 
@@ -98,7 +146,15 @@ class ApiConfig(StrictModel):
     listen: str = Field(default="127.0.0.1:8080", pattern=r"^\S*:\d{1,5}$")
     """``host:port`` the HTTP control plane listens on (port 0: any free port)."""
     token: str = ""
-    """With a token, every route but ``/healthz`` needs ``Authorization: Bearer <token>``."""
+    """With a token, every route but ``/healthz``, ``/readyz`` and ``/publish`` needs
+    ``Authorization: Bearer <token>``."""
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, listen: str) -> str:
+        if int(listen.rpartition(":")[2]) > 65535:
+            raise ValueError(f"expected host:port with a port up to 65535, got {listen!r}")
+        return listen
 
     @property
     def host(self) -> str:
@@ -208,7 +264,12 @@ def config_error_from(
     loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
     path = prefix
     for part in loc:
-        path = f"{path}[{part}]" if isinstance(part, int) else join_path(path, str(part))
+        if isinstance(part, int):
+            path = f"{path}[{part}]"
+        elif _PLAIN_KEY.fullmatch(str(part)):
+            path = join_path(path, str(part))
+        else:  # an empty key, one with dots or spaces: quoted, so the path still shows it
+            path = f"{path}[{str(part)!r}]"
     return ConfigError(path, _describe(error, loc, model), source=source)
 
 
@@ -218,8 +279,7 @@ def _describe(error: Any, loc: list[Any], model: type[BaseModel] | None) -> str:
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         known = _known_keys(model, loc[:-1]) if model else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(str(loc[-1]), known)
         allowed = f"; allowed: {', '.join(sorted(known))}" if known else ""
         return f"unknown key{hint}{allowed}"
     if kind == "missing":

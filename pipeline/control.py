@@ -11,6 +11,14 @@ An operation that cannot be done raises a ``StreamControlError`` of a type that 
 (``StreamNotFound``, ``StreamExists``, ``BadStreamRequest``...); the HTTP server
 (``pipeline.server.errors``) and the NATS control (``pipeline.control_nats``) each map the types to
 their own replies. Nothing here knows about HTTP.
+
+What can be checked when a stream is added is checked then, and refused with the reason (a bad
+id, an unknown option, a file that does not exist); what fails later (a file that cannot be
+decoded, a camera that never answers) leaves the stream listed for a while as ``state: failed``
+with its ``error`` (``StreamHost.describe_streams``).
+
+Stream ids follow one grammar (``pipeline.config.STREAM_ID_PATTERN``): an id is one token of the
+NATS subjects its results go to.
 """
 
 from __future__ import annotations
@@ -20,17 +28,18 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from .config import StrictModel, config_error_from
+from .config import STREAM_ID_PATTERN, StrictModel, config_error_from, stream_id_problem
 from .errors import PipelineError
 from .stage import Source
 
-STREAM_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
+FAILED = "failed"
+"""The ``state`` of a stream that ended with an error and is still listed, with its ``error``."""
 
 
 class StreamEntry(StrictModel):
     """One stream: ``{"id": "cam1", "uri": "rtsp://...", "options": {"transport": "udp"}}``."""
 
-    id: str = Field(pattern=STREAM_ID_PATTERN, max_length=128)
+    id: str = Field(pattern=STREAM_ID_PATTERN)
     uri: str = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     """Parameters of the source type the URI picks (``rate``, ``loop``, ``transport``...)."""
@@ -89,7 +98,9 @@ class StreamHost(Source):
         raise NotImplementedError
 
     def describe_streams(self) -> list[dict[str, Any]]:
-        """The streams running now: ``[{"id", "uri", "type", "state"}]``."""
+        """The streams running now (``[{"id", "uri", "type", "state"}]``, ``state`` ``running`` or
+        ``stopping``), and those that failed recently (``state: failed``, with ``error``, the
+        reason, and ``ended_at``, a Unix time). ``remove_stream`` of a failed one forgets it."""
         raise NotImplementedError
 
 
@@ -107,6 +118,24 @@ class StreamControl:
     def available(self) -> bool:
         return bool(self._hosts)
 
+    @staticmethod
+    def check_id(stream_id: str) -> None:
+        """``BadStreamRequest`` if ``stream_id`` (from a URL path, a request) is not a stream id."""
+        problem = stream_id_problem(stream_id)
+        if problem:
+            raise BadStreamRequest(f"id: {problem}")
+
+    def is_running(self, stream_id: str) -> bool:
+        """Whether a stream of this id runs now, in any source (a YAML ``file`` source's too)."""
+        return stream_id in self._running_ids() or stream_id in self._open_streams()
+
+    def failure(self, stream_id: str) -> str | None:
+        """Why the stream of this id failed, while it is still listed as failed; else None."""
+        for stream in self.list():
+            if stream["id"] == stream_id and stream["state"] == FAILED:
+                return str(stream.get("error", ""))
+        return None
+
     def parse(self, body: Any) -> StreamSpec:
         """A request body as a ``StreamSpec``; ``BadStreamRequest`` names the field at fault."""
         if not isinstance(body, dict):
@@ -118,12 +147,13 @@ class StreamControl:
 
     async def add(self, spec: StreamSpec) -> Source:
         host = self._host(spec.source)
-        running = {s["id"] for h in self._hosts.values() for s in h.describe_streams()}
-        if spec.id in running or spec.id in self._open_streams():
+        if self.is_running(spec.id):  # a failed one's id may be used again
             raise StreamExists(f"stream {spec.id!r} already exists")
         return await host.add_stream(spec)
 
     async def remove(self, stream_id: str) -> None:
+        """Stop a running stream and wait until it has ended, or forget a failed one."""
+        self.check_id(stream_id)
         for host in self._hosts.values():
             if any(s["id"] == stream_id for s in host.describe_streams()):
                 await host.remove_stream(stream_id)
@@ -131,14 +161,19 @@ class StreamControl:
         raise StreamNotFound(f"no stream {stream_id!r}")
 
     def describe(self, stream_id: str) -> dict[str, Any]:
-        """One running stream as ``list`` shows it; ``StreamNotFound`` if unknown."""
+        """One stream as ``list`` shows it; ``StreamNotFound`` if unknown."""
+        self.check_id(stream_id)
         for stream in self.list():
             if stream["id"] == stream_id:
                 return stream
         raise StreamNotFound(f"no stream {stream_id!r}")
 
     def list(self) -> list[dict[str, Any]]:
+        """The streams of every ``streams`` source: running, and failed recently."""
         return [{**stream, "source": name} for name, host in self._hosts.items() for stream in host.describe_streams()]
+
+    def _running_ids(self) -> set[str]:
+        return {s["id"] for h in self._hosts.values() for s in h.describe_streams() if s["state"] != FAILED}
 
     def _host(self, name: str | None) -> StreamHost:
         if not self._hosts:

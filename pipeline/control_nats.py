@@ -6,6 +6,10 @@ Requests and replies are JSON. ``add`` takes what ``POST /streams`` takes; ``rem
 answer, from the one table both use (``pipeline.control.REPLY_STATUS``; this module never imports
 the server). A request may name
 ``"pipeline"``: only that pipeline answers (several pipelines can share one prefix).
+
+As over HTTP, ``add`` refuses at once what can be checked (a bad id, an unknown option, a file
+that does not exist), and ``list`` shows streams that failed later as ``state: failed`` with
+their ``error`` for a while.
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ class NatsControl:
         operation = msg.subject.rsplit(".", 1)[-1]
         try:
             body = json.loads(msg.data) if msg.data.strip() else {}
-        except (ValueError, UnicodeDecodeError) as exc:
-            await self._reply(msg, {"ok": False, "status": 400, "error": f"body is not valid JSON: {exc}"})
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            await self._reply(msg, {"ok": False, "status": 400, "error": f"body is not valid JSON: {why}"})
             return
         if isinstance(body, dict) and body.get("pipeline", self._runner.graph.pipeline) != self._runner.graph.pipeline:
             return  # another pipeline's request

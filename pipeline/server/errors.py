@@ -48,7 +48,23 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        response = error_response(exc.status, _http_reason(request, exc))
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, "internal error (logged by the server)")
+
+
+def _http_reason(request: web.Request, exc: web.HTTPException) -> str:
+    """What aiohttp's own refusals mean for this request, in words: the route that is not there,
+    the methods that are, the body size limit."""
+    path = request.path if len(request.path) <= 80 else request.path[:77] + "..."
+    if getattr(request.match_info, "http_exception", None) is exc:  # the router found no route
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            return f"{request.method} is not allowed on {path}; allowed: {', '.join(sorted(exc.allowed_methods))}"
+        return f"no route {request.method} {path}"
+    if exc.text and exc.text != f"{exc.status}: {exc.reason}":
+        return exc.text  # aiohttp's own detail (the body size limit)
+    return exc.reason

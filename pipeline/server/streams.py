@@ -1,7 +1,11 @@
 """``GET|POST /streams`` and ``GET|DELETE /streams/{id}``: the runner's ``StreamControl`` over HTTP.
 
 ``POST`` takes a ``StreamSpec`` as JSON and answers ``201 Created`` with the stream as ``GET``
-lists it (``Location: /streams/{id}``); ``DELETE`` answers once the stream has ended.
+lists it (``Location: /streams/{id}``); what can be checked at once (the id, the options, that a
+file exists) is refused with a 4xx that says why. ``GET`` lists running streams and those that
+failed recently (``state: failed`` with their ``error``); ``DELETE`` answers once the stream has
+ended, or forgets a failed one. An id that is not a stream id (``pipeline.config.STREAM_ID_PATTERN``)
+is a 400 on every route.
 """
 
 from __future__ import annotations
@@ -48,3 +52,5 @@ async def read_json(request: web.Request) -> Any:
         return await request.json(loads=json.loads)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadStreamRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadStreamRequest("body is not valid JSON: nested too deeply") from None

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aiohttp import web
 
+from ..control import FAILED
 from .errors import HttpError
 
 if TYPE_CHECKING:
@@ -57,7 +58,10 @@ class _Whip:
         if request.content_type != SDP:
             raise HttpError(415, f"a WHIP offer is Content-Type: {SDP}, got {request.content_type!r}")
         stream_id = request.match_info["stream_id"]
-        offer = await request.text()
+        try:
+            offer = (await request.read()).decode()
+        except UnicodeDecodeError as exc:
+            raise HttpError(400, f"the body is not UTF-8 text: expected an SDP offer ({exc.reason})") from None
         if not offer.strip():
             raise HttpError(400, "the body is empty: expected an SDP offer")
         control = self._runner.control
@@ -75,7 +79,7 @@ class _Whip:
             await control.remove(spec.id)
             raise
         session = secrets.token_urlsafe(12)
-        running = {s["id"] for s in control.list()}  # forget the sessions of streams that ended
+        running = {s["id"] for s in control.list() if s["state"] != FAILED}  # forget ended streams' sessions
         self._sessions = {sid: known for sid, known in self._sessions.items() if sid in running}
         self._sessions[stream_id] = session
         location = f"/whip/{stream_id}/{session}"
@@ -86,7 +90,8 @@ class _Whip:
         if self._sessions.get(stream_id) != session:
             raise HttpError(404, f"no WHIP session {session!r} for stream {stream_id!r}")
         del self._sessions[stream_id]
-        if not any(s["id"] == stream_id and s["type"] == "whip" for s in self._runner.control.list()):
+        streams = self._runner.control.list()
+        if not any(s["id"] == stream_id and s["type"] == "whip" and s["state"] != FAILED for s in streams):
             raise HttpError(404, f"WHIP session {session!r}: stream {stream_id!r} has ended already")
         await self._runner.control.remove(stream_id)
         return web.json_response({"id": stream_id, "removed": True})

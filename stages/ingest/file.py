@@ -2,11 +2,15 @@
 
 It demuxes the tracks asked for (``tracks: [video, audio]``), interleaved as the file stores them;
 each packet keeps its own track's time base and says which track it is (``EncodedPacket.kind``).
+
+A file that does not exist is a config error (``check``: ``validate``, or a refused ``POST
+/streams``); one that goes away after that, or cannot be read, ends its stream with the error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from fractions import Fraction
@@ -16,6 +20,8 @@ from typing import Any, Literal
 import av
 from pydantic import Field
 
+from pipeline.config import STREAM_ID_PATTERN, stream_id_from
+from pipeline.errors import ConfigError
 from pipeline.media import (
     AudioCodecParams,
     EncodedPacket,
@@ -34,11 +40,23 @@ from .errors import media_error
 Emit = Callable[[Message], Awaitable[None]]
 
 
+_PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+"""``scheme://...``: a URL (an FFmpeg protocol), not a path on this machine. One letter before
+``:`` is a Windows drive."""
+
+
+def _shown(path: Path) -> str:
+    """A path for a message, cut if it is absurdly long (a request may hold anything)."""
+    text = str(path)
+    return text if len(text) <= 300 else f"{text[:297]}..."
+
+
 class FileParams(TrackSelection):
     path: str
     """Media file; relative paths are relative to the pipeline YAML."""
-    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    """Stream id; defaults to the file name without its extension."""
+    id: str | None = Field(default=None, pattern=STREAM_ID_PATTERN)
+    """Stream id; defaults to the file name without its extension (each character a stream id
+    cannot hold made ``_``)."""
     loop: bool = False
     """Start again at the end, forever, with timestamps that keep increasing."""
     rate: Literal["native", "max"] = "max"
@@ -158,7 +176,23 @@ class FileSource(Source):
 
     @property
     def stream_id(self) -> str:
-        return self.params.id or Path(self.params.path).stem
+        return self.params.id or stream_id_from(Path(self.params.path).stem, "file")
+
+    def check(self, base_dir: Path) -> None:
+        given = self.params.path
+        if _PROTOCOL.match(given):
+            return  # a URL FFmpeg opens itself: nothing to look for here
+        path = Path(given).expanduser()
+        resolved = path if path.is_absolute() else base_dir / path
+        where = "" if path.is_absolute() else f" (a relative path is read from the config's directory, {base_dir})"
+        try:
+            exists, is_dir = resolved.exists(), resolved.is_dir()
+        except OSError as exc:  # a name too long for the file system, say
+            raise ConfigError("params.path", f"cannot look for {_shown(resolved)}: {media_error(exc)}") from None
+        if not exists:
+            raise ConfigError("params.path", f"no such file: {_shown(resolved)}{where}")
+        if is_dir:
+            raise ConfigError("params.path", f"{_shown(resolved)} is a directory, not a media file")
 
     def stop_stream(self, stream_id: str, reason: str) -> None:
         self._stopped_streams[stream_id] = reason

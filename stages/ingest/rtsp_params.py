@@ -6,16 +6,21 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from pipeline.config import STREAM_ID_PATTERN, stream_id_from, url_problem
 from pipeline.stage import TrackSelection
+
+RTSP_SCHEMES = ("rtsp", "rtsps")
+_PASSWORD = re.compile(r"^([^:/?#]+://[^:/?#@]*:)[^/?#@]*@")
 
 
 class RtspParams(TrackSelection):
-    url: str = Field(pattern=r"^rtsps?://\S+$")
+    url: str
     """``rtsp://[user:password@]host[:port]/path``; the password never appears in events or logs."""
-    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    """Stream id; defaults to the URL's last path segment (or its host)."""
+    id: str | None = Field(default=None, pattern=STREAM_ID_PATTERN)
+    """Stream id; defaults to the URL's last path segment (or its host), each character a stream
+    id cannot hold made ``_``."""
     transport: Literal["tcp", "udp"] = "tcp"
     """RTP over the RTSP TCP connection (interleaved), or over UDP."""
     open_timeout_s: float = Field(default=5.0, gt=0)
@@ -32,6 +37,15 @@ class RtspParams(TrackSelection):
     """Reconnect attempts in a row (since the stream last delivered packets) before the stream
     ends with an error; null: forever."""
 
+    @field_validator("url")
+    @classmethod
+    def _rtsp_url(cls, url: str) -> str:
+        # Checked without its password, so that the error (shown, logged) does not hold it.
+        problem = url_problem(_PASSWORD.sub(r"\1***@", url), RTSP_SCHEMES, "rtsp://[user:password@]host[:port]/path")
+        if problem or any(c.isspace() for c in url):
+            raise ValueError(problem or "expected a URL without spaces")
+        return url
+
     @model_validator(mode="after")
     def _backoff_order(self) -> RtspParams:
         if self.backoff_max_s < self.backoff_initial_s:
@@ -46,4 +60,4 @@ def stream_id_from_url(url: str) -> str:
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     raw = segments[-1] if segments else (parts.hostname or "")
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw) or "rtsp"
+    return stream_id_from(raw, "rtsp")

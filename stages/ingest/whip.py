@@ -38,6 +38,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from pydantic import Field
 
+from pipeline.config import STREAM_ID_PATTERN
 from pipeline.errors import ConfigError
 from pipeline.media import (
     AudioCodecParams,
@@ -64,7 +65,7 @@ OVERFLOW = "overflow:whip"
 
 
 class WhipParams(TrackSelection):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
+    id: str = Field(pattern=STREAM_ID_PATTERN)
     """Stream id (the ``{stream_id}`` of ``POST /whip/{stream_id}``)."""
     video_buffer: int = Field(default=2, ge=1)
     """Decoded video frames waiting for the graph; one more drops the oldest."""
@@ -133,13 +134,16 @@ class WhipSource(Source):
         self._next_seq = 0
         self._video_size = (0, 0)
         self._video_codec = ""
+        self.hosted = False
+        """Whether a ``streams`` source runs this one (the only way a WHIP peer can reach it)."""
 
     @property
     def stream_id(self) -> str:
         return self.params.id
 
     def check(self, base_dir: Path) -> None:
-        # Only a stage of the YAML is checked; a stream added at run time never is.
+        if self.hosted:
+            return  # a stream of a ``streams`` source: its peer's offer reaches it through the server
         raise ConfigError(
             "type",
             "a whip peer arrives by POST /whip/<id>: give the pipeline a 'type: streams' source, "

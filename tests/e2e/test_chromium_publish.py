@@ -124,10 +124,12 @@ async def test_chromium_publishes_camera_and_microphone(nats_server: Any, tmp_pa
         assert frames and frames[0]["frame"]["width"] > 0
         assert recorder.recording.event_names(STREAM)[0] == "started"
 
-        # The page got its stream's results back over server-sent events.
+        # The page got its stream's results back over server-sent events: from the very first
+        # message, since it asked for them (with wait_s) before it sent its offer.
         page = Page(http, devtools)
         await page.wait_for_title("results")
         assert int(await page.evaluate("document.getElementById('count').textContent")) > 0
+        assert "  started" in str(await page.evaluate("document.getElementById('events').textContent"))
 
         # Its Stop button ends the WHIP session (DELETE), and the page sees the stream end.
         await page.evaluate("document.getElementById('stop').click()")

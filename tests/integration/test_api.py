@@ -14,9 +14,13 @@ import aiohttp
 import pytest
 
 from pipeline.config import parse_config
+from pipeline.control import StreamSpec
+from pipeline.errors import StreamError
+from pipeline.media import Item
 from pipeline.runner import Runner
 from pipeline.server import ApiServer, build_app
 from pipeline.service import build
+from pipeline.stage import Stage
 
 from .support import until
 
@@ -89,7 +93,12 @@ async def test_readyz_names_what_is_missing(api: tuple[str, Runner]) -> None:
         (b'{"id": "a", "uri": "ftp://host/x.mp4"}', 400, "no source takes 'ftp' URIs"),
         (b'{"id": "a", "uri": "rtsp://"}', 400, "options.url"),
         (b'{"id": "a", "uri": "text.mp4", "source": "nope"}', 400, "no 'streams' stage 'nope'"),
-        (b"x" * (2 << 20), 413, ""),
+        (b'{"id": "a", "uri": "missing.mp4"}', 400, "uri: no such file: "),
+        (b'{"id": "a", "uri": "/nowhere/missing.mp4"}', 400, "uri: no such file: /nowhere/missing.mp4"),
+        (b'{"id": "a.b", "uri": "text.mp4"}', 400, "id: expected a stream id"),
+        (b'{"id": "' + b"x" * 1024 + b'", "uri": "text.mp4"}', 400, "id: expected a stream id"),
+        (b"[" * 100_000, 400, "not valid JSON"),
+        (b"x" * (2 << 20), 413, "Maximum request body size"),
     ],
 )
 async def test_malformed_requests_get_a_4xx_that_says_why(
@@ -137,3 +146,124 @@ async def test_add_list_remove_and_their_errors(api: tuple[str, Runner], sample_
     # way to the sink. None is lost: every decoded frame arrives (a hang guard, not a timing bound).
     await until(lambda: counters.published == counters.decoded, "every decoded frame of the removed stream")
     assert counters.dropped == 0
+
+
+@pytest.mark.parametrize("stream_id", ["a.b", "*", "%3E", "a%20b", "x" * 1024, "..%2Fx"])
+async def test_an_id_in_the_path_that_is_no_stream_id_is_a_400(api: tuple[str, Runner], stream_id: str) -> None:
+    base, _ = api
+    async with aiohttp.ClientSession() as http:
+        for method in ("GET", "DELETE"):
+            async with http.request(method, f"{base}/streams/{stream_id}", headers=AUTH) as response:
+                answer = await response.json()
+            assert response.status == 400, (method, stream_id, answer)
+            assert answer["error"].startswith("id: expected a stream id: 1 to 128 letters")
+
+
+async def test_a_missing_file_is_refused_at_once_naming_the_path(api: tuple[str, Runner], sample_video: Path) -> None:
+    base, _ = api
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/streams", json={"id": "lost", "uri": "lost.mp4"}, headers=AUTH) as response:
+            answer = await response.json()
+        assert response.status == 400
+        # Relative to the config's directory, and it says so.
+        assert answer["error"] == (
+            f"uri: no such file: {sample_video.parent / 'lost.mp4'} "
+            f"(a relative path is read from the config's directory, {sample_video.parent})"
+        )
+        async with http.get(f"{base}/streams", headers=AUTH) as response:
+            assert (await response.json())["streams"] == []  # nothing was started
+
+
+async def test_a_stream_that_fails_later_stays_listed_as_failed_and_is_counted(
+    api: tuple[str, Runner], sample_video: Path, tmp_path: Path
+) -> None:
+    base, _ = api
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00not a video\xff" * 64)  # exists: only opening it tells
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/streams", json={"id": "bad", "uri": str(garbage)}, headers=AUTH) as response:
+            assert response.status == 201, await response.text()
+
+        async def state() -> dict[str, object]:
+            async with http.get(f"{base}/streams/bad", headers=AUTH) as response:
+                assert response.status == 200
+                stream: dict[str, object] = await response.json()
+                return stream
+
+        stream = await state()
+        while stream["state"] != "failed":  # hang guard: the test timeout
+            await asyncio.sleep(0.05)
+            stream = await state()
+        assert stream["type"] == "file" and stream["source"] == "src"
+        assert str(garbage) in str(stream["error"]) and "Invalid data" in str(stream["error"])
+        async with http.get(f"{base}/streams", headers=AUTH) as response:
+            assert [s["id"] for s in (await response.json())["streams"]] == ["bad"]
+        async with http.get(f"{base}/metrics", headers=AUTH) as response:
+            metrics = await response.text()
+        assert 'streamgraph_streams_failed_total{pipeline="api-test",source="src"} 1.0' in metrics
+
+        # DELETE forgets a failed stream.
+        async with http.delete(f"{base}/streams/bad", headers=AUTH) as response:
+            assert response.status == 200
+        async with http.get(f"{base}/streams/bad", headers=AUTH) as response:
+            assert response.status == 404
+
+        # The id of a failed stream can be used again; its new run is what the id stands for.
+        async with http.post(f"{base}/streams", json={"id": "bad", "uri": str(garbage)}, headers=AUTH) as response:
+            assert response.status == 201
+        while (await state())["state"] != "failed":
+            await asyncio.sleep(0.05)
+        again = {"id": "bad", "uri": sample_video.name, "options": {"rate": "native", "loop": True}}
+        async with http.post(f"{base}/streams", json=again, headers=AUTH) as response:
+            assert response.status == 201 and (await response.json())["state"] == "running"
+        async with http.get(f"{base}/streams", headers=AUTH) as response:
+            assert [s["state"] for s in (await response.json())["streams"]] == ["running"]
+        async with http.delete(f"{base}/streams/bad", headers=AUTH) as response:
+            assert response.status == 200
+        # Stopped on request: not a failure, so not listed and not counted.
+        async with http.get(f"{base}/streams/bad", headers=AUTH) as response:
+            assert response.status == 404
+        async with http.get(f"{base}/metrics", headers=AUTH) as response:
+            metrics = await response.text()
+        assert 'streamgraph_streams_failed_total{pipeline="api-test",source="src"} 2.0' in metrics
+
+
+class GiveUpOnDoomed(Stage):
+    """A stage that gives up on every stream whose id starts with ``doomed`` at its third frame,
+    as a decoder does on corrupt media: the failure is downstream of the source."""
+
+    async def process(self, item: Item) -> tuple[Item, ...]:
+        if item.stream_id.startswith("doomed") and item.seq >= 2:
+            raise StreamError(item.stream_id, "gave up at frame 2")
+        return (item,)
+
+
+async def test_failed_streams_are_kept_within_their_bound_whoever_failed_them(sample_video: Path) -> None:
+    config = parse_config(
+        {
+            "pipeline": "failing",
+            "stages": [
+                {"name": "src", "type": "streams", "params": {"keep_failed": 1}},
+                {"name": "decode", "type": "decode", "inputs": ["src"]},
+                {"name": "judge", "class": f"{__name__}:GiveUpOnDoomed", "inputs": ["decode"]},
+                {"name": "sink", "class": "tests.fakes:CountingSink", "inputs": ["judge"]},
+            ],
+        },
+        base_dir=sample_video.parent,
+    )
+    runner = Runner(build(config), base_dir=sample_video.parent)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(runner.started.wait(), 30)
+    control = runner.control
+    try:
+        for stream_id in ("doomed-1", "doomed-2"):
+            await control.add(StreamSpec(id=stream_id, uri=sample_video.name))
+            await until(lambda: control.failure(stream_id) is not None, f"{stream_id} failing")  # noqa: B023
+            assert "gave up at frame 2" in str(control.failure(stream_id))
+        # keep_failed: 1: the older failure has made room for the newer one.
+        assert [(s["id"], s["state"]) for s in control.list()] == [("doomed-2", "failed")]
+        metrics = runner.metrics.render().decode()
+        assert 'streamgraph_streams_failed_total{pipeline="failing",source="src"} 2.0' in metrics
+    finally:
+        runner.request_stop()
+        await asyncio.wait_for(task, 30)

@@ -118,6 +118,36 @@ async def test_streams_added_and_removed_live_leave_the_others_untouched(
                 await asyncio.wait_for(recorder.ended("nats-cam").wait(), timeout=GUARD_S)
                 unknown = await _request(client, "remove", {"id": "nats-cam"})
                 assert unknown["status"] == 404
+
+                # What can be checked at once is refused with the reason; what fails later stays
+                # listed as failed, with its error, and is counted.
+                lost = tmp_path / "lost.mp4"
+                refused = await _request(client, "add", {"id": "lost", "uri": str(lost)})
+                assert refused == {"ok": False, "status": 400, "error": f"uri: no such file: {lost}"}
+                async with http.post(f"{base}/streams", json={"id": "lost", "uri": str(lost)}, headers=auth) as r:
+                    assert r.status == 400 and (await r.json())["error"] == f"uri: no such file: {lost}"
+                for bad_id in ("a.b", "*", ">", "../x", "a b", "x" * 1024, ""):
+                    refused = await _request(client, "add", {"id": bad_id, "uri": str(sample_video)})
+                    assert refused["status"] == 400 and refused["error"].startswith("id: expected a stream id")
+                garbage = tmp_path / "garbage.mp4"
+                garbage.write_bytes(bytes(range(256)) * 40)
+                added = await _request(client, "add", {"id": "garbage", "uri": str(garbage)})
+                assert added["ok"], added
+                failed: list[dict[str, Any]] = []
+
+                async def poll_failed() -> None:
+                    listed = await _request(client, "list", {})
+                    failed[:] = [s for s in listed["streams"] if s["state"] == "failed"]
+
+                while not failed:  # hang guard: the test timeout
+                    await poll_failed()
+                    await asyncio.sleep(0.05)
+                assert [s["id"] for s in failed] == ["garbage"] and str(garbage) in failed[0]["error"]
+                async with http.get(f"{base}/streams/garbage", headers=auth) as response:
+                    assert (await response.json())["state"] == "failed"
+                async with http.get(f"{base}/metrics", headers=auth) as response:
+                    metrics = await response.text()
+                assert 'streamgraph_streams_failed_total{pipeline="control-test",source="cameras"} 1.0' in metrics
             finally:
                 await client.drain()
             seen = {stream: len(results.get(stream, [])) for stream in ("left", "right")}

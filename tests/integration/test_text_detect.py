@@ -25,7 +25,10 @@ async def test_publishes_one_valid_message_per_frame_with_real_detections(
     results = recording.results["sample"]
     # Exactly one message per decoded frame, in order, no gaps; every one schema-valid (Recorder checks).
     assert [r["seq"] for r in results] == list(range(frames))
-    assert recording.msg_ids[:3] == ["text-detect.sample.0", "text-detect.sample.1", "text-detect.sample.2"]
+    # Nats-Msg-Id: <pipeline>.<stream>.<run>.<seq>, the run the token every message of this run carries.
+    run = results[0]["run"]
+    assert {r["run"] for r in results} == {run}
+    assert recording.msg_ids[:3] == [f"text-detect.sample.{run}.{seq}" for seq in range(3)]
     assert recording.event_names("sample") == ["started", "ended"]
     ended = recording.events["sample"][-1]
     assert ended["reason"] == "eof"
@@ -95,7 +98,7 @@ def broken_files(tmp_path: Path, sample_video: Path) -> dict[str, Path]:
     truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: cut off
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(bytes(range(256)) * 40)
-    return {"good": sample_video, "truncated": truncated, "garbage": garbage, "missing": tmp_path / "missing.mp4"}
+    return {"good": sample_video, "truncated": truncated, "garbage": garbage}
 
 
 async def test_bad_files_end_their_own_stream_with_an_error_and_the_good_one_finishes(
@@ -114,11 +117,30 @@ async def test_bad_files_end_their_own_stream_with_an_error_and_the_good_one_fin
     recording = recorder.recording
     assert recording.returncode == 1
     assert "Traceback" not in recording.stderr
-    for stream_id in ("truncated", "garbage", "missing"):
+    for stream_id in ("truncated", "garbage"):
         assert recording.event_names(stream_id) == ["started", "error", "ended"]
         error = recording.events[stream_id][1]["message"]
         assert str(broken_files[stream_id]) in error
         assert f"stream {stream_id} failed: " in recording.stderr
         assert recording.events[stream_id][-1]["reason"] == "error"
-    assert "No such file or directory" in recording.events["missing"][1]["message"]
     assert [r["seq"] for r in recording.results["good"]] == list(range(ground_truth["frames"]))
+
+
+async def test_a_missing_file_is_a_config_error_for_validate_and_run(
+    nats_server: Any, tmp_path: Path, broken_files: dict[str, Path], cli_env: dict[str, str]
+) -> None:
+    # Known before running: exit 2 naming the YAML path and the file, and nothing is published.
+    # (A file that goes away after this check fails its stream at run time: tests/unit/stages/test_sources.py.)
+    config = _config_with(tmp_path, {**broken_files, "missing": tmp_path / "missing.mp4"})
+    expected = f"stages[3].params.path: no such file: {tmp_path / 'missing.mp4'}"
+    validate = await start_cli("validate", str(config), env=cli_env)
+    _, stderr = await asyncio.wait_for(validate.communicate(), timeout=60)
+    assert validate.returncode == 2
+    assert expected in stderr.decode()
+    async with Recorder(nats_server.url, "broken-input") as recorder:
+        process = await start_cli("run", str(config), "--nats-url", nats_server.url, "--no-progress", env=cli_env)
+        await finish(process, recorder.recording)
+    recording = recorder.recording
+    assert recording.returncode == 2
+    assert expected in recording.stderr and "Traceback" not in recording.stderr
+    assert recording.results == {} and recording.events == {}

@@ -202,7 +202,7 @@ async def test_whip_peer_closes(nats_server: Any, av_sample: Path) -> None:
         assert all("frame" in r for r in results_of(recorder, "cam2"))  # video only
 
 
-async def test_whip_refusals(nats_server: Any) -> None:
+async def test_whip_refusals(nats_server: Any, sample_video: Path) -> None:
     token = "s3cret"
     auth = {"Authorization": f"Bearer {token}"}
     async with (
@@ -226,16 +226,40 @@ async def test_whip_refusals(nats_server: Any) -> None:
             assert r.status == 400
         async with http.delete(f"{url}/whip/cam3/nope", headers=auth) as r:
             assert r.status == 404
-        # The results relay subscribes for its client and unsubscribes when the client leaves.
-        client = running.runner._bus.client  # white box: nats-py's subscriptions
-        before = len(client._subs)
-        async with http.get(f"{url}/streams/cam3/results", headers=auth) as sse:
-            assert sse.status == 200
-            assert (await sse.content.readline()).startswith(b": relaying cam3")
-            assert len(client._subs) == before + 2
-        await until(lambda: len(client._subs) == before, "the relay unsubscribing once its client left")
         async with http.get(f"{url}/streams/bad%20id/results", headers=auth) as r:
             assert r.status == 400
+        for bad_wait in ("-1", "61", "nan", "soon"):
+            async with http.get(f"{url}/streams/cam3/results?wait_s={bad_wait}", headers=auth) as r:
+                assert r.status == 400 and "wait_s" in (await r.json())["error"]
+        # A stream that does not run: 404 at once, or after waiting for it (bounded) in vain; either
+        # way the relay's subscriptions are gone again.
+        client = running.runner._bus.client  # white box: nats-py's subscriptions
+        before = len(client._subs)
+        async with http.get(f"{url}/streams/cam3/results", headers=auth) as r:
+            assert r.status == 404 and (await r.json())["error"] == "no stream 'cam3'"
+        async with http.get(f"{url}/streams/cam3/results?wait_s=0.2", headers=auth) as r:
+            assert r.status == 404
+            assert (await r.json())["error"] == "no stream 'cam3' (waited 0.2 s for it to start)"
+        assert len(client._subs) == before
+        # The page's way: ask for the results first (wait_s), then start the stream (here a file):
+        # the relay has subscribed before the stream starts, so it passes on its very first message.
+        follow = asyncio.create_task(http.get(f"{url}/streams/cam3/results?wait_s=60", headers=auth))
+        await until(lambda: len(client._subs) == before + 2, "the relay subscribing before its stream exists")
+        clip = {"id": "cam3", "uri": str(sample_video), "options": {"rate": "native", "loop": True}}
+        async with http.post(f"{url}/streams", json=clip, headers=auth) as r:
+            assert r.status == 201, await r.text()
+        async with await follow as sse:
+            assert sse.status == 200 and sse.content_type == "text/event-stream"
+            assert (await sse.content.readline()).startswith(b": relaying cam3")
+            events = read_events(sse)
+            kind, started = await anext(events)
+            assert (kind, started["event"], started["stream_id"]) == ("event", "started", "cam3")
+            kind, first = await anext(events)
+            assert (kind, first["seq"]) == ("result", 0)
+        # The client left: the relay unsubscribes.
+        await until(lambda: len(client._subs) == before, "the relay unsubscribing once its client left")
+        async with http.delete(f"{url}/streams/cam3", headers=auth) as r:
+            assert r.status == 200
         # The page is open (it holds no data; its own requests carry the token).
         async with http.get(f"{url}/publish") as r:
             assert r.status == 200 and r.content_type == "text/html"

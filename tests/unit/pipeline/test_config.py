@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PipelineConfig, interpolate_env, load_config, parse_config
+from pipeline.config import (
+    STREAM_ID_PATTERN,
+    PipelineConfig,
+    did_you_mean,
+    interpolate_env,
+    load_config,
+    parse_config,
+    stream_id_from,
+    stream_id_problem,
+)
+from pipeline.control import BadStreamRequest, StreamControl, StreamEntry
 from pipeline.errors import ConfigError, PipelineError
 
 
@@ -69,6 +79,12 @@ def test_unknown_key_in_optional_nested_model():
     assert str(error).startswith("nats.jetstream.stram: unknown key (did you mean 'stream'?)")
 
 
+@pytest.mark.parametrize(("key", "path"), [("", "['']"), ("a b", "runtime['a b']"), ("x.y", "runtime['x.y']")])
+def test_a_key_that_is_not_a_plain_name_is_quoted_in_the_path(key, path):
+    data = minimal(runtime={key: 1}) if path.startswith("runtime") else {**minimal(), key: 1}
+    assert config_error(data).path == path
+
+
 def test_unknown_key_without_close_match_has_no_hint():
     error = config_error(minimal(runtime={"zzzzzz": 1}))
     assert str(error).startswith("runtime.zzzzzz: unknown key; allowed: drain_timeout_s, threads")
@@ -113,6 +129,46 @@ def test_a_nats_url_that_cannot_work_is_a_config_error_before_the_run(url, expec
 def test_nats_urls_of_every_scheme_nats_py_takes_are_accepted():
     for url in ("embedded", "nats://127.0.0.1:4222", "tls://bus.example:4443", "ws://h:8080", "wss://h"):
         assert parse_config(minimal(nats={"url": url}), base_dir=Path(".")).nats.url == url
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:65536", "127.0.0.1:99999", "host", "a b:80"])
+def test_an_api_address_that_cannot_be_listened_on_is_a_config_error(listen):
+    error = config_error(minimal(api={"listen": listen}))
+    assert error.path == "api.listen"
+    assert listen in error.message
+
+
+def test_did_you_mean_names_the_closest_known_name_or_nothing():
+    assert did_you_mean("decod", ["decode", "infer"]) == " (did you mean 'decode'?)"
+    assert did_you_mean("zzzz", ["decode", "infer"]) == ""
+
+
+# --- stream ids: one NATS subject token each ----------------------------------------------------------
+
+BAD_STREAM_IDS = ["../x", "a.b", "*", ">", "a b", " a", "a\n", "x" * 1024, "", "a/b", "caf\u00e9", "a\x00"]
+
+
+@pytest.mark.parametrize("stream_id", BAD_STREAM_IDS)
+def test_a_stream_id_that_would_break_a_nats_subject_is_refused_with_the_grammar(stream_id):
+    problem = stream_id_problem(stream_id)
+    assert problem is not None and "1 to 128 letters, digits, '-' or '_'" in problem
+    with pytest.raises(BadStreamRequest) as refused:  # a request's, a YAML entry's: the same model
+        StreamControl({}).parse({"id": stream_id, "uri": "x.mp4"})
+    assert refused.value.message.startswith("id: expected a stream id: 1 to 128 letters, digits, '-' or '_', got ")
+
+
+@pytest.mark.parametrize("stream_id", ["a", "cam-1", "Front_Door", "0", "x" * 128])
+def test_stream_ids_of_the_grammar_are_taken(stream_id):
+    assert stream_id_problem(stream_id) is None
+    assert StreamEntry.model_validate({"id": stream_id, "uri": "x.mp4"}).id == stream_id
+    assert STREAM_ID_PATTERN.startswith("^") and STREAM_ID_PATTERN.endswith("$")
+
+
+def test_stream_ids_made_from_names_follow_the_grammar():
+    assert stream_id_from("front door.cam", "file") == "front_door_cam"
+    assert stream_id_from("", "file") == "file"
+    assert stream_id_from("\u00e9" * 300, "file") == "_" * 128
+    assert stream_id_problem(stream_id_from("../a.b *>", "x")) is None
 
 
 def test_value_constraints_are_reported_at_their_path():

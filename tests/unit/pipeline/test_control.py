@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import control_nats
 from pipeline.control import (
+    FAILED,
     BadStreamRequest,
     NoStreamHost,
     StreamControl,
@@ -55,19 +56,25 @@ def test_each_error_is_a_stream_control_error_and_its_builtin(error: type[Stream
 
 
 class Host(StreamHost):
-    def __init__(self, name: str, streams: list[str]) -> None:
+    def __init__(self, name: str, streams: list[str], failed: dict[str, str] | None = None) -> None:
         super().__init__(name, None)
         self.streams = streams
+        self.failed = failed or {}
 
     async def add_stream(self, spec: StreamSpec) -> Source:
         self.streams.append(spec.id)
         return self
 
     async def remove_stream(self, stream_id: str) -> None:
-        self.streams.remove(stream_id)
+        if stream_id in self.failed:
+            del self.failed[stream_id]
+        else:
+            self.streams.remove(stream_id)
 
     def describe_streams(self) -> list[dict[str, Any]]:
-        return [{"id": s, "uri": "-", "type": "file", "state": "running"} for s in self.streams]
+        running = [{"id": s, "uri": "-", "type": "file", "state": "running"} for s in self.streams]
+        failed = [{"id": s, "uri": "-", "type": "file", "state": FAILED, "error": e} for s, e in self.failed.items()]
+        return running + failed
 
 
 async def test_stream_control_raises_typed_errors() -> None:
@@ -93,6 +100,35 @@ async def test_stream_control_raises_typed_errors() -> None:
     await one.add(StreamSpec(id="b", uri="x"))
     await one.remove("a")
     assert one.describe("b") == {"id": "b", "uri": "-", "type": "file", "state": "running", "source": "cams"}
+
+
+async def test_a_failed_stream_is_listed_its_id_free_to_use_again_and_removing_it_forgets_it() -> None:
+    host = Host("cams", ["a"], failed={"gone": "cannot open gone.mp4: Invalid data"})
+    control = StreamControl({"cams": host})
+    assert [s["state"] for s in control.list()] == ["running", FAILED]
+    assert control.describe("gone")["error"] == "cannot open gone.mp4: Invalid data"
+    assert control.failure("gone") == "cannot open gone.mp4: Invalid data"
+    assert control.failure("a") is None and control.failure("nosuch") is None
+    assert control.is_running("a") and not control.is_running("gone")
+    await control.add(StreamSpec(id="gone", uri="x"))  # not "already exists": it failed
+    assert control.is_running("gone")
+    host.streams.remove("gone")
+    await control.remove("gone")  # DELETE of a failed stream: forgotten
+    assert [s["id"] for s in control.list()] == ["a"]
+
+
+@pytest.mark.parametrize("stream_id", ["../x", "a.b", "*", ">", "a b", "x" * 1024, ""])
+async def test_ids_from_paths_and_requests_that_are_no_stream_ids_are_bad_requests(stream_id: str) -> None:
+    control = StreamControl({"cams": Host("cams", [])})
+    expected = r"^id: expected a stream id: 1 to 128 letters, digits, '-' or '_', got "
+    with pytest.raises(BadStreamRequest, match=expected):
+        control.check_id(stream_id)
+    with pytest.raises(BadStreamRequest, match=expected):
+        control.describe(stream_id)
+    with pytest.raises(BadStreamRequest, match=expected):
+        await control.remove(stream_id)
+    with pytest.raises(BadStreamRequest, match=expected):
+        control.parse({"id": stream_id, "uri": "x"})
 
 
 def test_nats_maps_every_error_type_to_a_status() -> None:
@@ -142,11 +178,17 @@ async def test_nats_replies_carry_the_status_of_the_error() -> None:
         ("remove", json.dumps({"id": "b"}).encode()),
         ("remove", json.dumps({"id": "b", "more": 1}).encode()),
         ("add", json.dumps({"id": "c", "uri": "x"}).encode()),
+        ("add", json.dumps({"id": "a.b", "uri": "x"}).encode()),
+        ("remove", json.dumps({"id": "*"}).encode()),
+        ("add", b"[" * 100_000),
     ]
     for operation, data in requests:
         await nats._on_request(Msg(f"streamgraph.control.streams.{operation}", data))
     statuses = [reply.get("status") for reply in bus.replies]
-    assert statuses == [400, 409, 404, 400, None]
+    assert statuses == [400, 409, 404, 400, None, 400, 400, 400]
+    assert bus.replies[5]["error"].startswith("id: expected a stream id")
+    assert bus.replies[6]["error"].startswith("id: expected a stream id")
+    assert bus.replies[7]["error"].startswith("body is not valid JSON")
     assert bus.replies[1]["error"] == "stream 'a' already exists"
     assert bus.replies[3]["error"] == 'remove takes {"id": "<stream id>"} and nothing else'
     assert bus.replies[4]["ok"] is True and bus.replies[4]["stream"]["id"] == "c"

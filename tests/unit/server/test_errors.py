@@ -87,3 +87,34 @@ async def test_errors_are_json_with_their_status(
         assert ("GET /x failed" in caplog.text) == (status == 500)
     finally:
         await client.close()
+
+
+async def test_the_routers_own_refusals_say_what_is_there() -> None:
+    client = await _client(RuntimeError("not reached"))
+    try:
+        response = await client.get("/nowhere/../x%2F..")
+        assert response.status == 404
+        assert (await response.json())["error"].startswith("no route GET /")
+        response = await client.put("/x")
+        assert response.status == 405
+        assert await response.json() == {"error": "PUT is not allowed on /x; allowed: GET, HEAD"}
+        assert response.headers["Allow"]  # kept, as HTTP asks
+    finally:
+        await client.close()
+
+
+async def test_a_body_over_the_limit_says_the_limit() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        raise AssertionError("read a body over the limit")
+
+    app = web.Application(middlewares=[errors_as_json], client_max_size=1024)
+    app.router.add_post("/x", handler)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        response = await client.post("/x", data=b"x" * 4096)
+        assert response.status == 413
+        assert "Maximum request body size 1024 exceeded" in (await response.json())["error"]
+    finally:
+        await client.close()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from pipeline.errors import ConfigError
 from pipeline.media import EncodedPacket, EndOfStream, StreamStarted
 from pipeline.stage import StageContext
 from stages.ingest.file import FileParams, FileSource
@@ -109,6 +110,9 @@ async def test_stream_id_defaults_to_the_file_stem(make_ctx, sample_video):
     source = FileSource("video", FileParams(path=str(sample_video)))
     assert source.stream_id == "text"
     assert FileSource("video", FileParams(path="a/b/front door.cam.mkv", id="door")).stream_id == "door"
+    # A stem a stream id cannot be (it is one NATS subject token) is made into one.
+    assert FileSource("video", FileParams(path="a/b/front door.cam.mkv")).stream_id == "front_door_cam"
+    assert FileSource("video", FileParams(path=".mkv")).stream_id == "_mkv"
     await source.start(make_ctx("video"))
     emit = EmitRecorder(after=1, then=source.request_stop)
     await run_source(source, emit)
@@ -131,10 +135,10 @@ async def test_relative_paths_resolve_against_the_config_directory(make_ctx, sam
 def test_params_validation():
     assert FileParams(path="x.mp4").rate == "max"
     assert FileParams(path="x.mp4").loop is False
-    with pytest.raises(ValidationError):
-        FileParams(path="x.mp4", id="has space")
-    with pytest.raises(ValidationError):
-        FileParams(path="x.mp4", id="a/b")
+    assert FileParams(path="x.mp4", id="A-z_09" * 21 + "xx").id  # 128 characters
+    for bad_id in ("has space", "a/b", "a.b", "*", ">", "../x", "", "x" * 129, "caf\u00e9"):
+        with pytest.raises(ValidationError):
+            FileParams(path="x.mp4", id=bad_id)
     with pytest.raises(ValidationError):
         FileParams.model_validate({"path": "x.mp4", "rate": "fast"})
     with pytest.raises(ValidationError):
@@ -216,22 +220,64 @@ async def test_request_stop_during_native_playback_ends_it_promptly(make_ctx, sa
     assert assert_one_end_last(emit) == EndOfStream("live", "stopped")
 
 
+# --- what is checked before running ---------------------------------------------------------------
+
+
+def test_check_refuses_a_file_that_does_not_exist_naming_where_it_looked(tmp_path):
+    (tmp_path / "here.mp4").write_bytes(b"")
+    FileSource("video", FileParams(path="here.mp4")).check(tmp_path)  # relative to the config's folder
+    FileSource("video", FileParams(path=str(tmp_path / "here.mp4"))).check(Path("/elsewhere"))
+
+    with pytest.raises(ConfigError) as relative:
+        FileSource("video", FileParams(path="gone.mp4")).check(tmp_path)
+    assert relative.value.path == "params.path"
+    assert f"no such file: {tmp_path / 'gone.mp4'}" in relative.value.message
+    assert f"read from the config's directory, {tmp_path}" in relative.value.message
+
+    with pytest.raises(ConfigError) as absolute:
+        FileSource("video", FileParams(path=str(tmp_path / "gone.mp4"))).check(Path("/elsewhere"))
+    assert absolute.value.message == f"no such file: {tmp_path / 'gone.mp4'}"
+
+    with pytest.raises(ConfigError, match="is a directory"):
+        FileSource("video", FileParams(path=".")).check(tmp_path)
+
+
+def test_check_leaves_urls_to_ffmpeg(tmp_path):
+    FileSource("video", FileParams(path="http://127.0.0.1:1/clip.mp4")).check(tmp_path)
+
+
 # --- bad files --------------------------------------------------------------------------------------
+
+
+async def test_a_file_gone_between_check_and_run_ends_its_stream_with_the_error(make_ctx, tmp_path, sample_video):
+    # validate (check) saw the file; it went away before the run opened it: the run-time path.
+    path = tmp_path / "brief.mp4"
+    path.symlink_to(sample_video)
+    source = await started_source(make_ctx, path=path.name)
+    source.check(tmp_path)
+    path.unlink()
+    emit = EmitRecorder()
+    await run_source(source, emit)
+
+    started, end = emit.messages
+    assert isinstance(started, StreamStarted) and started.info.stream_id == "brief"
+    assert isinstance(end, EndOfStream) and end.reason == "error"
+    assert end.error == f"cannot open {path}: No such file or directory"
+    assert source.ctx.stats.stream("brief").error == end.error
 
 
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
-        ("missing.mp4", None, "No such file or directory"),
         ("garbage.mp4", b"\x00not a video at all\xff" * 64, "Invalid data"),
         ("empty.mp4", b"", "Invalid data"),
     ],
 )
 async def test_unopenable_file_starts_then_ends_the_stream_with_an_error(make_ctx, tmp_path, name, content, reason):
     path = tmp_path / name
-    if content is not None:
-        path.write_bytes(content)
+    path.write_bytes(content)
     source = await started_source(make_ctx, path=str(path))
+    source.check(tmp_path)  # it exists: only opening it tells
     emit = EmitRecorder()
     await run_source(source, emit)
 
