@@ -1,4 +1,5 @@
-"""The NATS connection: an embedded nats-server or an external URL, core or JetStream publishing."""
+"""The NATS connection: an embedded nats-server or an external URL, core or JetStream publishing
+through an outbox (``pipeline.outbox``: what each mode guarantees)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -22,6 +24,7 @@ from nats.js.errors import NotFoundError
 
 from .config import NatsConfig, nats_url_problem
 from .errors import BusError
+from .outbox import CoreOutbox, Envelope, JetStreamOutbox, Outbox
 
 log = logging.getLogger("streamgraph.bus")
 
@@ -46,12 +49,14 @@ def free_port() -> int:
 
 
 class NatsServer:
-    """A nats-server child process on a free loopback port; ``jetstream`` keeps its store in a temp dir."""
+    """A nats-server child process on a free loopback port. ``jetstream`` keeps its store in
+    ``store_dir``, or in a temp dir removed on stop."""
 
-    def __init__(self, *, jetstream: bool = False, port: int | None = None) -> None:
+    def __init__(self, *, jetstream: bool = False, port: int | None = None, store_dir: Path | None = None) -> None:
         self.port = port or free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self._jetstream = jetstream
+        self._store_dir = store_dir
         self._process: subprocess.Popen[bytes] | None = None
         self._store: tempfile.TemporaryDirectory[str] | None = None
 
@@ -61,8 +66,10 @@ class NatsServer:
             raise BusError(f"cannot start nats-server: port {self.port} on 127.0.0.1 is already in use")
         command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
         if self._jetstream:
-            self._store = tempfile.TemporaryDirectory(prefix="streamgraph-js-")
-            command += ["-js", "-sd", self._store.name]
+            if self._store_dir is None and self._store is None:
+                self._store = tempfile.TemporaryDirectory(prefix="streamgraph-js-")
+            store = self._store_dir or Path(self._store.name if self._store else "")
+            command += ["-js", "-sd", str(store)]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -87,6 +94,13 @@ class NatsServer:
         if self._store is not None:
             self._store.cleanup()
             self._store = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (no clean shutdown), keeping its store for a ``start`` on the same port."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
     def __enter__(self) -> NatsServer:
         return self.start()
@@ -129,14 +143,20 @@ class Bus:
         url: str,
         prefix: str,
         server: NatsServer | None,
-        js: JetStreamContext | None,
+        outbox: Outbox,
+        flush_timeout_s: float,
+        events: _ConnectionEvents,
     ) -> None:
         self.client = client
         self.url = url
         self.prefix = prefix
+        self.outbox = outbox
+        self.jetstream = isinstance(outbox, JetStreamOutbox)
+        """At-least-once delivery (acks) rather than core NATS's at-most-once."""
         self._server = server
-        self._js = js
-        self._events = _ConnectionEvents()
+        self._flush_timeout_s = flush_timeout_s
+        self._events = events
+        events.on_reconnected = outbox.reconnected
 
     @classmethod
     async def connect(cls, config: NatsConfig, *, pipeline: str, url: str | None = None) -> Bus:
@@ -169,9 +189,9 @@ class Bus:
             raise BusError(f"cannot connect to NATS at {target}: {exc or type(exc).__name__}") from None
         # ...and once connected, reconnect forever: a bus restart must not end the pipeline.
         client.options["max_reconnect_attempts"] = -1
-        js = None
+        outbox: Outbox
         if config.jetstream is not None:
-            js = client.jetstream()
+            js: JetStreamContext = client.jetstream()
             try:
                 await _ensure_stream(js, config.jetstream.stream, f"{config.prefix}.{pipeline}.>", target)
             except BaseException:
@@ -180,22 +200,62 @@ class Bus:
                 if server is not None:
                     await asyncio.to_thread(server.stop)
                 raise
-        bus = cls(client, url=target, prefix=config.prefix, server=server, js=js)
-        bus._events = events
-        return bus
+            outbox = JetStreamOutbox(js, config.outbox, config.jetstream)
+        else:
+            outbox = CoreOutbox(client, config.outbox)
+        return cls(
+            client,
+            url=target,
+            prefix=config.prefix,
+            server=server,
+            outbox=outbox,
+            flush_timeout_s=config.outbox.flush_timeout_s,
+            events=events,
+        )
 
     @property
     def connected(self) -> bool:
         return bool(self.client.is_connected)
 
+    async def room(self) -> None:
+        """Wait until the outbox has room for a message (JetStream; core NATS never waits)."""
+        await self.outbox.room()
+
+    def put(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        on_sent: Callable[[], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        """Hand a message to the outbox (never waits: ``room`` is where to wait). ``on_sent`` runs
+        once it is acknowledged (JetStream) or handed to the connection (core); ``on_lost`` once
+        it is abandoned, with the reason."""
+        self.outbox.put(Envelope(subject, payload, msg_id, on_sent=on_sent, on_lost=on_lost))
+
     async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None) -> None:
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        if self._js is not None:
-            await self._js.publish(subject, payload, headers=headers)
-        else:
-            await self.client.publish(subject, payload, headers=headers)
+        """Send one message and wait until it is sent (JetStream: acknowledged); raise
+        ``BusError`` if the outbox gives up on it."""
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+        def settle(lost: str | None = None) -> None:
+            if not done.done():
+                done.set_result(lost)
+
+        self.put(subject, payload, msg_id=msg_id, on_sent=settle, on_lost=settle)
+        lost = await done
+        if lost is not None:
+            raise BusError(f"message on {subject} not sent: {lost}")
+
+    def stop_flushing(self) -> None:
+        """A second stop signal: abandon what the outbox still holds instead of waiting for it."""
+        self.outbox.stop_waiting()
 
     async def close(self) -> None:
+        """Flush the outbox (up to ``nats.outbox.flush_timeout_s``), then the connection."""
+        await self.outbox.flush(self._flush_timeout_s)
         self._events.closing = True
         try:
             if not self.client.is_closed:
@@ -229,18 +289,38 @@ async def _ensure_stream(js: JetStreamContext, name: str, subjects: str, url: st
 
 
 class _ConnectionEvents:
-    """nats-py callbacks that log connection trouble, except the disconnect our own close causes."""
+    """nats-py callbacks that log connection trouble, except the disconnect our own close causes.
+
+    While the bus is down nats-py reports every failed reconnect (two a second): the first and
+    then one every ``STILL_DOWN_EVERY_S`` are enough to tell an operator it is still down.
+    """
+
+    STILL_DOWN_EVERY_S = 30.0
 
     def __init__(self) -> None:
         self.closing = False
+        self.on_reconnected: Callable[[], None] | None = None
+        self._down_since: float | None = None
+        self._last_said = 0.0
 
     async def error(self, exc: Exception) -> None:
-        if not self.closing:
+        if self.closing:
+            return
+        now = time.monotonic()
+        if self._down_since is None:
             log.warning("NATS error: %s", exc)
+        elif now - self._last_said >= self.STILL_DOWN_EVERY_S:
+            self._last_said = now
+            log.warning("NATS still down after %.0f s: %s", now - self._down_since, exc)
 
     async def disconnected(self) -> None:
-        if not self.closing:
+        if not self.closing and self._down_since is None:
+            self._down_since = self._last_said = time.monotonic()
             log.warning("NATS disconnected; reconnecting")
 
     async def reconnected(self) -> None:
-        log.info("NATS reconnected")
+        down_for = time.monotonic() - self._down_since if self._down_since is not None else 0.0
+        self._down_since = None
+        log.info("NATS reconnected after %.1f s", down_for)
+        if self.on_reconnected is not None:
+            self.on_reconnected()

@@ -41,12 +41,15 @@ class Edge:
         capacity: int,
         policy: OverflowPolicy,
         stats: StreamStats,
+        drop_reason: str | None = None,
     ) -> None:
+        """``drop_reason``: what a drop here is counted as (default ``edge:<name>``)."""
         if capacity < 1:
             raise ValueError(f"edge {name}: capacity must be >= 1, got {capacity}")
         self.name = name
         self.capacity = capacity
         self.policy: OverflowPolicy = policy
+        self.drop_reason = drop_reason or f"edge:{name}"
         self._stats = stats
         self._queue: deque[Message] = deque()
         self._data_count = 0
@@ -135,7 +138,7 @@ class Edge:
                 return
 
     def _drop(self, item: Item) -> None:
-        self._stats.drop_item(item, f"edge:{self.name}")
+        self._stats.drop_item(item, self.drop_reason)
         if _is_video_packet(item):
             self._awaiting_keyframe.add(item.stream_id)
 

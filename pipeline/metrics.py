@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .edges import Edge
-from .media import Item
 from .stats import StreamStats
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -73,6 +72,12 @@ class Metrics:
         self.inference_time = self._histogram(
             "streamgraph_inference_seconds", "Duration of one model run (one batch)", ["stage", "model"]
         )
+        self.streams_failed = Counter(
+            "streamgraph_streams_failed",
+            "Streams of a 'streams' source that ended with an error (each stays listed in /streams a while)",
+            ["pipeline", "source"],
+            registry=self.registry,
+        )
         self.registry.register(_RuntimeCollector(self))
 
     def _histogram(
@@ -85,20 +90,25 @@ class Metrics:
         self.batch_size.labels(self.pipeline, stage, model).observe(size)
         self.inference_time.labels(self.pipeline, stage, model).observe(seconds)
 
-    def observe_published(self, item: Item, latency_ms: Mapping[str, float]) -> None:
-        """A result was published with this ``latency_ms`` breakdown (the message's own).
+    def count_stream_failed(self, source: str) -> None:
+        """A stream of the ``streams`` source ``source`` ended with an error."""
+        self.streams_failed.labels(self.pipeline, source).inc()
 
-        Only the parts the item went through are observed (``publish`` always), so a pipeline
+    def observe_published(self, stream_id: str, latency_ms: Mapping[str, float], parts: Collection[str]) -> None:
+        """A result of ``stream_id`` was published with this ``latency_ms`` breakdown (the
+        message's own).
+
+        Only the ``parts`` the item went through are observed (``publish`` always), so a pipeline
         without an ``infer`` stage shows no ``infer`` latency rather than a pile of zeros.
         """
         for key, ms in latency_ms.items():
             if key == "total":
                 self.total_latency.labels(self.pipeline).observe(ms / 1000.0)
-            elif key in item.timings_ms or key == "publish":
+            elif key in parts or key == "publish":
                 self.stage_latency.labels(self.pipeline, key).observe(ms / 1000.0)
         now = self._clock()
-        self._first_published.setdefault(item.stream_id, now)
-        times = self._published_at.setdefault(item.stream_id, deque())
+        self._first_published.setdefault(stream_id, now)
+        times = self._published_at.setdefault(stream_id, deque())
         times.append(now)
         # Trimmed here too, not only when scraped: nobody may ever scrape, and memory stays bounded.
         while times[0] <= now - self._fps_window_s:
@@ -161,8 +171,8 @@ class _RuntimeCollector(Collector):
                 family.add_metric([pipeline, stream_id], value)
             for reason, count in sorted(counters.drops.items()):
                 dropped.add_metric([pipeline, stream_id, reason], count)
-                if reason.startswith("edge:"):
-                    edge = reason.removeprefix("edge:")
+                where, _, edge = reason.partition(":")
+                if where in ("edge", "backpressure"):  # both are a full edge's drops
                     edge_drops[edge] = edge_drops.get(edge, 0) + count
             running += not counters.ended
         yield from families

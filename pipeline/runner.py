@@ -141,7 +141,13 @@ class Runner:
             node = self.graph.nodes[name]
             if node.is_source:
                 continue
-            edge = Edge(name, capacity=node.edge.capacity, policy=node.edge.policy, stats=self.stats)
+            edge = Edge(
+                name,
+                capacity=node.edge.capacity,
+                policy=node.edge.policy,
+                stats=self.stats,
+                drop_reason=f"backpressure:{name}" if node.stage.sink else None,
+            )
             for _ in node.inputs:
                 edge.add_producer()
             self._edges[name] = edge

@@ -10,7 +10,7 @@ import asyncio
 import importlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .bus import Bus
 from .config import PipelineConfig
@@ -41,9 +41,12 @@ async def run_pipeline(
     on_api: Callable[[ApiServer], None] | None = None,
     handle_signals: bool = True,
     graph: Graph | None = None,
+    on_bus: Callable[[Bus], Awaitable[None]] | None = None,
 ) -> RunSummary:
     """Run until every finite stream ends or SIGINT/SIGTERM asks to stop (then drain). ``graph``:
-    the config's, built already (the CLI builds it first, so config errors come before the bus)."""
+    the config's, built already (the CLI builds it first, so config errors come before the bus).
+    ``on_bus``: awaited once the bus is connected, before any stage starts (``run --show``
+    subscribes there, so it sees every message the pipeline publishes)."""
     graph = graph if graph is not None else build(config, source=source)
     bus = await Bus.connect(config.nats, pipeline=config.pipeline, url=nats_url)
     log.info("pipeline %s publishing to %s (prefix %s)", config.pipeline, bus.url, config.nats.prefix)
@@ -56,11 +59,19 @@ async def run_pipeline(
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+
+    def stop() -> None:
+        if runner.stopping:  # a second signal: do not wait for the outbox either
+            bus.stop_flushing()
+        runner.request_stop()
+
     for sig in signals:
-        loop.add_signal_handler(sig, runner.request_stop)
+        loop.add_signal_handler(sig, stop)
     api: ApiServer | None = None
     control = NatsControl(bus, runner)
     try:
+        if on_bus is not None:
+            await on_bus(bus)
         await control.start()
         if config.api is not None:
             api = ApiServer(build_app(runner, bus=bus, token=config.api.token), config.api.host, config.api.port)

@@ -87,13 +87,19 @@ class Stage:
 
     Params: ClassVar[type[StrictModel]] = NoParams
     latency_key: ClassVar[str | None] = None
-    """The key of a result's ``latency_ms`` that the runner adds this stage's ``process`` time to
-    (``prepare``, ``post``, or one of the stage's own); None: the stage measures its own."""
+    """The ``latency_ms`` part that the runner ends (``Item.mark``) when this stage's ``process``
+    returns (``prepare``, ``post``, or one of the stage's own); None: the stage ends its own parts,
+    and what it does not end is counted as ``ordering``."""
     latency_keys: ClassVar[tuple[str, ...]] = ()
-    """Further ``latency_ms`` keys the stage adds time to itself (``Item.add_time``): ``decode``
-    for a decoder, ``batch_wait`` and ``infer`` for a model. A pipeline's results carry every key
-    its stages report (``reported_latency_keys``) besides the runtime's own (queue, blocked,
-    ordering, publish, total)."""
+    """Further ``latency_ms`` parts the stage ends itself (``Item.mark(key)``, or ``add_time`` for
+    a stretch it timed inside the current part): ``decode`` for a decoder, ``batch_wait`` and
+    ``infer`` for a model. A pipeline's results carry every key its stages report
+    (``reported_latency_keys``) besides the runtime's own (ingest, queue, blocked, ordering,
+    publish, total)."""
+    sink: ClassVar[bool] = False
+    """Hands results out of the pipeline (``publish``): when it cannot keep up, that is
+    backpressure from outside, so frames a full ``drop_oldest`` edge in front of it drops are
+    counted as ``backpressure:<stage>``, not ``edge:<stage>``."""
 
     @classmethod
     def reported_latency_keys(cls) -> tuple[str, ...]:

@@ -1,15 +1,34 @@
 """``publish``: one JSON result per item to NATS, and stream lifecycle events (``started``,
-a live source's ``connecting``/``connected``/``stalled``/``reconnecting``, ``error``, ``ended``)."""
+a live source's ``connecting``/``connected``/``stalled``/``reconnecting``, ``error``, ``ended``).
+
+Both go through the bus's outbox (``pipeline.outbox``). A result counts as ``published`` when the
+outbox has sent it (JetStream: acknowledged), and as dropped (``error:<stage>:<why>``, or
+``bus_down`` on core NATS) when the outbox gives up on it. On JetStream a full outbox makes this
+stage wait: its input edge fills, so file sources wait and live sources drop frames, counted as
+``backpressure:<stage>``. A stream's ``ended`` event goes out once each of its results is settled
+(sent or given up on), so the counts it carries are final.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from pipeline.bus import Bus
 from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, StreamInfo, StreamStatus
-from pipeline.results import build_event, build_result, encode, events_subject, message_id, result_subject
+from pipeline.results import (
+    build_event,
+    build_result,
+    encode,
+    event_id,
+    events_subject,
+    message_id,
+    new_run_id,
+    result_subject,
+)
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 
@@ -18,49 +37,115 @@ class PublishParams(StageParams):
     """Also publish stream lifecycle events on ``<subject>.events``."""
 
 
+@dataclass
+class _StreamRun:
+    """One run of a stream (start to end): its id in message ids, its events' numbers, and its
+    results the outbox has not settled yet."""
+
+    run: str = field(default_factory=new_run_id)
+    events: Iterator[int] = field(default_factory=itertools.count)
+    unsettled: int = 0
+    ended: Callable[[], None] | None = None
+    """Sends the ``ended`` event: waits here while results are unsettled."""
+
+    def settled(self) -> None:
+        self.unsettled -= 1
+        if not self.unsettled and self.ended is not None:
+            self.ended()
+
+
 @register_stage("publish")
 class Publish(Stage):
     Params = PublishParams
     params: PublishParams
     latency_key = None  # publish time is measured into the message itself
+    sink = True
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         if ctx.bus is None:
             raise ConfigError(f"stage {self.name}", "publish needs a NATS connection (nats.url)")
         self.bus: Bus = ctx.bus
+        self._runs: dict[str, _StreamRun] = {}
+
+    def _run(self, stream_id: str) -> _StreamRun:
+        run = self._runs.get(stream_id)
+        if run is None:
+            run = self._runs[stream_id] = _StreamRun()
+        return run
 
     async def on_stream_added(self, info: StreamInfo) -> None:
-        await self._event(info.stream_id, "started")
+        self._runs[info.stream_id] = _StreamRun()
+        self._event(info.stream_id, "started")
 
     async def on_stream_status(self, status: StreamStatus) -> None:
-        await self._event(status.stream_id, status.status, message=status.detail)
+        self._event(status.stream_id, status.status, message=status.detail)
 
     async def process(self, item: Item) -> Sequence[Item]:
         began = time.perf_counter()
+        await self.bus.room()  # a full outbox is backpressure: wait here, the edge in front fills
         counters = self.ctx.stats.stream(item.stream_id)
         publish_ms = (time.perf_counter() - began) * 1000.0
-        message = build_result(self.ctx.pipeline, item, counters, publish_ms, self.ctx.latency_keys)
-        payload = encode(message)
-        subject = result_subject(self.bus.prefix, self.ctx.pipeline, item.stream_id)
-        await self.bus.publish(subject, payload, msg_id=message_id(self.ctx.pipeline, item.stream_id, item.seq))
-        counters.published += 1
-        self.ctx.metrics.observe_published(item, message["latency_ms"])
+        run = self._run(item.stream_id)
+        message = build_result(self.ctx.pipeline, item, counters, publish_ms, self.ctx.latency_keys, run=run.run)
+        # The callbacks outlive the item: they keep its few small facts, never the frame.
+        latency, parts, stream_id = message["latency_ms"], tuple(item.timings_ms), item.stream_id
+
+        def sent() -> None:
+            counters.published += 1
+            self.ctx.metrics.observe_published(stream_id, latency, parts)
+            run.settled()
+
+        def lost(why: str) -> None:
+            # Core NATS's loss while the bus is down is its own reason; anything else is this
+            # stage giving up on a result it had: an error.
+            self.ctx.stats.count_drop(stream_id, why if why == "bus_down" else f"error:{self.name}:{why}")
+            run.settled()
+
+        run.unsettled += 1
+        self.bus.put(
+            result_subject(self.bus.prefix, self.ctx.pipeline, stream_id),
+            encode(message),
+            msg_id=message_id(self.ctx.pipeline, stream_id, run.run, item.seq),
+            on_sent=sent,
+            on_lost=lost,
+        )
         return ()
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         counters = self.ctx.stats.stream(eos.stream_id)
         counters.ended = True
         if eos.reason == "error":
-            await self._event(eos.stream_id, "error", message=eos.error or "unknown error")
-        await self._event(eos.stream_id, "ended", reason=eos.reason)
+            self._event(eos.stream_id, "error", message=eos.error or "unknown error")
+        run = self._runs.pop(eos.stream_id, None) or _StreamRun()
+
+        def ended() -> None:
+            self._event(eos.stream_id, "ended", reason=eos.reason, run=run)
+
+        if run.unsettled:
+            run.ended = ended
+        else:
+            ended()
         return ()
 
-    async def _event(
-        self, stream_id: str, event: str, *, reason: str | None = None, message: str | None = None
+    def _event(
+        self,
+        stream_id: str,
+        event: str,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+        run: _StreamRun | None = None,
     ) -> None:
         if not self.params.events:
             return
+        run = run or self._run(stream_id)
         counters = self.ctx.stats.stream(stream_id) if event == "ended" else None
-        body = build_event(self.ctx.pipeline, stream_id, event, reason=reason, message=message, counters=counters)
-        await self.bus.publish(events_subject(self.bus.prefix, self.ctx.pipeline, stream_id), encode(body))
+        body = build_event(
+            self.ctx.pipeline, stream_id, event, reason=reason, message=message, counters=counters, run=run.run
+        )
+        self.bus.put(
+            events_subject(self.bus.prefix, self.ctx.pipeline, stream_id),
+            encode(body),
+            msg_id=event_id(self.ctx.pipeline, stream_id, run.run, next(run.events)),
+        )

@@ -1,7 +1,8 @@
-"""JetStream publishing: every result is stored once, with Nats-Msg-Id <pipeline>.<stream>.<seq>."""
+"""JetStream publishing: every result is stored once, with Nats-Msg-Id <pipeline>.<stream>.<run>.<seq>."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,16 @@ stages:
         js = client.jetstream()
         info = await js.stream_info("JSDEMO")
         assert info.state.messages == 250
-        first = await js.get_msg("JSDEMO", seq=1)
-        last = await js.get_msg("JSDEMO", seq=250)
-        assert first.headers is not None and first.headers["Nats-Msg-Id"] == "js-demo.cam.0"
-        assert last.headers is not None and last.headers["Nats-Msg-Id"] == "js-demo.cam.249"
+        ids = set()
+        for seq in range(1, 251):
+            stored = await js.get_msg("JSDEMO", seq=seq)
+            assert stored.headers is not None and stored.data is not None
+            body = json.loads(stored.data)
+            assert stored.headers["Nats-Msg-Id"] == f"js-demo.cam.{body['run']}.{body['seq']}"
+            ids.add(stored.headers["Nats-Msg-Id"])
+        assert len(ids) == 250
         # Publishing a message id again is a duplicate: JetStream keeps one copy.
-        ack = await js.publish("streamgraph.js-demo.cam", b"{}", headers={"Nats-Msg-Id": "js-demo.cam.0"})
+        ack = await js.publish("streamgraph.js-demo.cam", b"{}", headers={"Nats-Msg-Id": min(ids)})
         assert ack.duplicate
         assert (await js.stream_info("JSDEMO")).state.messages == 250
     finally:

@@ -4,7 +4,6 @@ server's ``GET /metrics`` route (pipeline.server.metrics) that serves them."""
 
 from __future__ import annotations
 
-from fractions import Fraction
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +14,6 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.edges import Edge
-from pipeline.media import EncodedPacket, Item
 from pipeline.metrics import Metrics
 from pipeline.server.metrics import add_routes
 from pipeline.stats import StreamStats
@@ -43,11 +41,6 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
 def value(samples: Samples, name: str, **labels: str) -> float:
     assert key(name, **labels) in samples, f"no sample {name}{labels}; have {sorted(n for n, _ in samples)}"
     return samples[key(name, **labels)]
-
-
-def item(stream: str = "a", timings: dict[str, float] | None = None) -> Item:
-    packet = EncodedPacket(None, 0, Fraction(1, 30), True)
-    return Item(stream_id=stream, media=packet, capture_time=0.0, seq=0, timings_ms=dict(timings or {}))
 
 
 def hand_built_stats() -> StreamStats:
@@ -100,8 +93,8 @@ def test_published_latency_observes_the_parts_the_item_went_through():
     metrics = Metrics("p")
     timings = {"decode": 2.0, "queue": 20.0}
     latency = {"decode": 2.0, "queue": 20.0, "prepare": 0.0, "infer": 0.0, "publish": 0.5, "total": 61.0}
-    metrics.observe_published(item(timings=timings), latency)
-    metrics.observe_published(item(timings=timings), latency)
+    metrics.observe_published("a", latency, timings)
+    metrics.observe_published("a", latency, timings)
     samples = scrape(metrics)
     assert value(samples, "streamgraph_stage_latency_seconds_count", stage="decode") == 2
     assert value(samples, "streamgraph_stage_latency_seconds_sum", stage="queue") == pytest.approx(0.040)
@@ -133,7 +126,7 @@ def test_fps_counts_a_recent_window_and_falls_to_zero():
     metrics = Metrics("p", stats=stats, fps_window_s=5.0, clock=clock)
     assert value(scrape(metrics), "streamgraph_stream_fps", stream="a") == 0
     for _ in range(40):  # 4 frames/s for 10 s: at 100.0, 100.25, ... 109.75
-        metrics.observe_published(item("a"), {})
+        metrics.observe_published("a", {}, ())
         clock.now += 0.25
     assert value(scrape(metrics), "streamgraph_stream_fps", stream="a") == pytest.approx(19 / 5.0)  # after 105.0
     clock.now = 114.5  # only the frame at 109.75 is left in the window
@@ -145,15 +138,15 @@ def test_fps_counts_a_recent_window_and_falls_to_zero():
 def test_fps_of_a_young_stream_is_divided_by_its_age():
     clock = FakeClock()
     metrics = Metrics("p", fps_window_s=5.0, clock=clock)
-    metrics.observe_published(item("a"), {})
+    metrics.observe_published("a", {}, ())
     assert metrics.fps("a") == 1.0  # divided by at least 1 s
     for _ in range(63):  # 16 frames/s for about 4 s
         clock.now += 0.0625
-        metrics.observe_published(item("a"), {})
+        metrics.observe_published("a", {}, ())
     assert metrics.fps("a") == pytest.approx(16.0, rel=0.02)
     for _ in range(96):  # 6 s more: the window is full
         clock.now += 0.0625
-        metrics.observe_published(item("a"), {})
+        metrics.observe_published("a", {}, ())
     assert metrics.fps("a") == pytest.approx(16.0)
 
 
@@ -161,7 +154,7 @@ def test_what_fps_remembers_stays_bounded_without_scrapes():
     clock = FakeClock()
     metrics = Metrics("p", fps_window_s=5.0, clock=clock)
     for _ in range(100_000):  # 25 frames/s for 4000 s, nobody scraping
-        metrics.observe_published(item("a"), {})
+        metrics.observe_published("a", {}, ())
         clock.now += 0.04
     assert len(metrics._published_at["a"]) <= 5.0 / 0.04 + 1  # one window, not the whole run
     assert metrics.fps("a") == pytest.approx(25.0)

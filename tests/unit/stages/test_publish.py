@@ -130,6 +130,7 @@ def frame_item(stream_id: str, seq: int) -> Item:
 async def finish(subscriber: Subscriber, bus: Bus, sentinel: str) -> None:
     """Publish a sentinel after everything else and wait for it: NATS keeps one connection's order,
     so once it arrives, everything published before it has arrived too."""
+    assert await bus.outbox.settle(WAIT_S)  # the outbox has handed everything to the connection
     await bus.client.publish(sentinel, b"{}")
     await bus.client.flush()
     await subscriber.wait_for_subject(sentinel)
@@ -155,7 +156,8 @@ async def test_results_and_events_reach_their_subjects_in_order(make_ctx, bus, s
     ]
 
     results = subscriber.on(results_subject)
-    assert [m.msg_id for m in results] == ["unit.cam-1.0", "unit.cam-1.1", "unit.cam-1.2"]
+    run = results[0].body["run"]
+    assert [m.msg_id for m in results] == [f"unit.cam-1.{run}.0", f"unit.cam-1.{run}.1", f"unit.cam-1.{run}.2"]
     for seq, message in enumerate(results):
         RESULT_VALIDATOR.validate(message.body)
         body = message.body
@@ -173,6 +175,8 @@ async def test_results_and_events_reach_their_subjects_in_order(make_ctx, bus, s
     for event in (started, ended):
         EVENT_VALIDATOR.validate(event)
         assert (event["pipeline"], event["stream_id"]) == ("unit", "cam-1")
+    assert started["run"] == ended["run"] == run
+    assert [m.msg_id for m in subscriber.on(events_subject)] == [f"unit.cam-1.{run}.e0", f"unit.cam-1.{run}.e1"]
     assert started["event"] == "started"
     assert "frames" not in started and "reason" not in started
     assert ended["event"] == "ended"
@@ -192,7 +196,8 @@ async def test_published_counts_per_stream(make_ctx, bus, subscriber, prefix):
     await finish(subscriber, bus, f"{prefix}.sentinel")
     stats = publish.ctx.stats
     assert (stats.stream("a").published, stats.stream("b").published, stats.published) == (4, 1, 5)
-    assert [m.msg_id for m in subscriber.on(f"{prefix}.unit.b")] == ["unit.b.0"]
+    ((b_result),) = subscriber.on(f"{prefix}.unit.b")
+    assert b_result.msg_id == f"unit.b.{b_result.body['run']}.0"
 
 
 async def test_stream_error_publishes_error_then_ended(make_ctx, bus, subscriber, prefix):
@@ -280,7 +285,7 @@ async def test_stream_ids_are_made_safe_for_subjects_but_kept_in_ids_and_bodies(
 
     # A dot or a space would split or break the subject: both become '_' in the subject token.
     (result,) = subscriber.on(f"{prefix}.unit.lobby_cam_2")
-    assert result.msg_id == "unit.lobby.cam 2.7"
+    assert result.msg_id == f"unit.lobby.cam 2.{result.body['run']}.7"
     assert result.body["stream_id"] == "lobby.cam 2"
     (started,) = subscriber.on(f"{prefix}.unit.lobby_cam_2.events")
     assert started.body["stream_id"] == "lobby.cam 2"
