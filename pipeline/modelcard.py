@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from .config import SHA256_PATTERN, StrictModel, config_error_from
+from .config import SHA256_PATTERN, StrictModel, config_error_from, did_you_mean
 from .errors import ConfigError
 
 PROJECT_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -142,7 +142,8 @@ def find_card(ref: str, *, base_dir: Path = Path(".")) -> Path:
             if path.is_file():
                 return path
     where = ", ".join(str(d) for d in search_dirs())
-    raise ConfigError("", f"unknown model {ref!r}: no {ref}.yaml in {where}")
+    known = [path.stem for path in list_cards()]
+    raise ConfigError("", f"unknown model {ref!r}{did_you_mean(ref, known)}: no {ref}.yaml in {where}")
 
 
 def load_card(ref: str, *, base_dir: Path = Path(".")) -> ModelCard:

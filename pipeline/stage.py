@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 
-from .config import StrictModel, config_error_from, join_path
+from .config import StrictModel, config_error_from, did_you_mean, join_path
 from .errors import ConfigError
 from .media import EndOfStream, Item, Message, StreamInfo, StreamStatus, TrackKind
 from .metrics import Metrics
@@ -249,7 +249,8 @@ def stage_class_for(
         cls = _REGISTRY.get(type_name)
         if cls is None:
             known = ", ".join(sorted(_REGISTRY)) or "none registered"
-            raise ConfigError(f"{path}.type", f"unknown stage type {type_name!r}; known: {known}")
+            close = did_you_mean(type_name, _REGISTRY)
+            raise ConfigError(f"{path}.type", f"unknown stage type {type_name!r}{close}; known: {known}")
         return cls
     assert class_path is not None
     where = f"{path}.class"

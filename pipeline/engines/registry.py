@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..config import did_you_mean
 from ..errors import ModelError
 from ..modelcard import ModelCard
 from .base import Engine, EngineOptions, RunSettings, check_card
@@ -37,7 +38,8 @@ class UnknownEngine(KeyError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"unknown engine {name!r}; available: {', '.join(engine_names())}")
+        close = did_you_mean(name, engine_names())
+        super().__init__(f"unknown engine {name!r}{close}; available: {', '.join(engine_names())}")
 
     def __str__(self) -> str:
         return str(self.args[0])

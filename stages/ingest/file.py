@@ -68,6 +68,8 @@ class _Demuxer:
 
     def __init__(self, path: Path, tracks: Sequence[TrackKind]) -> None:
         self.path = path
+        if path.is_file() and path.stat().st_size == 0:
+            raise ValueError("the file is empty (0 bytes)")
         self.container: Any = av.open(str(path), mode="r")
         self.streams: dict[TrackKind, Any] = {}
         for kind in tracks:
@@ -77,11 +79,20 @@ class _Demuxer:
         if not self.streams:
             self.container.close()
             raise ValueError(f"has no {' or '.join(tracks)} stream")
+        for kind, stream in self.streams.items():
+            if stream.codec_context is None:  # a codec tag no FFmpeg codec claims
+                self.container.close()
+                tag = getattr(stream, "codec_tag", "") or "?"
+                raise ValueError(f"its {kind} track is in a codec FFmpeg does not know (tag {tag!r})")
         self.missing = [kind for kind in tracks if kind not in self.streams]
         self.kinds: dict[int, TrackKind] = {stream.index: kind for kind, stream in self.streams.items()}
         self.time_bases: dict[TrackKind, Fraction] = {
             kind: stream.time_base or Fraction(1, 90000) for kind, stream in self.streams.items()
         }
+        self.frame_durations: dict[TrackKind, int] = {
+            kind: _frame_duration(stream, self.time_bases[kind]) for kind, stream in self.streams.items()
+        }
+        """Ticks of one frame, from the header's rate: the step for packets that carry no timestamps."""
         self.video: VideoCodecParams | None = None
         self.audio: AudioCodecParams | None = None
         if "video" in self.streams:
@@ -115,6 +126,15 @@ class _Demuxer:
         self.container.close()
 
 
+def _frame_duration(stream: Any, time_base: Fraction) -> int:
+    """Ticks of one frame (video: 1 / the header's frame rate, 25 fps if it says none; audio: one
+    packet is not one frame, so 0 and its own ``duration`` counts)."""
+    if stream.type != "video":
+        return 0
+    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    return max(1, round(1 / (Fraction(rate) * time_base)))
+
+
 class _Schedule:
     """Where each packet of a file stream lands in media time, and when it is due at native rate.
 
@@ -123,8 +143,11 @@ class _Schedule:
     at the first packet's time, from when the schedule was made.
     """
 
-    def __init__(self, time_bases: dict[TrackKind, Fraction]) -> None:
+    def __init__(self, time_bases: dict[TrackKind, Fraction], frame_durations: dict[TrackKind, int]) -> None:
         self._time_bases = time_bases
+        self._frame_durations = frame_durations
+        self._next_pts: dict[TrackKind, int] = dict.fromkeys(time_bases, 0)
+        """Per track, where the next packet starts if it carries no timestamp of its own."""
         self._offsets: dict[TrackKind, int] = dict.fromkeys(time_bases, 0)
         self._last_end: dict[TrackKind, Fraction] = {}  # seconds, shifted
         self._origin: Fraction | None = None  # the first packet's time: pacing starts there
@@ -135,12 +158,20 @@ class _Schedule:
         """The file starts again: shift what follows past the end of everything passed on."""
         end = max(self._last_end.values())
         self._offsets = {kind: round(end / tb) for kind, tb in self._time_bases.items()}
+        self._next_pts = dict.fromkeys(self._time_bases, 0)
 
     def place(self, kind: TrackKind, packet: Any) -> tuple[int, Fraction]:
         """The packet's shifted pts (the packet itself is shifted), and its time since the origin."""
         time_base = self._time_bases[kind]
         offset = self._offsets[kind]
-        pts = (packet.pts if packet.pts is not None else packet.dts or 0) + offset
+        if packet.pts is None and packet.dts is None:
+            # A raw elementary stream (.h264, .hevc) has no timestamps: one frame after the last,
+            # at the header's rate, so it paces and its results have a media time.
+            packet.pts = packet.dts = self._next_pts[kind]
+            packet.duration = packet.duration or self._frame_durations[kind]
+        unshifted = packet.pts if packet.pts is not None else packet.dts
+        self._next_pts[kind] = unshifted + (packet.duration or self._frame_durations[kind])
+        pts = unshifted + offset
         if offset:  # the decoder passes pts through: shift the packet itself
             packet.pts = pts
             packet.dts = packet.dts + offset if packet.dts is not None else None
@@ -247,7 +278,7 @@ class FileSource(Source):
     async def _pass_packets(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> int | None:
         """Read, pace and emit packets until the file ends (for good, without ``loop``) or a stop:
         how many were read, or None if the stream has ended with an error."""
-        schedule = _Schedule(demuxer.time_bases)
+        schedule = _Schedule(demuxer.time_bases, demuxer.frame_durations)
         read = 0
         while not self._stop_asked(stream_id):
             try:

@@ -188,7 +188,11 @@ class StreamSet(StreamHost):
             _check_child(source, spec.options, "", self.ctx.base_dir)
         except ConfigError as exc:
             raise BadStreamRequest(str(exc)) from None
-        return await self._launch(spec.id, spec.uri, source)
+        launched = await self._launch(spec.id, spec.uri, source)
+        # Marked before its first message can arrive (nothing awaited since the launch): its
+        # failure is its own, never the run's (``streamgraph run``'s exit code).
+        self.ctx.stats.stream(spec.id).added_at_run_time = True
+        return launched
 
     async def remove_stream(self, stream_id: str) -> None:
         child = self._children.get(stream_id)

@@ -49,13 +49,16 @@ def test_validate_accepts_the_demo_config() -> None:
         ),
         (("  threads: 4", "  threads: four"), "runtime.threads: expected int, got 'four'"),
         (("    inputs: [det]", "    inputs: [detector]"), "stages[4].inputs[0]: unknown stage 'detector'"),
-        (("    type: text_detection", "    type: text_detector"), "stages[4].type: unknown stage type 'text_detector'"),
+        (
+            ("    type: text_detection", "    type: text_detector"),
+            "stages[4].type: unknown stage type 'text_detector' (did you mean 'text_detection'?)",
+        ),
         (
             (
                 "    type: prepare\n    inputs: [decode]\n    params:\n      model: pp-ocrv4-det",
                 "    type: prepare\n    inputs: [decode]\n    params:\n      model: pp-ocr-det",
             ),
-            "stages[2].params.model: unknown model 'pp-ocr-det'",
+            "stages[2].params.model: unknown model 'pp-ocr-det' (did you mean 'pp-ocrv4-det'?)",
         ),
         (
             (
@@ -67,10 +70,10 @@ def test_validate_accepts_the_demo_config() -> None:
         (
             (
                 "      model: pp-ocrv4-det\n  - name: text",
-                "      model: pp-ocrv4-det\n      engine: nosuch\n  - name: text",
+                "      model: pp-ocrv4-det\n      engine: onnxruntim\n  - name: text",
             ),
-            "stages[3].params.engine: unknown engine 'nosuch'; available: auto, kserve, onnxruntime, tensorrt, "
-            "tfserving, torchserve, triton",
+            "stages[3].params.engine: unknown engine 'onnxruntim' (did you mean 'onnxruntime'?); "
+            "available: auto, kserve, onnxruntime, tensorrt, tfserving, torchserve, triton",
         ),
         (
             (

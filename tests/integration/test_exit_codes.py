@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from pipeline.bus import free_port
 
@@ -79,12 +78,6 @@ async def test_ctrl_c_after_a_stream_added_at_run_time_failed_exits_0(
     assert "Traceback" not in recording.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs stages/ingest/streams.py StreamSet.add_stream to set "
-    "ctx.stats.stream(spec.id).added_at_run_time = True (not this change's file): until then a "
-    "run-time stream's failure counts as the config's",
-)
 async def test_a_run_that_ends_by_itself_after_a_run_time_stream_failed_exits_0(
     nats_server: Any, tmp_path: Path, sample_video: Path, cli_env: dict[str, str]
 ) -> None:

@@ -42,7 +42,7 @@ class CheckedStage(Stage):
 
 
 def video(name: str = "video") -> dict:
-    return {"name": name, "type": "file", "params": {"path": "clip.mp4"}}
+    return {"name": name, "type": "file", "params": {"path": __file__}}  # any file that exists: building opens no media
 
 
 def stage(name: str, inputs: list[str], type_: str = "decode", **extra) -> dict:

@@ -84,7 +84,7 @@ def test_a_bad_param_is_a_config_error_naming_the_yaml_path():
 
 def test_stream_id_from_the_url_and_redaction():
     assert stream_id_from_url("rtsp://cam.local:8554/live/front-door") == "front-door"
-    assert stream_id_from_url("rtsp://cam.local:8554/") == "cam.local"
+    assert stream_id_from_url("rtsp://cam.local:8554/") == "cam_local"
     assert stream_id_from_url("rtsp://10.0.0.7/Streaming/Channels/101?transport=x") == "101"
     assert stream_id_from_url("rtsp://cam.local/a%20b") == "a_20b"
     assert redact("rtsp://admin:s3cret@cam.local:554/live") == "rtsp://admin:***@cam.local:554/live"

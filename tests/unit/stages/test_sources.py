@@ -270,7 +270,7 @@ async def test_a_file_gone_between_check_and_run_ends_its_stream_with_the_error(
     ("name", "content", "reason"),
     [
         ("garbage.mp4", b"\x00not a video at all\xff" * 64, "Invalid data"),
-        ("empty.mp4", b"", "Invalid data"),
+        ("empty.mp4", b"", "the file is empty (0 bytes)"),
     ],
 )
 async def test_unopenable_file_starts_then_ends_the_stream_with_an_error(make_ctx, tmp_path, name, content, reason):

@@ -210,7 +210,7 @@ def test_unknown_model_is_a_config_error_at_its_path():
         {
             "pipeline": "p",
             "stages": [
-                {"name": "video", "type": "file", "params": {"path": "a.mp4"}},
+                {"name": "video", "type": "file", "params": {"path": __file__}},
                 {"name": "crops", "type": "text_crops", "inputs": ["video"], "params": {"model": "sg-unit-missing"}},
             ],
         }

@@ -152,7 +152,7 @@ def test_params_errors_in_a_pipeline_name_their_path():
         {
             "pipeline": "p",
             "stages": [
-                {"name": "video", "type": "file", "params": {"path": "a.mp4"}},
+                {"name": "video", "type": "file", "params": {"path": __file__}},
                 {"name": "text", "type": "text_detection", "inputs": ["video"], "params": {"box_tresh": 0.2}},
             ],
         }

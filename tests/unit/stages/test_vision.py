@@ -134,7 +134,7 @@ def graph_for(params: dict):
             {
                 "pipeline": "p",
                 "stages": [
-                    {"name": "video", "type": "file", "params": {"path": "a.mp4"}},
+                    {"name": "video", "type": "file", "params": {"path": __file__}},
                     {"name": "prep", "type": "prepare", "inputs": ["video"], "params": params},
                 ],
             }
