@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .edges import Edge
+from .outbox import Outbox
 from .stats import StreamStats
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -47,12 +48,14 @@ class Metrics:
         *,
         stats: StreamStats | None = None,
         edges: EdgesView | None = None,
+        outbox: Callable[[], Outbox | None] = lambda: None,
         fps_window_s: float = FPS_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pipeline = pipeline
         self.stats = stats if stats is not None else StreamStats()
         self._edges: EdgesView = edges if edges is not None else dict
+        self._outbox = outbox
         self._fps_window_s = fps_window_s
         self._clock = clock
         self._published_at: dict[str, deque[float]] = {}
@@ -183,6 +186,9 @@ class _RuntimeCollector(Collector):
         streams_running.add_metric([pipeline], running)
         yield streams_running
         yield from _edge_families(pipeline, metrics._edges(), edge_drops)
+        outbox = metrics._outbox()
+        if outbox is not None:
+            yield from _outbox_families(pipeline, outbox)
 
 
 def _edge_families(pipeline: str, edges: Mapping[str, Edge], drops: Mapping[str, int]) -> Iterator[Metric]:
@@ -197,6 +203,16 @@ def _edge_families(pipeline: str, edges: Mapping[str, Edge], drops: Mapping[str,
         capacity.add_metric([pipeline, name], edge.capacity)
         dropped.add_metric([pipeline, name], drops.get(name, 0))
     yield from (depth, peak, capacity, dropped)
+
+
+def _outbox_families(pipeline: str, outbox: Outbox) -> Iterator[Metric]:
+    labels = ["pipeline"]
+    waiting = _gauge("streamgraph_outbox_messages", "Results and events not yet sent (JetStream: acknowledged)", labels)
+    size = _gauge("streamgraph_outbox_bytes", "Bytes of the messages in the outbox", labels)
+    retries = _counter("streamgraph_publish_retries", "Messages sent again, unacknowledged (JetStream)", labels)
+    for family, value in ((waiting, outbox.depth), (size, outbox.depth_bytes), (retries, outbox.retries)):
+        family.add_metric([pipeline], value)
+        yield family
 
 
 def _counter(name: str, documentation: str, labels: list[str]) -> CounterMetricFamily:

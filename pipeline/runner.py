@@ -57,7 +57,12 @@ class Runner:
     ) -> None:
         self.graph = graph
         self.stats = StreamStats()
-        self.metrics = Metrics(graph.pipeline, stats=self.stats, edges=lambda: self._edges)
+        self.metrics = Metrics(
+            graph.pipeline,
+            stats=self.stats,
+            edges=lambda: self._edges,
+            outbox=lambda: self._bus.outbox if self._bus is not None else None,
+        )
         """What ``GET /metrics`` serves: this runner's own registry, never the process-wide one."""
         self._base_dir = base_dir
         self._bus = bus

@@ -145,6 +145,9 @@ async def test_jetstream_outage_stores_every_result_exactly_once(
     assert (counters.decoded, counters.published, counters.drops) == (frames, frames, {})
     assert metric(runner, "streamgraph_frames_published_total", stream="cam") == frames
     assert metric(runner, "streamgraph_frames_dropped_total") == 0
+    assert metric(runner, "streamgraph_outbox_messages") == 0
+    if outage_s > 5:  # longer than the ack timeout: what the outage cut off was sent again
+        assert metric(runner, "streamgraph_publish_retries_total") > 0
 
 
 async def test_a_full_outbox_makes_a_file_source_wait_and_loses_nothing(
