@@ -51,6 +51,7 @@ from typing import Any
 
 import aiohttp
 import nats
+from batching import cpu_model
 
 from pipeline.bus import NatsServer
 from pipeline.config import parse_config
@@ -284,30 +285,30 @@ class Soak:
 
     async def _add(self, http: aiohttp.ClientSession, stream_id: str) -> None:
         body = {"id": stream_id, "uri": str(SAMPLE), "options": {"rate": "native", "loop": True}}
-        try:
-            async with http.post(f"{self.api_url}/streams", json=body) as response:
-                if response.status != 201:
-                    self.failures.append(f"add {stream_id}: {response.status} {await response.text()}")
-                    return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.failures.append(f"add {stream_id}: {type(exc).__name__} {exc}")
-            return
-        self.churn.added += 1
-        self.churn.ids.append(stream_id)
+        if await self._ask(http, "POST", "/streams", f"add {stream_id}", 201, json=body):
+            self.churn.added += 1
+            self.churn.ids.append(stream_id)
 
     async def _remove(self, http: aiohttp.ClientSession, stream_id: str) -> None:
         if stream_id not in self.churn.ids:
             return
         timeout = aiohttp.ClientTimeout(total=REMOVE_TIMEOUT_S)
+        if await self._ask(http, "DELETE", f"/streams/{stream_id}", f"remove {stream_id}", 200, timeout=timeout):
+            self.churn.removed += 1
+
+    async def _ask(
+        self, http: aiohttp.ClientSession, method: str, route: str, what: str, expected: int, **kwargs: Any
+    ) -> bool:
+        """One control-plane request; False (and a failure noted) unless it answered ``expected``."""
         try:
-            async with http.delete(f"{self.api_url}/streams/{stream_id}", timeout=timeout) as response:
-                if response.status != 200:
-                    self.failures.append(f"remove {stream_id}: {response.status} {await response.text()}")
-                    return
+            async with http.request(method, f"{self.api_url}{route}", **kwargs) as response:
+                if response.status != expected:
+                    self.failures.append(f"{what}: {response.status} {await response.text()}")
+                    return False
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.failures.append(f"remove {stream_id}: {type(exc).__name__} {exc}")
-            return
-        self.churn.removed += 1
+            self.failures.append(f"{what}: {type(exc).__name__} {exc}")
+            return False
+        return True
 
     async def _maybe_report(self, http: aiohttp.ClientSession, at_s: float, *, force: bool) -> None:
         minute = int(at_s // 60)
@@ -435,16 +436,6 @@ def print_machine(args: argparse.Namespace) -> None:
         f"streams make {args.streams * NATIVE_FPS} frames/s: fewer results/s means the host cannot keep up)",
         flush=True,
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------- main

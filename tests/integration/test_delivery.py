@@ -78,19 +78,27 @@ def pipeline_config(video: Path, nats: dict[str, Any], *, stream_id: str = "cam"
     )
 
 
-async def run_through_outage(
-    server: NatsServer, config: Any, *, outage_s: float, kill_after: int
-) -> tuple[RunSummary, Runner]:
-    """Run ``config`` to its end; once ``kill_after`` results are published, SIGKILL the server
-    and start it again ``outage_s`` later (same port, same store)."""
+async def start_run(server: NatsServer, config: Any, *, published: int) -> tuple[Runner, asyncio.Task[RunSummary]]:
+    """Start ``config`` against ``server``; return once ``published`` results are."""
     runners: list[Runner] = []
     task = asyncio.create_task(
         run_pipeline(config, nats_url=server.url, on_started=runners.append, handle_signals=False)
     )
     await until(lambda: bool(runners) or task.done(), "a started pipeline")
+    if task.done():
+        task.result()  # raises what stopped it
     runner = runners[0]
-    await until(lambda: runner.stats.published >= kill_after or task.done(), f"{kill_after} published results")
-    assert not task.done(), "the run ended before the outage"
+    await until(lambda: runner.stats.published >= published or task.done(), f"{published} published results")
+    assert not task.done(), "the run ended too early"
+    return runner, task
+
+
+async def run_through_outage(
+    server: NatsServer, config: Any, *, outage_s: float, kill_after: int
+) -> tuple[RunSummary, Runner]:
+    """Run ``config`` to its end; once ``kill_after`` results are published, SIGKILL the server
+    and start it again ``outage_s`` later (same port, same store)."""
+    runner, task = await start_run(server, config, published=kill_after)
     await asyncio.to_thread(server.kill)
     await asyncio.sleep(outage_s)  # the outage itself, not a timing assertion
     await asyncio.to_thread(server.start)
@@ -228,12 +236,7 @@ async def test_stop_with_the_bus_gone_abandons_the_outbox_after_its_flush_timeou
     write_video(tmp_path / "clip.mp4", 30)
     nats_config = {"jetstream": {"stream": "GONE", "ack_timeout_s": 1}, "outbox": {"flush_timeout_s": 1}}
     config = pipeline_config(tmp_path / "clip.mp4", nats_config)
-    runners: list[Runner] = []
-    task = asyncio.create_task(
-        run_pipeline(config, nats_url=restartable_server.url, on_started=runners.append, handle_signals=False)
-    )
-    await until(lambda: bool(runners) and runners[0].stats.published >= 5, "5 published results")
-    runner = runners[0]
+    runner, task = await start_run(restartable_server, config, published=5)
     await asyncio.to_thread(restartable_server.kill)  # and it never comes back
     await until(lambda: runner.stats.decoded >= runner.stats.published + 5, "results waiting for the bus")
     runner.request_stop()
@@ -251,12 +254,7 @@ async def test_retry_for_s_gives_up_on_a_message_with_that_reason(
     write_video(tmp_path / "clip.mp4", 30)
     nats_config = {"jetstream": {"stream": "DEADLINE", "ack_timeout_s": 0.5, "retry_for_s": 1}}
     config = pipeline_config(tmp_path / "clip.mp4", nats_config)
-    runners: list[Runner] = []
-    task = asyncio.create_task(
-        run_pipeline(config, nats_url=restartable_server.url, on_started=runners.append, handle_signals=False)
-    )
-    await until(lambda: bool(runners) and runners[0].stats.published >= 5, "5 published results")
-    runner = runners[0]
+    runner, task = await start_run(restartable_server, config, published=5)
     await asyncio.to_thread(restartable_server.kill)
     given_up = runner.stats.stream("cam").drops
     await until(lambda: given_up.get("error:publish:deadline", 0) >= 3, "results given up on")

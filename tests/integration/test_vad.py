@@ -85,7 +85,8 @@ def test_one_message_per_utterance_with_its_segment(single_run: Recording, speec
         assert message["media_time_s"] >= end - 0.03 - 0.001  # the end includes 30 ms of padding
         assert "frame" not in message
         assert message["latency_ms"]["infer"] > 0
-    assert recording.msg_ids == [f"vad.{STREAM}.{seq}" for seq in seqs]
+    run = messages[0]["run"]
+    assert recording.msg_ids == [f"vad.{STREAM}.{run}.{seq}" for seq in seqs]
 
 
 def _copies_config(tmp_path: Path, copies: int) -> Path:
