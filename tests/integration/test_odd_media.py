@@ -167,13 +167,13 @@ class Odd:
     """For media that plays: the results' pts, when the file fixes them (VFR)."""
 
 
-
 def unknown_codec(folder: Path) -> Path:
     """An AVI whose video FourCC no FFmpeg codec claims."""
     avi = write_video(folder / "divx-for-unknown.avi", codec="mpeg4")
     unknown = folder / "unknown.avi"
     unknown.write_bytes(avi.read_bytes().replace(b"FMP4", b"ZZZZ"))
     return unknown
+
 
 ODD_MEDIA = (
     Odd("empty", lambda d: _touch(d / "empty.mp4"), error=("cannot open", "the file is empty (0 bytes)")),
