@@ -189,10 +189,6 @@ class JetStreamOutbox(Outbox):
         self._backoff_s = BACKOFF_FIRST_S
         self._sender: asyncio.Task[None] | None = None
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
     async def room(self) -> None:
         while self.full():
             await self._wait_changed()
@@ -252,8 +248,7 @@ class JetStreamOutbox(Outbox):
         if deadline is not None and time.monotonic() - envelope.first_try >= deadline:
             self._finish(envelope, lost="deadline")
             return
-        if envelope.attempts == 1 or log.isEnabledFor(logging.DEBUG):
-            log.debug("no ack for %s (try %d): %s", envelope.msg_id, envelope.attempts, exc or type(exc).__name__)
+        log.debug("no ack for %s (try %d): %s", envelope.msg_id, envelope.attempts, exc or type(exc).__name__)
         # One failure pauses every send: during an outage they would all fail alike.
         self._paused_until = max(self._paused_until, time.monotonic() + self._backoff_s)
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
