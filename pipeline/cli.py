@@ -222,7 +222,7 @@ def _summary_line(summary: RunSummary) -> str:
     how = "stopped" if summary.interrupted else "done"
     consumed = f", {stats.consumed} consumed" if stats.consumed else ""
     return (
-        f"{summary.pipeline} {how}: {len(stats.items())} stream(s), {stats.decoded} frames decoded, "
+        f"{summary.pipeline} {how}: {stats.stream_count} stream(s), {stats.decoded} frames decoded, "
         f"{stats.published} messages published, {stats.dropped} dropped{detail}{consumed}, "
         f"{summary.elapsed_s:.1f} s ({stats.decoded / seconds:.1f} frames decoded/s, "
         f"{stats.published / seconds:.1f} messages/s)"

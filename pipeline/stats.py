@@ -38,18 +38,62 @@ class StreamCounters:
     def dropped(self) -> int:
         return sum(self.drops.values())
 
+    @property
+    def settled(self) -> bool:
+        """Every decoded item is published, dropped or consumed: nothing of it is on its way."""
+        return self.decoded == self.published + self.dropped + self.consumed
+
+    def fold(self, other: StreamCounters) -> None:
+        """Add ``other``'s counts to these."""
+        self.decoded += other.decoded
+        self.published += other.published
+        self.consumed += other.consumed
+        for where, count in other.drops.items():
+            self.drops[where] = self.drops.get(where, 0) + count
+        self.packets_dropped += other.packets_dropped
+        self.reconnects += other.reconnects
+
+
+KEEP_ENDED_STREAMS = 1000
+"""Ended streams added at run time whose own counters are kept (``/metrics``, the summary's list
+of failures). Older ones are folded into ``StreamStats.retired``: a service whose streams come and
+go (WebRTC sessions, churned cameras) keeps bounded memory, and its totals stay whole."""
+
 
 class StreamStats:
     """All streams' counters, created on first use. Only touched from the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_ended: int = KEEP_ENDED_STREAMS) -> None:
         self._streams: dict[str, StreamCounters] = {}
+        self._keep_ended = keep_ended
+        self.retired = StreamCounters()
+        """The summed counts of the streams no longer kept one by one."""
+        self.retired_streams = 0
 
     def stream(self, stream_id: str) -> StreamCounters:
         counters = self._streams.get(stream_id)
         if counters is None:
+            self._retire_old()
             counters = self._streams[stream_id] = StreamCounters()
         return counters
+
+    def _retire_old(self) -> None:
+        """Fold the oldest ended run-time streams beyond ``keep_ended`` into ``retired``. Only
+        those settled (nothing of theirs still on its way) and never a stream of the config file
+        (its failure decides the run's exit code)."""
+        retirable = [
+            stream_id
+            for stream_id, counters in self._streams.items()
+            if counters.ended and counters.added_at_run_time and counters.settled
+        ]
+        for stream_id in retirable[: max(0, len(retirable) - self._keep_ended)]:
+            self.retired.fold(self._streams.pop(stream_id))
+            self.retired_streams += 1
+
+    @property
+    def stream_count(self) -> int:
+        """Streams seen in this run, retired ones included."""
+        return len(self._streams) + self.retired_streams
 
     def count_drop(self, stream_id: str, where: str, count: int = 1) -> None:
         drops = self.stream(stream_id).drops
@@ -65,25 +109,28 @@ class StreamStats:
     def items(self) -> list[tuple[str, StreamCounters]]:
         return list(self._streams.items())
 
+    def _all(self) -> list[StreamCounters]:
+        return [*self._streams.values(), self.retired]
+
     @property
     def decoded(self) -> int:
-        return sum(c.decoded for c in self._streams.values())
+        return sum(c.decoded for c in self._all())
 
     @property
     def published(self) -> int:
-        return sum(c.published for c in self._streams.values())
+        return sum(c.published for c in self._all())
 
     @property
     def dropped(self) -> int:
-        return sum(c.dropped for c in self._streams.values())
+        return sum(c.dropped for c in self._all())
 
     @property
     def consumed(self) -> int:
-        return sum(c.consumed for c in self._streams.values())
+        return sum(c.consumed for c in self._all())
 
     def drops_by_reason(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        for counters in self._streams.values():
+        for counters in self._all():
             for where, count in counters.drops.items():
                 totals[where] = totals.get(where, 0) + count
         return totals

@@ -85,3 +85,38 @@ def test_decoded_is_published_plus_dropped_plus_consumed_for_every_item_a_stream
     stats.drop_item(make_item("mic", -1), "shutdown")  # a packet: not a decoded item, not in the sum
     assert counters.decoded == counters.published + counters.dropped + counters.consumed == 313
     assert (stats.decoded, stats.published, stats.dropped, stats.consumed) == (313, 4, 2, 307)
+
+
+def _ended_run_time_stream(stats: StreamStats, stream_id: str, *, published: int, dropped: int = 0) -> None:
+    counters = stats.stream(stream_id)
+    counters.decoded, counters.published = published + dropped, published
+    if dropped:
+        stats.count_drop(stream_id, "edge:infer", dropped)
+    counters.added_at_run_time = counters.ended = True
+
+
+def test_old_ended_run_time_streams_are_folded_into_retired_totals():
+    stats = StreamStats(keep_ended=2)
+    config_stream = stats.stream("config")
+    config_stream.decoded = config_stream.published = 1
+    config_stream.ended = True
+    for index in range(5):
+        _ended_run_time_stream(stats, f"s{index}", published=10, dropped=1)
+    stats.stream("live")  # a new stream is when old ones are retired
+
+    kept = [stream_id for stream_id, _ in stats.items()]
+    assert kept == ["config", "s3", "s4", "live"], "the oldest ended ones go; the config's never does"
+    assert (stats.retired_streams, stats.stream_count) == (3, 7)
+    # ...while every total still counts them.
+    assert (stats.decoded, stats.published, stats.dropped) == (56, 51, 5)
+    assert stats.drops_by_reason() == {"edge:infer": 5}
+
+
+def test_a_stream_still_settling_or_running_is_never_retired():
+    stats = StreamStats(keep_ended=0)
+    _ended_run_time_stream(stats, "unsettled", published=3)
+    stats.stream("unsettled").decoded += 1  # one result still on its way to the bus
+    running = stats.stream("running")
+    running.added_at_run_time = True
+    stats.stream("new")
+    assert [stream_id for stream_id, _ in stats.items()] == ["unsettled", "running", "new"]
