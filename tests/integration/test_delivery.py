@@ -262,3 +262,21 @@ async def test_retry_for_s_gives_up_on_a_message_with_that_reason(
     summary = await asyncio.wait_for(task, GUARD_S)
     counters = summary.stats.stream("cam")
     assert counters.decoded == counters.published + counters.dropped
+
+
+async def test_a_stream_run_again_is_stored_again_not_taken_for_duplicates(
+    restartable_server: NatsServer, tmp_path: Path
+) -> None:
+    # A service restarted within JetStream's duplicate window plays the same file again: its
+    # results must not share ids with the first run's (they would be dropped as duplicates).
+    frames = write_video(tmp_path / "clip.mp4", 1)
+    config = pipeline_config(tmp_path / "clip.mp4", {"jetstream": {"stream": "AGAIN"}})
+    for _ in range(2):
+        await asyncio.wait_for(run_pipeline(config, nats_url=restartable_server.url, handle_signals=False), GUARD_S)
+
+    stored = await stored_messages(restartable_server.url, "AGAIN")
+    results = [body for _, body in stored if "seq" in body]
+    runs = sorted({body["run"] for body in results})
+    assert len(runs) == 2 and len(results) == 2 * frames
+    for run in runs:
+        assert sorted(body["seq"] for body in results if body["run"] == run) == list(range(frames))
