@@ -147,7 +147,7 @@ class ApiConfig(StrictModel):
     """``host:port`` the HTTP control plane listens on (port 0: any free port)."""
     token: str = ""
     """With a token, every route but ``/healthz``, ``/readyz`` and ``/publish`` needs
-    ``Authorization: Bearer <token>``."""
+    ``Authorization: Bearer <token>``, and every NATS control request carries it as ``"token"``."""
 
     @field_validator("listen")
     @classmethod

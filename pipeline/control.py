@@ -23,14 +23,27 @@ NATS subjects its results go to.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from .config import STREAM_ID_PATTERN, StrictModel, config_error_from, stream_id_problem
 from .errors import PipelineError
 from .stage import Source
+
+RESERVED_OPTIONS = {"id": "id", "path": "uri", "url": "uri"}
+"""Source params a stream's own fields set (option -> the field): given in ``options`` too, they
+would be silently overridden, so they are refused (the entry's ``uri`` and ``id`` decide)."""
+
+MAX_JSON_DEPTH = 32
+"""How deep a request body may nest (objects and arrays); a stream request needs a handful of
+levels. Checked before parsing: a deeper body would take the parser, or whatever reads its
+result, to Python's recursion limit."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 FAILED = "failed"
 """The ``state`` of a stream that ended with an error and is still listed, with its ``error``."""
@@ -43,6 +56,15 @@ class StreamEntry(StrictModel):
     uri: str = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
     """Parameters of the source type the URI picks (``rate``, ``loop``, ``transport``...)."""
+
+    @field_validator("options")
+    @classmethod
+    def _no_option_the_entry_sets(cls, options: dict[str, Any]) -> dict[str, Any]:
+        reserved = [key for key in RESERVED_OPTIONS if key in options]
+        why = [f"{key!r} is set by the stream's {RESERVED_OPTIONS[key]!r}, not by its options" for key in reserved]
+        if why:
+            raise ValueError("; ".join(why))
+        return options
 
 
 class StreamSpec(StreamEntry):
@@ -82,6 +104,23 @@ class StreamLimitReached(StreamControlError, RuntimeError):
 
 class StreamHostUnavailable(StreamControlError, RuntimeError):
     """The source takes no streams now: it is stopping, or has not started."""
+
+
+def loads_request(data: bytes) -> Any:
+    """A request body (HTTP, NATS) parsed as JSON; ``BadStreamRequest`` says why when it is not
+    JSON or nests deeper than ``MAX_JSON_DEPTH``."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", data)):  # brackets outside strings
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_JSON_DEPTH:
+        raise BadStreamRequest(f"body is not valid JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadStreamRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # not reached with MAX_JSON_DEPTH well under the limit: a last guard
+        raise BadStreamRequest("body is not valid JSON: nested too deeply") from None
 
 
 class StreamHost(Source):

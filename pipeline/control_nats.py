@@ -5,7 +5,13 @@ Requests and replies are JSON. ``add`` takes what ``POST /streams`` takes; ``rem
 ``{"ok": false, "status": <the HTTP status>, "error": "..."}``: the status ``POST /streams`` would
 answer, from the one table both use (``pipeline.control.REPLY_STATUS``; this module never imports
 the server). A request may name
-``"pipeline"``: only that pipeline answers (several pipelines can share one prefix).
+``"pipeline"`` (a string, else a 400): only that pipeline answers (several pipelines can share one
+prefix).
+
+With a token (the config's ``api.token``), every request must carry it: ``"token": "<token>"`` in
+the JSON object (compared in constant time); without it, or with another, the reply is
+``{"ok": false, "status": 401}``. The token is checked after ``"pipeline"``: another pipeline's
+request is not this one's to refuse.
 
 As over HTTP, ``add`` refuses at once what can be checked (a bad id, an unknown option, a file
 that does not exist), and ``list`` shows streams that failed later as ``state: failed`` with
@@ -14,6 +20,7 @@ their ``error`` for a while.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .control import (
     BadStreamRequest,
     StreamControlError,
+    loads_request,
     reply_status,
 )
 
@@ -31,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamgraph.control")
 
 OPERATIONS = ("add", "remove", "list")
+ENVELOPE = ("pipeline", "token")
+"""Keys of a request that say who it is for and who sends it, not what to do: removed before the
+operation sees the body."""
 
 
 def control_subject(prefix: str, operation: str) -> str:
@@ -40,9 +51,10 @@ def control_subject(prefix: str, operation: str) -> str:
 class NatsControl:
     """Answers stream operations for one running pipeline until ``close``."""
 
-    def __init__(self, bus: Bus, runner: Runner) -> None:
+    def __init__(self, bus: Bus, runner: Runner, *, token: str = "") -> None:
         self._bus = bus
         self._runner = runner
+        self._token = token
         self._subscriptions: list[Any] = []
 
     async def start(self) -> None:
@@ -62,13 +74,21 @@ class NatsControl:
     async def _on_request(self, msg: Any) -> None:
         operation = msg.subject.rsplit(".", 1)[-1]
         try:
-            body = json.loads(msg.data) if msg.data.strip() else {}
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            await self._reply(msg, {"ok": False, "status": 400, "error": f"body is not valid JSON: {why}"})
+            body = loads_request(msg.data) if msg.data.strip() else {}
+        except BadStreamRequest as exc:
+            await self._reply(msg, {"ok": False, "status": reply_status(exc), "error": exc.message})
             return
-        if isinstance(body, dict) and body.get("pipeline", self._runner.graph.pipeline) != self._runner.graph.pipeline:
+        pipeline = body.get("pipeline", self._runner.graph.pipeline) if isinstance(body, dict) else None
+        if isinstance(body, dict) and not isinstance(pipeline, str):
+            why = f"pipeline: expected the name of a pipeline (a string), got {_json_type(pipeline)}"
+            await self._reply(msg, {"ok": False, "status": 400, "error": why})
+            return
+        if pipeline is not None and pipeline != self._runner.graph.pipeline:
             return  # another pipeline's request
+        if not self._authorized(body):
+            why = 'missing or wrong token: with api.token set, a control request carries "token": "<token>"'
+            await self._reply(msg, {"ok": False, "status": 401, "error": why})
+            return
         try:
             reply = await self._handle(operation, body)
         except StreamControlError as exc:
@@ -81,7 +101,7 @@ class NatsControl:
     async def _handle(self, operation: str, body: Any) -> dict[str, Any]:
         control = self._runner.control
         if isinstance(body, dict):
-            body = {k: v for k, v in body.items() if k != "pipeline"}
+            body = {k: v for k, v in body.items() if k not in ENVELOPE}
         if operation == "list":
             return {"ok": True, "streams": control.list()}
         if operation == "add":
@@ -93,6 +113,23 @@ class NatsControl:
         await control.remove(body["id"])
         return {"ok": True, "id": body["id"], "removed": True}
 
+    def _authorized(self, body: Any) -> bool:
+        if not self._token:
+            return True
+        given = body.get("token") if isinstance(body, dict) else None
+        return isinstance(given, str) and hmac.compare_digest(given.encode(), self._token.encode())
+
     async def _reply(self, msg: Any, reply: dict[str, Any]) -> None:
         if msg.reply:
             await self._bus.client.publish(msg.reply, json.dumps(reply).encode())
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (``null``, ``number``...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an object" if isinstance(value, dict) else "an array"

@@ -68,7 +68,7 @@ async def run_pipeline(
     for sig in signals:
         loop.add_signal_handler(sig, stop)
     api: ApiServer | None = None
-    control = NatsControl(bus, runner)
+    control = NatsControl(bus, runner, token=config.api.token if config.api is not None else "")
     try:
         if on_bus is not None:
             await on_bus(bus)

@@ -4,6 +4,7 @@
   ``ApiServer``, which listens and tells the bound port;
 * ``errors``: the one table from the runtime's typed errors to status codes, ``HttpError`` for
   what only HTTP gets wrong, and every error as JSON ``{"error": "..."}``;
+* ``origin``: cross-origin browser requests refused on state-changing routes (403);
 * ``auth``: the bearer token (every route but ``/healthz``, ``/readyz`` and ``/publish``);
 * ``streams``: ``GET|POST /streams``, ``GET|DELETE /streams/{id}`` (``pipeline.control``);
 * ``metrics``: ``GET /metrics`` (the runner's ``pipeline.metrics``);

@@ -4,6 +4,9 @@ Routes: ``GET /healthz`` (the process is alive), ``GET /readyz`` (bus connected,
 not stopping, every stage ready: a model whose server is down is not, and ``not_ready`` says
 why), the stream routes (``streams``), ``GET /metrics`` (``metrics``), the WHIP routes
 and ``/publish`` (``whip``), and ``GET /streams/{id}/results`` (``events``).
+
+Middlewares, outermost first: every error as JSON (``errors``), cross-origin browser requests
+refused on state-changing routes (``origin``), the bearer token (``auth``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ..errors import PipelineError
 from . import events, metrics, streams, whip
 from .auth import bearer_token
 from .errors import errors_as_json
+from .origin import same_origin_only
 
 if TYPE_CHECKING:
     from ..bus import Bus
@@ -30,7 +34,8 @@ MAX_BODY_BYTES = 1 << 20
 
 
 def build_app(runner: Runner, *, bus: Bus | None = None, token: str = "") -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, bearer_token(token)], client_max_size=MAX_BODY_BYTES)
+    middlewares = [errors_as_json, same_origin_only(), bearer_token(token)]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[RUNNER] = runner
     app[BUS] = bus
     app.router.add_get("/healthz", _healthz)

@@ -1,5 +1,6 @@
 """The bearer token: with one configured, every route but ``OPEN_ROUTES`` needs
-``Authorization: Bearer <token>`` (compared in constant time); without one, nothing is checked."""
+``Authorization: Bearer <token>`` (the scheme in any case, as RFC 9110 says of auth schemes; the
+token compared in constant time); without one, nothing is checked."""
 
 from __future__ import annotations
 
@@ -16,16 +17,24 @@ The publish page holds no data; its own requests carry the token."""
 
 
 def bearer_token(token: str) -> Middleware:
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token and request.path not in OPEN_ROUTES:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            given = given_bearer(request.headers.get("Authorization", ""))
+            if given is None or not hmac.compare_digest(given.encode(), expected):
                 response = error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="streamgraph"'
                 return response
         return await handler(request)
 
     return check
+
+
+def given_bearer(authorization: str) -> str | None:
+    """The token of ``Bearer <token>`` (``bearer``, ``BEARER``... too); None for another scheme."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip(" ")

@@ -7,6 +7,7 @@ counting sink); no bus, so ``/readyz`` says why it is not ready.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .support import until
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 
 
 @pytest.fixture()
@@ -90,6 +92,8 @@ async def test_readyz_names_what_is_missing(api: tuple[str, Runner]) -> None:
         (b'{"id": "a", "uri": "text.mp4", "extra": 1}', 400, "extra: unknown key"),
         (b'{"id": "a", "uri": "text.mp4", "options": {"rat": "native"}}', 400, "did you mean 'rate'"),
         (b'{"id": "a", "uri": "text.mp4", "options": {"loop": "yes"}}', 400, "options.loop"),
+        (b'{"id": "a", "uri": "text.mp4", "options": {"path": "/etc/hostname"}}', 400, "options: 'path' is set by"),
+        (b'{"id": "a", "uri": "text.mp4", "options": {"id": "b"}}', 400, "options: 'id' is set by the stream's 'id'"),
         (b'{"id": "a", "uri": "ftp://host/x.mp4"}', 400, "no source takes 'ftp' URIs"),
         (b'{"id": "a", "uri": "rtsp://"}', 400, "options.url"),
         (b'{"id": "a", "uri": "text.mp4", "source": "nope"}', 400, "no 'streams' stage 'nope'"),
@@ -98,6 +102,9 @@ async def test_readyz_names_what_is_missing(api: tuple[str, Runner]) -> None:
         (b'{"id": "a.b", "uri": "text.mp4"}', 400, "id: expected a stream id"),
         (b'{"id": "' + b"x" * 1024 + b'", "uri": "text.mp4"}', 400, "id: expected a stream id"),
         (b"[" * 100_000, 400, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply (more than 32 levels)"),
+        (b'{"id": "a", "uri": "text.mp4", "options": {"loop": ' + b"[" * 990 + b"]" * 990 + b"}}", 400, "too deeply"),
+        (b'{"id": "a", "uri": "text.mp4", "options": {"loop": ' + b"[" * 30 + b"]" * 30 + b"}}", 400, "options.loop"),
         (b"x" * (2 << 20), 413, "Maximum request body size"),
     ],
 )
@@ -105,10 +112,84 @@ async def test_malformed_requests_get_a_4xx_that_says_why(
     api: tuple[str, Runner], body: bytes, status: int, says: str
 ) -> None:
     base, _ = api
-    async with aiohttp.ClientSession() as http, http.post(f"{base}/streams", data=body, headers=AUTH) as response:
-        answer = await response.json()
-    assert response.status == status, answer
+    async with aiohttp.ClientSession() as http, http.post(f"{base}/streams", data=body, headers=JSON_AUTH) as r:
+        answer = await r.json()
+    assert r.status == status, answer
     assert says in answer["error"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
+async def test_a_stream_body_that_is_not_declared_json_is_a_415(
+    api: tuple[str, Runner], sample_video: Path, content_type: str | None
+) -> None:
+    """What a web page of another site can send without the browser asking first (text/plain,
+    a form) is refused, even when the bytes are a valid request."""
+    base, runner = api
+    body = json.dumps({"id": "csrf", "uri": sample_video.name}).encode()
+    headers = {**AUTH, "Content-Type": content_type} if content_type else AUTH
+    async with aiohttp.ClientSession() as http, http.post(f"{base}/streams", data=body, headers=headers) as r:
+        answer = await r.json()
+    assert r.status == 415, answer
+    given = content_type or "application/octet-stream"  # what aiohttp's client sends for bytes
+    assert answer["error"] == f"the body is Content-Type: application/json, got {given!r}"
+    assert runner.control.list() == []  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "null", "https://127.0.0.1", "http://localhost", "http://127.0.0.1:1", "x"]
+)
+async def test_a_cross_origin_browser_request_that_changes_state_is_a_403(
+    api: tuple[str, Runner], sample_video: Path, origin: str
+) -> None:
+    base, runner = api
+    stream = {"id": "csrf", "uri": sample_video.name}
+    cross = {**JSON_AUTH, "Origin": origin}
+    async with aiohttp.ClientSession() as http:
+        for method, path, body in [
+            ("POST", "/streams", stream),
+            ("DELETE", "/streams/csrf", None),
+            ("POST", "/whip/csrf", None),
+            ("DELETE", "/whip/csrf/session", None),
+        ]:
+            async with http.request(method, f"{base}{path}", json=body, headers=cross) as response:
+                answer = await response.json()
+            assert response.status == 403, (method, path, answer)
+            assert answer["error"] == (
+                f"cross-origin request refused: Origin {origin!r} is not this API's origin {base!r}"
+            )
+        assert runner.control.list() == []
+        async with http.get(f"{base}/streams", headers=cross) as response:  # reading changes nothing
+            assert response.status == 200
+
+
+async def test_a_same_origin_request_and_one_through_a_proxy_are_served(
+    api: tuple[str, Runner], sample_video: Path
+) -> None:
+    """The ``/publish`` page is served by the API: its requests carry the API's own origin. Behind
+    a reverse proxy the origin is the proxy's, which ``X-Forwarded-Proto|Host`` tell."""
+    base, runner = api
+    proxied = {"Origin": "https://cams.example", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "cams.example"}
+    async with aiohttp.ClientSession() as http:
+        for stream_id, headers in [("same", {"Origin": base}), ("proxied", proxied)]:
+            stream = {"id": stream_id, "uri": sample_video.name, "options": {"rate": "native", "loop": True}}
+            async with http.post(f"{base}/streams", json=stream, headers={**AUTH, **headers}) as response:
+                assert response.status == 201, await response.text()
+            async with http.delete(f"{base}/streams/{stream_id}", headers={**AUTH, **headers}) as response:
+                assert response.status == 200, await response.text()
+        assert runner.control.list() == []
+
+
+async def test_bearer_is_case_insensitive(api: tuple[str, Runner]) -> None:
+    base, _ = api
+    async with aiohttp.ClientSession() as http:
+        for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+            async with http.get(f"{base}/streams", headers={"Authorization": f"{scheme} {TOKEN}"}) as response:
+                assert response.status == 200, scheme
+        for wrong in (f"Basic {TOKEN}", f"Bearer {TOKEN.upper()}", f"Bearer{TOKEN}", f"bearer {TOKEN}x", "bearer"):
+            async with http.get(f"{base}/streams", headers={"Authorization": wrong}) as response:
+                assert response.status == 401, wrong
 
 
 async def test_add_list_remove_and_their_errors(api: tuple[str, Runner], sample_video: Path) -> None:

@@ -200,7 +200,7 @@ def test_post_streams_with_a_valid_id_and_anything_else_is_answered_with_a_reaso
 @FUZZ
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_post_streams_with_any_bytes_is_answered_with_a_reason(service: Service, body: bytes) -> None:
-    status, answer = service.request("POST", "/streams", body)
+    status, answer = service.request("POST", "/streams", body, {"Content-Type": "application/json"})
     assert_answered(service, status, answer, body)
 
 
@@ -243,7 +243,7 @@ def test_any_route_and_query_is_answered_with_a_reason(service: Service, method:
     ],
 )
 def test_huge_deep_and_odd_bodies(service: Service, body: bytes, status: int, says: str) -> None:
-    answered, answer = service.request("POST", "/streams", body)
+    answered, answer = service.request("POST", "/streams", body, {"Content-Type": "application/json"})
     assert_refused_with_a_reason(answered, answer, body[:80])
     assert answered == status and says in json.loads(answer)["error"]
 

@@ -63,7 +63,9 @@ async def _wait_ready(http: aiohttp.ClientSession, base: str, auth: dict[str, st
 
 
 async def _request(client: Any, operation: str, body: dict[str, Any]) -> dict[str, Any]:
-    reply = await client.request(f"streamgraph.control.streams.{operation}", json.dumps(body).encode(), timeout=20)
+    """With ``api.token`` set, a control request carries it too."""
+    data = json.dumps({**body, "token": TOKEN}).encode()
+    reply = await client.request(f"streamgraph.control.streams.{operation}", data, timeout=20)
     answer: dict[str, Any] = json.loads(reply.data)
     return answer
 

@@ -7,20 +7,24 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline import control_nats
 from pipeline.control import (
     FAILED,
+    MAX_JSON_DEPTH,
     BadStreamRequest,
     NoStreamHost,
     StreamControl,
     StreamControlError,
+    StreamEntry,
     StreamExists,
     StreamHost,
     StreamHostUnavailable,
     StreamLimitReached,
     StreamNotFound,
     StreamSpec,
+    loads_request,
     reply_status,
 )
 from pipeline.errors import PipelineError
@@ -192,3 +196,42 @@ async def test_nats_replies_carry_the_status_of_the_error() -> None:
     assert bus.replies[1]["error"] == "stream 'a' already exists"
     assert bus.replies[3]["error"] == 'remove takes {"id": "<stream id>"} and nothing else'
     assert bus.replies[4]["ok"] is True and bus.replies[4]["stream"]["id"] == "c"
+
+
+@pytest.mark.parametrize(
+    ("data", "parsed"),
+    [
+        (b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH, "deep"),
+        (b'{"a": "' + b"[{" * 100 + b'"}', {"a": "[{" * 100}),  # brackets in strings do not nest
+        (b'{"a": "\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}', {"a": '"' + "[" * 38}),  # nor after an escaped quote
+    ],
+)
+def test_a_request_body_within_the_depth_is_parsed(data: bytes, parsed: Any) -> None:
+    body = loads_request(data)
+    if parsed == "deep":
+        for _ in range(MAX_JSON_DEPTH - 1):
+            body = body[0]
+        assert body == []
+    else:
+        assert body == parsed
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1), f"nested too deeply (more than {MAX_JSON_DEPTH}"),
+        (b'{"a": ' * 20 + b"[" * 20, "nested too deeply"),
+        (b"{bad", "Expecting property name"),
+        (b"\xff", "can't decode"),
+    ],
+)
+def test_a_request_body_too_deep_or_not_json_is_refused_with_the_reason(data: bytes, says: str) -> None:
+    with pytest.raises(BadStreamRequest) as refused:
+        loads_request(data)
+    assert refused.value.message.startswith("body is not valid JSON: ") and says in refused.value.message
+
+
+def test_options_a_stream_sets_itself_are_refused_in_the_yaml_too() -> None:
+    with pytest.raises(ValidationError, match="'path' is set by the stream's 'uri', not by its options"):
+        StreamEntry.model_validate({"id": "a", "uri": "x.mp4", "options": {"path": "/etc/hostname"}})
+    assert StreamEntry.model_validate({"id": "a", "uri": "x.mp4", "options": {"loop": True}}).options == {"loop": True}
