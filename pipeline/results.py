@@ -132,6 +132,8 @@ def build_event(
         body["frames"] = {"decoded": counters.decoded, "published": counters.published, "dropped": counters.dropped}
         if counters.consumed:
             body["frames"]["consumed"] = counters.consumed
+        if counters.packets_dropped:  # lost before decoding: no frame counter above would show them
+            body["frames"]["packets_dropped"] = counters.packets_dropped
         if counters.reconnects:
             body["reconnects"] = counters.reconnects
     return body

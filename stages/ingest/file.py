@@ -4,7 +4,8 @@ It demuxes the tracks asked for (``tracks: [video, audio]``), interleaved as the
 each packet keeps its own track's time base and says which track it is (``EncodedPacket.kind``).
 
 A file that does not exist is a config error (``check``: ``validate``, or a refused ``POST
-/streams``); one that goes away after that, or cannot be read, ends its stream with the error.
+/streams``); one that goes away after that, or cannot be read, ends its stream with the error; so
+does one that lacks a track ``tracks`` asks for (the default, ``[video]``, asks for video only).
 """
 
 from __future__ import annotations
@@ -76,15 +77,17 @@ class _Demuxer:
             found = self.container.streams.video if kind == "video" else self.container.streams.audio
             if found:
                 self.streams[kind] = found[0]
-        if not self.streams:
+        missing = [kind for kind in tracks if kind not in self.streams]
+        if missing:
+            # Every track asked for must be there: a stream that plays only part of what was asked
+            # (an audio-only file fed to a video pipeline) would run without a single result.
             self.container.close()
-            raise ValueError(f"has no {' or '.join(tracks)} stream")
+            raise ValueError(f"has no {' or '.join(missing)} stream (tracks: [{', '.join(tracks)}])")
         for kind, stream in self.streams.items():
             if stream.codec_context is None:  # a codec tag no FFmpeg codec claims
                 self.container.close()
                 tag = getattr(stream, "codec_tag", "") or "?"
                 raise ValueError(f"its {kind} track is in a codec FFmpeg does not know (tag {tag!r})")
-        self.missing = [kind for kind in tracks if kind not in self.streams]
         self.kinds: dict[int, TrackKind] = {stream.index: kind for kind, stream in self.streams.items()}
         self.time_bases: dict[TrackKind, Fraction] = {
             kind: stream.time_base or Fraction(1, 90000) for kind, stream in self.streams.items()
@@ -262,15 +265,6 @@ class FileSource(Source):
             frame_count=None if self.params.loop else demuxer.video_frames or None,
             audio=demuxer.audio,
         )
-        if demuxer.missing:
-            # Not an error: the stream plays what it has; stages see None for the missing track.
-            self.ctx.logger.warning(
-                "stream %s: %s has no %s track; playing %s only",
-                stream_id,
-                path,
-                " or ".join(demuxer.missing),
-                " and ".join(demuxer.streams),
-            )
         # The progress total counts published frames: only meaningful when every packet is a frame.
         self.ctx.stats.stream(stream_id).frame_count = info.frame_count if demuxer.audio is None else None
         await emit(StreamStarted(info))

@@ -16,8 +16,10 @@ unwrapped and shifted so a track's first frame sits at its arrival time after th
 first frame (the tracks' RTP clocks have unrelated origins).
 
 The stream ends ``stopped`` on a stop (``DELETE``, shutdown), ``eof`` when the peer goes away
-(connection ``failed`` or ``closed``, or every track ended), and ``error`` when no media arrives
-within ``connect_timeout_s`` of the answer. The peer connection is closed in every case.
+(connection ``failed`` or ``closed``, or every track ended), and ``error`` when no publisher's
+offer arrives within ``connect_timeout_s`` of the stream's start (a ``whip:`` stream added by
+``POST /streams`` waits for one) or no media within ``connect_timeout_s`` of the answer. The peer
+connection is closed in every case.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class WhipParams(TrackSelection):
     audio_buffer: int = Field(default=50, ge=1)
     """Audio frames (20 ms each from Opus) waiting for the graph; one more drops the oldest."""
     connect_timeout_s: float = Field(default=30.0, gt=0)
-    """From the answer to the first media frame; longer ends the stream with an error."""
+    """From the stream's start to a publisher's offer, and from the answer to the first media
+    frame; longer ends the stream with an error."""
     ice_servers: list[str] = Field(default_factory=list)
     """STUN/TURN URLs for the answer's candidates; none: host candidates only (a LAN, loopback)."""
 
@@ -127,6 +130,8 @@ class WhipSource(Source):
         self._open_tracks = 0
         self._peer_gone: str | None = None
         self._stopped_reason: str | None = None
+        self._gave_up = False
+        """No offer came within ``connect_timeout_s``: the stream is ending, a late offer is refused."""
         self._order = itertools.count()
         self._origin: float | None = None
         self._timelines: dict[TrackKind, _Timeline] = {}
@@ -156,7 +161,7 @@ class WhipSource(Source):
         """The SDP answer to a WHIP offer; ``ValueError`` (with the reason) if it cannot be answered."""
         if self.pc is not None:
             raise ValueError("this stream has negotiated already")
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self._gave_up:
             raise ValueError("this stream is stopping")
         servers = [RTCIceServer(urls=url) for url in self.params.ice_servers]
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
@@ -281,16 +286,30 @@ class WhipSource(Source):
 
     async def run(self, emit: Emit) -> None:
         try:
-            stopped = asyncio.ensure_future(self.stopping.wait())
-            negotiated = asyncio.ensure_future(self._negotiated.wait())
-            await asyncio.wait({stopped, negotiated}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            negotiated.cancel()
-            if not self._negotiated.is_set():
-                return  # stopped before an offer was answered: no stream was started
-            await self._stream(emit)
+            offered = await self._wait_for_offer(self.params.connect_timeout_s)
+            if not offered and self.pc is not None:
+                offered = await self._wait_for_offer(None)  # a publisher's offer is being answered
+            if offered:
+                await self._stream(emit)
+            elif not self.stopping.is_set():
+                # Nobody published (a ``whip:`` stream added by ``POST /streams``, say): end it, so
+                # its slot and its id are free again, and tell subscribers why.
+                self._gave_up = True
+                await emit(StreamStarted(self._info()))
+                reason = f"no WHIP publisher within {self.params.connect_timeout_s:g} s"
+                await self._end(emit, ("error", reason))
+            # else: stopped before an offer was answered: no stream was started
         finally:
             await self._close()
+
+    async def _wait_for_offer(self, timeout: float | None) -> bool:
+        """Whether an offer was answered; false when stopped or after ``timeout`` seconds."""
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        negotiated = asyncio.ensure_future(self._negotiated.wait())
+        await asyncio.wait({stopped, negotiated}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        negotiated.cancel()
+        return self._negotiated.is_set()
 
     async def _stream(self, emit: Emit) -> None:
         started = False
@@ -320,6 +339,9 @@ class WhipSource(Source):
         if not started:  # announce it even so: subscribers see it start and end, with the reason
             await emit(StreamStarted(self._info()))
         self._drop_leftovers()
+        await self._end(emit, end)
+
+    async def _end(self, emit: Emit, end: tuple[EndReason, str | None]) -> None:
         reason, error = end
         if reason == "error":
             self.ctx.logger.error("stream %s: %s", self.stream_id, error)

@@ -64,14 +64,15 @@ async def test_each_frame_carries_both_branches(
     assert counts["decoded"] == counts["published"] + counts["dropped"] + counts.get("consumed", 0)
 
 
-async def test_a_file_without_audio_still_yields_every_frame_marked_missing(
-    nats_server: Any, sample_video: Path, ground_truth: dict[str, Any], cli_env: dict[str, str]
+async def test_a_file_without_the_audio_it_asks_for_ends_with_an_error_naming_the_track(
+    nats_server: Any, sample_video: Path, cli_env: dict[str, str]
 ) -> None:
+    """The config asks for ``tracks: [video, audio]``: a video-only file is refused with an error
+    event naming the missing track (and, a stream of the config file, exit code 1), not played in part."""
     recording = await run_ensemble(nats_server, cli_env, STREAMGRAPH_AV_FILE=str(sample_video))
-    assert recording.returncode == 0, recording.stderr
-    results = recording.results["sample"]
-    assert [r["seq"] for r in results] == list(range(ground_truth["frames"]))
-    assert all(r["results"]["text"]["boxes"] for r in results)
-    assert {(r["results"]["speech"]["status"], len(r["results"]["speech"]["items"])) for r in results} == {
-        ("missing", 0)
-    }
+    assert recording.returncode == 1, recording.stderr
+    assert "sample" not in recording.results
+    events = recording.events["sample"]
+    assert [e["event"] for e in events] == ["started", "error", "ended"]
+    assert str(sample_video) in events[1]["message"]
+    assert "has no audio stream (tracks: [video, audio])" in events[1]["message"]

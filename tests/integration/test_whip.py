@@ -271,3 +271,33 @@ def test_whip_is_not_a_yaml_source() -> None:
     config["stages"][0] = {"name": "peers", "type": "whip", "params": {"id": "cam"}}
     with pytest.raises(ConfigError, match=r"stages\[0\]\.type: .*type: streams"):
         build(parse_config(config, base_dir=ROOT))
+
+
+async def test_whip_stream_without_publisher_ends(nats_server: Any, av_sample: Path) -> None:
+    """A ``whip:`` stream added by ``POST /streams`` that no publisher reaches ends with an error
+    after ``connect_timeout_s``, freeing its ``max_streams`` slot and its id."""
+    config = whip_config()
+    config["stages"][0]["params"] = {"max_streams": 1}
+    async with (
+        Recorder(nats_server.url, PIPELINE) as recorder,
+        running_pipeline(nats_server.url, config) as running,
+        aiohttp.ClientSession() as http,
+    ):
+        url = running.url
+        waiting = {"id": "cam5", "uri": "whip:", "options": {"connect_timeout_s": 0.5}}
+        async with http.post(f"{url}/streams", json=waiting) as r:
+            assert r.status == 201, await r.text()
+        assert await ended_reason(recorder, "cam5") == "error"
+        events = recorder.recording.events["cam5"]
+        assert [e["event"] for e in events] == ["started", "error", "ended"]
+        assert events[1]["message"] == "no WHIP publisher within 0.5 s"
+        listing = [s for s in running.runner.control.list() if s["id"] == "cam5"]
+        assert [(s["state"], s["error"]) for s in listing] == [("failed", "no WHIP publisher within 0.5 s")]
+
+        # The slot (max_streams: 1) and the id are free: a real publisher takes them.
+        peer = Publisher(http, url, av_sample)
+        try:
+            await peer.publish("cam5", tracks="video")
+            await until(lambda: len(results_of(recorder, "cam5")) >= 5, "results for cam5 from its publisher")
+        finally:
+            await peer.close()

@@ -197,6 +197,17 @@ def test_ended_event_counts_consumed_items_only_when_there_are_some(event_valida
     assert not event_validator.is_valid(bad)  # absent, not zero, when nothing was consumed
 
 
+def test_ended_event_counts_packets_dropped_only_when_there_are_some(event_validator):
+    counters = StreamCounters(packets_dropped=50)
+    message = build_event("p", "s", "ended", reason="eof", counters=counters)
+    event_validator.validate(roundtrip(message))
+    assert message["frames"] == {"decoded": 0, "published": 0, "dropped": 0, "packets_dropped": 50}
+    without = build_event("p", "s", "ended", reason="eof", counters=StreamCounters(decoded=1, published=1))
+    assert "packets_dropped" not in without["frames"]
+    bad = {**message, "frames": {**message["frames"], "packets_dropped": 0}}
+    assert not event_validator.is_valid(bad)  # absent, not zero, when none was dropped
+
+
 def test_event_schema_rejects_unknown_events(event_validator):
     assert not event_validator.is_valid(roundtrip(build_event("p", "s", "paused")))
 

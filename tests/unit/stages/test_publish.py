@@ -18,7 +18,7 @@ import pytest
 from pipeline.bus import Bus
 from pipeline.config import NatsConfig
 from pipeline.errors import ConfigError
-from pipeline.media import EndOfStream, Item, StreamInfo, StreamStatus, VideoFrame
+from pipeline.media import EncodedPacket, EndOfStream, Item, StreamInfo, StreamStatus, VideoFrame
 from pipeline.results import EVENT_SCHEMA, RESULT_SCHEMA, SCHEMA_VERSION
 from pipeline.stage import StageContext
 from stages.publish import Publish, PublishParams
@@ -214,6 +214,21 @@ async def test_stream_error_publishes_error_then_ended(make_ctx, bus, subscriber
     assert events[1]["message"] == "cam.mp4: file ends early"
     assert events[2]["reason"] == "error"
     assert events[2]["frames"]["published"] == 1
+
+
+async def test_ended_event_counts_packets_dropped_before_decoding(make_ctx, bus, subscriber, prefix):
+    """A stream whose every packet was dropped on its way to ``decode`` (as an edge drops them:
+    ``stats.drop_item``) decoded, published and dropped no frame: its ``ended`` event says so."""
+    publish = await started_publish(make_ctx, bus)
+    await publish.on_stream_added(StreamInfo("cam", "x.h264", live=False))
+    for pts in range(50):
+        packet = EncodedPacket(b"\x00", pts, Fraction(1, 90000), False, "video")
+        publish.ctx.stats.drop_item(Item(stream_id="cam", media=packet, capture_time=1.0), "edge:decode")
+    await publish.on_stream_ended(EndOfStream("cam", "eof"))
+    await finish(subscriber, bus, f"{prefix}.sentinel")
+    ended = [m.body for m in subscriber.on(f"{prefix}.unit.cam.events")][-1]
+    EVENT_VALIDATOR.validate(ended)
+    assert ended["frames"] == {"decoded": 0, "published": 0, "dropped": 0, "packets_dropped": 50}
 
 
 async def test_stopped_stream_ends_with_reason_stopped(make_ctx, bus, subscriber, prefix):

@@ -50,6 +50,19 @@ def write_h264(path: Path, frames: int, **open_options) -> Path:
     return path
 
 
+def write_tone(path: Path) -> Path:
+    """A tenth of a second of silence, audio only (no video track)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def cut_in_half(path: Path, to: Path) -> Path:
     data = path.read_bytes()
     to.write_bytes(data[: len(data) // 2])
@@ -297,15 +310,7 @@ async def test_unopenable_file_starts_then_ends_the_stream_with_an_error(make_ct
 
 
 async def test_file_without_video_is_an_error(make_ctx, tmp_path):
-    path = tmp_path / "tone.wav"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-        frame.sample_rate = 8000
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = write_tone(tmp_path / "tone.wav")
     source = await started_source(make_ctx, path=str(path))
     emit = EmitRecorder()
     await run_source(source, emit)
@@ -422,18 +427,30 @@ async def test_an_audio_only_track_request(make_ctx, av_sample):
     assert assert_one_end_last(emit) == EndOfStream("av", "eof")
 
 
-async def test_a_requested_track_the_file_lacks_is_logged_and_the_rest_plays(make_ctx, sample_video, caplog):
+async def test_a_requested_track_the_file_lacks_is_a_stream_error_naming_it(make_ctx, sample_video):
+    """``tracks`` asks for every track it lists: a video-only file asked for audio too ends with an
+    error naming the missing track, instead of playing only part of what was asked."""
     source = await started_source(make_ctx, path=str(sample_video), id="cam", tracks=["video", "audio"])
     emit = EmitRecorder()
-    with caplog.at_level("WARNING"):
-        await run_source(source, emit)
-    info = emit.messages[0].info
-    assert info.video is not None
-    assert info.audio is None  # how an audio branch learns this stream has no audio
-    assert len(emit.packets) == SAMPLE_FRAMES
-    assert assert_one_end_last(emit) == EndOfStream("cam", "eof")
-    assert any("has no audio track" in r.getMessage() and str(sample_video) in r.getMessage() for r in caplog.records)
-    assert source.ctx.stats.stream("cam").error is None
+    await run_source(source, emit)
+    end = assert_one_end_last(emit)
+    assert end.reason == "error"
+    assert end.error is not None and str(sample_video) in end.error
+    assert "has no audio stream (tracks: [video, audio])" in end.error
+    assert emit.items == []
+    assert source.ctx.stats.stream("cam").error == end.error
+
+
+async def test_an_audio_only_file_asked_for_video_too_ends_even_when_looping(make_ctx, tmp_path):
+    """The issue's case: it used to loop for ever with a log warning and no result."""
+    path = write_tone(tmp_path / "tone.wav")
+    source = await started_source(make_ctx, path=str(path), id="tone", tracks=["video", "audio"], loop=True)
+    emit = EmitRecorder()
+    await run_source(source, emit)
+    end = assert_one_end_last(emit)
+    assert end.reason == "error"
+    assert end.error is not None and "has no video stream (tracks: [video, audio])" in end.error
+    assert emit.items == []
 
 
 async def test_no_requested_track_at_all_is_a_stream_error_naming_the_file(make_ctx, sample_video):
