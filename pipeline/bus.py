@@ -151,8 +151,6 @@ class Bus:
         self.url = url
         self.prefix = prefix
         self.outbox = outbox
-        self.jetstream = isinstance(outbox, JetStreamOutbox)
-        """At-least-once delivery (acks) rather than core NATS's at-most-once."""
         self._server = server
         self._flush_timeout_s = flush_timeout_s
         self._events = events

@@ -17,7 +17,6 @@ decoding garbage and errors.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from typing import Literal
 
@@ -92,7 +91,6 @@ class Edge:
                     await self._changed.wait()
             self._data_count += 1
             self.max_depth = max(self.max_depth, self._data_count)
-            message.enqueued_at = time.monotonic()
             # Since its last part ended (its stage finished, its source read it) the item waited
             # for room here, or for a sibling branch's edge to take its copy (fan-out).
             message.mark("blocked")

@@ -148,9 +148,6 @@ class Item:
     tensors: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    enqueued_at: float = 0.0
-    """``time.monotonic()`` when the item last entered an edge (informational: the ``queue``
-    part is marked, not computed from it)."""
     last_stage: str = ""
     """The stage that passed the item on last (a join tells its branches apart by it)."""
 
@@ -180,7 +177,6 @@ class Item:
             tensors=dict(self.tensors),
             results=dict(self.results),
             timings_ms=dict(self.timings_ms),
-            enqueued_at=self.enqueued_at,
             last_stage=self.last_stage,
         )
 

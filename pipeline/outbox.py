@@ -59,6 +59,8 @@ class Envelope:
     on_lost: Callable[[str], None] | None = None
     first_try: float = field(default_factory=time.monotonic)
     attempts: int = 0
+    order: int = 0
+    """Its place in first-send order (JetStream: retries go back to it)."""
 
     @property
     def headers(self) -> dict[str, str] | None:
@@ -184,7 +186,6 @@ class JetStreamOutbox(Outbox):
         self._waiting: list[tuple[int, Envelope]] = []
         """Not sent yet, or to be sent again: a heap by first-send order, so retries go first."""
         self._in_flight: dict[Envelope, asyncio.Task[None]] = {}
-        self._orders: dict[Envelope, int] = {}
         self._paused_until = 0.0
         self._backoff_s = BACKOFF_FIRST_S
         self._sender: asyncio.Task[None] | None = None
@@ -203,9 +204,8 @@ class JetStreamOutbox(Outbox):
             envelope.lost("closed")
             return
         self._hold(envelope)
-        order = next(self._order)
-        self._orders[envelope] = order
-        heapq.heappush(self._waiting, (order, envelope))
+        envelope.order = next(self._order)
+        heapq.heappush(self._waiting, (envelope.order, envelope))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_loop(), name="outbox:jetstream")
         self._notify()
@@ -253,12 +253,11 @@ class JetStreamOutbox(Outbox):
         self._paused_until = max(self._paused_until, time.monotonic() + self._backoff_s)
         self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
         del self._in_flight[envelope]
-        heapq.heappush(self._waiting, (self._orders[envelope], envelope))
+        heapq.heappush(self._waiting, (envelope.order, envelope))
         self._notify()
 
     def _finish(self, envelope: Envelope, *, lost: str | None = None) -> None:
         self._in_flight.pop(envelope, None)
-        self._orders.pop(envelope, None)
         self._release(envelope)
         if lost is None:
             envelope.sent()

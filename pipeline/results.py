@@ -65,7 +65,6 @@ def build_result(
     pipeline: str,
     item: Item,
     counters: StreamCounters,
-    publish_ms: float,
     stage_keys: Sequence[str] = (),
     *,
     run: str | None = None,
@@ -75,9 +74,8 @@ def build_result(
     stage added to the item, and ``total``, from ``capture_time`` to now.
 
     Building the message ends the item's last part, ``publish``: from the end of its part before
-    (it got its slot in the publishing stage) to now, so the parts add up to ``total``.
-    ``publish_ms``, what the caller measured of that stretch itself (waiting for room in an
-    outbox before building this), is already inside it and is not added again."""
+    (it got its slot in the publishing stage) to now, so the parts add up to ``total``: a wait
+    for room in an outbox before building it is inside that stretch."""
     media = item.media
     now = time.time()
     item.mark("publish", now=now)

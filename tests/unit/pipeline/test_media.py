@@ -96,7 +96,7 @@ def test_packets_say_their_track_and_streams_their_audio():
 def test_item_defaults():
     item = Item(stream_id="cam", media=video_frame(), capture_time=12.5)
     assert item.seq == -1  # not a frame yet (a packet): decode numbers frames
-    assert (item.tensors, item.results, item.timings_ms, item.enqueued_at) == ({}, {}, {}, 0.0)
+    assert (item.tensors, item.results, item.timings_ms) == ({}, {}, {})
     # Each item has dicts of its own.
     other = Item(stream_id="cam", media=video_frame(), capture_time=12.5)
     item.results["x"] = 1
@@ -112,14 +112,14 @@ def test_add_time_accumulates_per_key():
 
 
 def test_fork_copies_the_dicts_but_shares_the_media():
-    original = Item(stream_id="cam", media=video_frame(), capture_time=5.0, seq=7, enqueued_at=4.0)
+    original = Item(stream_id="cam", media=video_frame(), capture_time=5.0, seq=7)
     original.tensors["prep"] = "tensor"
     original.results["det"] = {"boxes": []}
     original.add_time("decode", 1.0)
 
     fork = original.fork()
     assert fork is not original
-    assert (fork.stream_id, fork.capture_time, fork.seq, fork.enqueued_at) == ("cam", 5.0, 7, 4.0)
+    assert (fork.stream_id, fork.capture_time, fork.seq) == ("cam", 5.0, 7)
     assert fork.media is original.media  # pixels are never copied behind anyone's back
     assert fork.tensors == original.tensors and fork.tensors is not original.tensors
     assert fork.results == original.results and fork.results is not original.results
