@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -24,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from .config import NatsConfig, nats_url_problem
 from .errors import BusError
+from .natsconnect import NO_AUTH, NatsAuth, nats_target, open_connection
 from .outbox import CoreOutbox, Envelope, JetStreamOutbox, Outbox
 
 log = logging.getLogger("streamgraph.bus")
@@ -50,13 +50,22 @@ def free_port() -> int:
 
 class NatsServer:
     """A nats-server child process on a free loopback port. ``jetstream`` keeps its store in
-    ``store_dir``, or in a temp dir removed on stop."""
+    ``store_dir``, or in a temp dir removed on stop. ``config``: a nats-server configuration file
+    (authorization, TLS...); the command line's address and port win over its own."""
 
-    def __init__(self, *, jetstream: bool = False, port: int | None = None, store_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        jetstream: bool = False,
+        port: int | None = None,
+        store_dir: Path | None = None,
+        config: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self._jetstream = jetstream
         self._store_dir = store_dir
+        self._config = config
         self._process: subprocess.Popen[bytes] | None = None
         self._store: tempfile.TemporaryDirectory[str] | None = None
 
@@ -65,6 +74,8 @@ class NatsServer:
         if _accepts_connections(self.port):
             raise BusError(f"cannot start nats-server: port {self.port} on 127.0.0.1 is already in use")
         command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self._config is not None:
+            command += ["-c", str(self._config)]
         if self._jetstream:
             if self._store_dir is None and self._store is None:
                 self._store = tempfile.TemporaryDirectory(prefix="streamgraph-js-")
@@ -134,7 +145,8 @@ def subject_covers(pattern: str, subject: str) -> bool:
 
 
 class Bus:
-    """A connected publisher. ``Bus.connect`` starts the embedded server when the URL says so."""
+    """A connected publisher. ``Bus.connect`` starts the embedded server when the URL says so;
+    ``url`` is the server's URL with its password (or token) masked, for messages and logs."""
 
     def __init__(
         self,
@@ -157,41 +169,50 @@ class Bus:
         events.on_reconnected = outbox.reconnected
 
     @classmethod
-    async def connect(cls, config: NatsConfig, *, pipeline: str, url: str | None = None) -> Bus:
-        target = url or config.url
+    async def connect(
+        cls, config: NatsConfig, *, pipeline: str, url: str | None = None, base_dir: Path = Path(".")
+    ) -> Bus:
+        """Connect (starting the embedded server when the URL says so). ``base_dir``: what the
+        config's relative file paths (``nats.credentials``, ``nats.tls_*``) are relative to."""
+        given = url or config.url
         server: NatsServer | None = None
-        if target == "embedded":
+        auth = NatsAuth.of(config)
+        if given == "embedded":
             server = NatsServer(jetstream=config.jetstream is not None)
             await asyncio.to_thread(server.start)
-            target = server.url
-            log.info("embedded nats-server listening on %s", target)
-        elif problem := nats_url_problem(target):  # a --nats-url the config's check did not see
+            given, auth = server.url, NO_AUTH  # a loopback server of our own: no login, no TLS
+            log.info("embedded nats-server listening on %s", given)
+        elif problem := nats_url_problem(given):  # a --nats-url the config's check did not see
             raise BusError(f"nats.url: {problem}")
+        try:
+            target = nats_target(given, auth, base_dir=base_dir)
+        except BaseException:
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+            raise
         events = _ConnectionEvents()
         try:
-            client = await nats.connect(
+            # A few tries at start, so a dead bus is a clear error rather than a silent hang; once
+            # connected, reconnect forever: a bus restart must not end the pipeline.
+            client = await open_connection(
                 target,
+                attempts=INITIAL_CONNECT_ATTEMPTS,
                 name=f"streamgraph:{pipeline}",
                 connect_timeout=config.connect_timeout_s,
-                allow_reconnect=True,
-                # A few tries at start, so a dead bus is a clear error rather than a silent hang...
-                max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
                 reconnect_time_wait=0.5,
                 error_cb=events.error,
                 disconnected_cb=events.disconnected,
                 reconnected_cb=events.reconnected,
             )
-        except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
+        except BusError:
             if server is not None:
                 server.stop()
-            raise BusError(f"cannot connect to NATS at {target}: {exc or type(exc).__name__}") from None
-        # ...and once connected, reconnect forever: a bus restart must not end the pipeline.
-        client.options["max_reconnect_attempts"] = -1
+            raise
         outbox: Outbox
         if config.jetstream is not None:
             js: JetStreamContext = client.jetstream()
             try:
-                await _ensure_stream(js, config.jetstream.stream, f"{config.prefix}.{pipeline}.>", target)
+                await _ensure_stream(js, config.jetstream.stream, f"{config.prefix}.{pipeline}.>", target.shown)
             except BaseException:
                 events.closing = True
                 await client.close()
@@ -203,7 +224,7 @@ class Bus:
             outbox = CoreOutbox(client, config.outbox)
         return cls(
             client,
-            url=target,
+            url=target.shown,
             prefix=config.prefix,
             server=server,
             outbox=outbox,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
@@ -51,10 +51,14 @@ def third_party_at_warning(record: logging.LogRecord) -> bool:
 
 
 class TextFormatter(logging.Formatter):
-    """``HH:MM:SS LEVEL logger: message``, and the traceback below when there is one."""
+    """``HH:MM:SS LEVEL logger: message``, and the traceback below when there is one; passwords
+    in URLs masked (``mask_secrets``)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,24 +70,37 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": mask_secrets(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = mask_secrets(self.formatException(record.exc_info))
         elif record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = mask_secrets(record.exc_text)
         if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
+            entry["stack"] = mask_secrets(self.formatStack(record.stack_info))
         # One line whatever the message holds: json.dumps escapes newlines inside strings.
         return json.dumps(entry, ensure_ascii=False)
 
 
+_PASSWORD_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#]*@")
+"""``scheme://user:password@``: the password runs to the last ``@`` before the path, as in
+``urlsplit`` (a password may hold an ``@``)."""
+_TOKEN_IN_NATS_URL = re.compile(r"(\b(?:nats|tls|ws|wss)://)[^\s:/?#@]+@")
+"""``nats://token@``: to NATS (and nats-py) a user name without a password is a token."""
+MASK = "***"
+
+
 def redact(url: str) -> str:
-    """The URL without its password (``rtsp://user:***@host/path``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """The URL without its password (``rtsp://user:***@host/path``), or without its token when it
+    is a NATS URL with a user name alone (``nats://***@host:4222``), which NATS reads as a token."""
+    return mask_secrets(url)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``redact``): what a log line, an
+    event or an error may show of a URL. A password that holds ``/``, ``?``, ``#`` or a space is
+    percent-encoded in a valid URL, and then masked too."""
+    if "://" not in text:
+        return text
+    masked = _PASSWORD_IN_URL.sub(rf"\1{MASK}@", text)
+    return _TOKEN_IN_NATS_URL.sub(rf"\1{MASK}@", masked)

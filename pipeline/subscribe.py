@@ -3,6 +3,10 @@
 When the server goes away the subscriber reconnects (and its subscription with it) for at most
 ``reconnect_s``; then it gives up with a ``BusError`` naming the server, so a script or a person
 watching it learns that nothing will come any more instead of waiting forever.
+
+The URL takes the forms ``nats.url`` takes (``nats://user:password@host:port``, ``tls://...``);
+``auth`` holds the rest (a credentials file, TLS files), as ``pipeline.natsconnect`` reads them. A
+password never appears in what the command prints.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import nats
-
-from .errors import BusError
+from .config import nats_url_problem
+from .errors import BusError, ConfigError
+from .natsconnect import NO_AUTH, KeyName, NatsAuth, config_key, nats_target, open_connection
 
 log = logging.getLogger("streamgraph.subscribe")
 
@@ -33,26 +37,28 @@ async def subscribe(
     count: int = 0,
     reconnect_s: float = 30.0,
     write: Callable[[str], None] = lambda line: print(line, flush=True),
+    auth: NatsAuth = NO_AUTH,
+    key: KeyName = config_key,
 ) -> None:
     """Write ``<subject> <message>`` per message (JSON compacted) until ``count`` messages
     (0: never). Raises ``BusError`` when it cannot connect, or when the server is gone for longer
-    than ``reconnect_s`` (0: give up at the first disconnect)."""
-    watch = _ConnectionWatch(url, reconnect_s)
-    try:
-        client = await nats.connect(
-            url,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
-            reconnect_time_wait=RECONNECT_WAIT_S,
-            error_cb=watch.error,
-            disconnected_cb=watch.disconnected,
-            reconnected_cb=watch.reconnected,
-            closed_cb=watch.closed,
-        )
-    except Exception as exc:  # nats-py raises several unrelated types for "cannot connect"
-        raise BusError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
-    # Connected: from now on the time limit is ours (``reconnect_s``), not a number of attempts.
-    client.options["max_reconnect_attempts"] = -1
+    than ``reconnect_s`` (0: give up at the first disconnect); ``ConfigError`` (naming the
+    setting by ``key``) for a bad URL or a missing file."""
+    if problem := nats_url_problem(url):
+        raise ConfigError(key("url"), problem)
+    target = nats_target(url, auth, key=key)
+    watch = _ConnectionWatch(target.shown, reconnect_s)
+    # Connected, the client reconnects forever: the time limit is ours (``reconnect_s``).
+    client = await open_connection(
+        target,
+        attempts=INITIAL_CONNECT_ATTEMPTS,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        reconnect_time_wait=RECONNECT_WAIT_S,
+        error_cb=watch.error,
+        disconnected_cb=watch.disconnected,
+        reconnected_cb=watch.reconnected,
+        closed_cb=watch.closed,
+    )
     received = 0
 
     async def show(msg: Any) -> None:
@@ -66,7 +72,7 @@ async def subscribe(
 
     await client.subscribe(subject, cb=show)
     await client.flush()  # the server has the subscription: whatever is published from now on arrives
-    print(f"subscribed to {subject} on {url}", file=sys.stderr, flush=True)
+    print(f"subscribed to {subject} on {target.shown}", file=sys.stderr, flush=True)
     try:
         await watch.finished.wait()
     finally:

@@ -12,6 +12,7 @@ refused on state-changing routes (``origin``), the bearer token (``auth``).
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -69,21 +70,26 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 class ApiServer:
-    """The app on ``host:port``; ``port`` is the bound one (useful with port 0)."""
+    """The app on ``host:port``; ``port`` is the bound one (useful with port 0). With an
+    ``ssl_context`` (``api.tls_cert`` and ``api.tls_key``) it serves HTTPS only."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self, app: web.Application, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._runner = web.AppRunner(app, access_log=None)
         self._host = host
         self._port = port
+        self._ssl_context = ssl_context
         self.port = port
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self.port}"
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context)
         try:
             await site.start()
         except OSError as exc:
