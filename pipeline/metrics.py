@@ -24,9 +24,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import sourcethread
 from .edges import Edge
 from .outbox import Outbox
 from .stats import StreamStats
+from .threadpool import WatchedPool
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -49,6 +51,7 @@ class Metrics:
         stats: StreamStats | None = None,
         edges: EdgesView | None = None,
         outbox: Callable[[], Outbox | None] = lambda: None,
+        pool: Callable[[], WatchedPool | None] = lambda: None,
         fps_window_s: float = FPS_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -56,6 +59,7 @@ class Metrics:
         self.stats = stats if stats is not None else StreamStats()
         self._edges: EdgesView = edges if edges is not None else dict
         self._outbox = outbox
+        self._pool = pool
         self._fps_window_s = fps_window_s
         self._clock = clock
         self._published_at: dict[str, deque[float]] = {}
@@ -189,6 +193,7 @@ class _RuntimeCollector(Collector):
         outbox = metrics._outbox()
         if outbox is not None:
             yield from _outbox_families(pipeline, outbox)
+        yield from _thread_families(pipeline, metrics._pool())
 
 
 def _edge_families(pipeline: str, edges: Mapping[str, Edge], drops: Mapping[str, int]) -> Iterator[Metric]:
@@ -213,6 +218,24 @@ def _outbox_families(pipeline: str, outbox: Outbox) -> Iterator[Metric]:
     for family, value in ((waiting, outbox.depth), (size, outbox.depth_bytes), (retries, outbox.retries)):
         family.add_metric([pipeline], value)
         yield family
+
+
+def _thread_families(pipeline: str, pool: WatchedPool | None) -> Iterator[Metric]:
+    labels = ["pipeline"]
+    if pool is not None:
+        busy = _gauge("streamgraph_thread_pool_busy", "Threads of the shared pool running a call now", labels)
+        busy.add_metric([pipeline], pool.busy)
+        size = _gauge("streamgraph_thread_pool_size", "Threads in the shared pool (runtime.threads)", labels)
+        size.add_metric([pipeline], pool.size)
+        yield from (busy, size)
+    # Process-wide: a source thread belongs to no registry, and the counts are small.
+    abandoned = _counter(
+        "streamgraph_source_threads_abandoned", "Source threads abandoned in a call that did not return in time", labels
+    )
+    abandoned.add_metric([pipeline], sourcethread.abandoned_total())
+    stuck = _gauge("streamgraph_source_threads_stuck", "Abandoned source threads still blocked now", labels)
+    stuck.add_metric([pipeline], sourcethread.stuck_now())
+    yield from (abandoned, stuck)
 
 
 def _counter(name: str, documentation: str, labels: list[str]) -> CounterMetricFamily:

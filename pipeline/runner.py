@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +26,7 @@ from .sourcerun import run_source
 from .stage import Source, StageContext
 from .stagerun import StageRun, fan_out
 from .stats import StreamStats
+from .threadpool import WatchedPool
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -54,6 +55,8 @@ class Runner:
         bus: Bus | None = None,
         threads: int = 4,
         drain_timeout_s: float = 3.0,
+        stall_s: float = 10.0,
+        media_roots: Sequence[Path] = (),
     ) -> None:
         self.graph = graph
         self.stats = StreamStats()
@@ -62,12 +65,16 @@ class Runner:
             stats=self.stats,
             edges=lambda: self._edges,
             outbox=lambda: self._bus.outbox if self._bus is not None else None,
+            pool=lambda: self._pool,
         )
         """What ``GET /metrics`` serves: this runner's own registry, never the process-wide one."""
         self._base_dir = base_dir
         self._bus = bus
         self._threads = threads
         self._drain_timeout_s = drain_timeout_s
+        self._stall_s = stall_s
+        self._media_roots = tuple(root.resolve() for root in (base_dir, *media_roots))
+        self._pool: WatchedPool | None = None
         self._edges: dict[str, Edge] = {}
         self._inputs_from = _inputs_from_sources(graph)
         self._origins: dict[str, str] = {}
@@ -110,7 +117,7 @@ class Runner:
 
     async def run(self) -> RunSummary:
         started_at = time.monotonic()
-        executor = ThreadPoolExecutor(self._threads, thread_name_prefix="streamgraph")
+        executor = self._pool = WatchedPool(self._threads)
         try:
             self._build_edges()
             await self._start_stages(executor)
@@ -133,8 +140,11 @@ class Runner:
         return RunSummary(self.graph.pipeline, time.monotonic() - started_at, self.stats, self._stopping)
 
     def not_ready(self) -> dict[str, str]:
-        """Stages that cannot do their work now, with why (a model's server is down)."""
+        """Stages that cannot do their work now, with why (a model's server is down), and
+        ``runtime.threads`` when the shared thread pool is stalled."""
         reasons = {name: node.stage.not_ready() for name, node in self.graph.nodes.items()}
+        if self._pool is not None:
+            reasons["runtime.threads"] = self._pool.stalled(self._stall_s)
         return {name: reason for name, reason in reasons.items() if reason is not None}
 
     def _abort(self) -> None:
@@ -157,7 +167,7 @@ class Runner:
                 edge.add_producer()
             self._edges[name] = edge
 
-    async def _start_stages(self, executor: ThreadPoolExecutor) -> None:
+    async def _start_stages(self, executor: WatchedPool) -> None:
         # Sinks first: a publisher is connected before the first frame can reach it.
         for name in reversed(self.graph.order):
             node = self.graph.nodes[name]
@@ -174,6 +184,7 @@ class Runner:
                 logger=logging.getLogger(f"streamgraph.stage.{name}"),
                 stop_stream=self._stop_stream,
                 metrics=self.metrics,
+                media_roots=self._media_roots,
             )
             try:
                 await node.stage.start(ctx)

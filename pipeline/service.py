@@ -10,14 +10,18 @@ import asyncio
 import importlib
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 
 from .bus import Bus
 from .config import PipelineConfig
 from .control_nats import NatsControl
+from .errors import ConfigError
 from .graph import Graph, build_graph
+from .natsconnect import NatsAuth, nats_target
 from .runner import Runner, RunSummary
 from .server import ApiServer, build_app
+from .tls import api_server_context
 
 log = logging.getLogger("streamgraph")
 
@@ -29,7 +33,21 @@ def load_builtin_stages() -> None:
 
 def build(config: PipelineConfig, *, source: str | None = None) -> Graph:
     load_builtin_stages()
-    return build_graph(config, source=source)
+    graph = build_graph(config, source=source)
+    try:
+        check_connection_files(config)
+        config.media_roots()  # a missing folder is a config error before anything starts
+    except ConfigError as exc:
+        raise ConfigError(exc.path, exc.message, source=source) from None
+    return graph
+
+
+def check_connection_files(config: PipelineConfig) -> ssl.SSLContext | None:
+    """The files of ``nats.credentials``, ``nats.tls_*`` and ``api.tls_*`` checked (and loaded),
+    so ``validate`` and the start of a run name a missing one; returns the API's TLS context."""
+    if config.nats.url != "embedded":
+        nats_target(config.nats.url, NatsAuth.of(config.nats), base_dir=config.base_dir)
+    return api_server_context(config.api, config.base_dir) if config.api is not None else None
 
 
 async def run_pipeline(
@@ -48,7 +66,8 @@ async def run_pipeline(
     ``on_bus``: awaited once the bus is connected, before any stage starts (``run --show``
     subscribes there, so it sees every message the pipeline publishes)."""
     graph = graph if graph is not None else build(config, source=source)
-    bus = await Bus.connect(config.nats, pipeline=config.pipeline, url=nats_url)
+    api_tls = check_connection_files(config)
+    bus = await Bus.connect(config.nats, pipeline=config.pipeline, url=nats_url, base_dir=config.base_dir)
     log.info("pipeline %s publishing to %s (prefix %s)", config.pipeline, bus.url, config.nats.prefix)
     runner = Runner(
         graph,
@@ -56,6 +75,8 @@ async def run_pipeline(
         bus=bus,
         threads=config.runtime.threads,
         drain_timeout_s=config.runtime.drain_timeout_s,
+        stall_s=config.runtime.stall_s,
+        media_roots=config.media_roots(),
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
@@ -74,7 +95,8 @@ async def run_pipeline(
             await on_bus(bus)
         await control.start()
         if config.api is not None:
-            api = ApiServer(build_app(runner, bus=bus, token=config.api.token), config.api.host, config.api.port)
+            app = build_app(runner, bus=bus, token=config.api.token)
+            api = ApiServer(app, config.api.host, config.api.port, ssl_context=api_tls)
             await api.start()
             if on_api is not None:
                 on_api(api)

@@ -64,6 +64,9 @@ class StageContext:
     latency_keys: tuple[str, ...] = ()
     """The ``latency_ms`` keys the pipeline's stages report, in graph order (what ``publish`` puts
     in every result besides the runtime's own)."""
+    media_roots: tuple[Path, ...] = ()
+    """Folders a stream added at run time may read local files from (``api.media_roots``, and
+    the config's own directory), resolved."""
 
     async def run_blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -203,6 +206,11 @@ class Source(Stage):
     def stop_stream(self, stream_id: str, reason: str) -> None:
         """A downstream stage gave up on this stream (corrupt media): stop producing it, and
         still end it with an ``EndOfStream`` as every stream a source started must be ended."""
+
+    def local_files(self, base_dir: Path) -> list[Path]:
+        """The files on this machine the source would open (a ``file`` source's path): a stream
+        added at run time may only read those under the media roots."""
+        return []
 
 
 _REGISTRY: dict[str, type[Stage]] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,6 @@ from pydantic import Field
 from pipeline.config import STREAM_ID_PATTERN, stream_id_from
 from pipeline.errors import ConfigError
 from pipeline.media import (
-    AudioCodecParams,
     EncodedPacket,
     EndOfStream,
     Item,
@@ -32,10 +31,11 @@ from pipeline.media import (
     StreamInfo,
     StreamStarted,
     TrackKind,
-    VideoCodecParams,
 )
+from pipeline.sourcethread import SourceStuck, SourceThread
 from pipeline.stage import Source, TrackSelection, register_stage
 
+from .demuxer import Demuxer
 from .errors import media_error
 
 Emit = Callable[[Message], Awaitable[None]]
@@ -44,6 +44,24 @@ Emit = Callable[[Message], Awaitable[None]]
 _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 """``scheme://...``: a URL (an FFmpeg protocol), not a path on this machine. One letter before
 ``:`` is a Windows drive."""
+
+
+def _close_late(demuxer: Demuxer | None) -> None:
+    """An open abandoned as stuck that succeeded after all: close what it opened."""
+    if demuxer is not None:
+        demuxer.close()
+
+
+CLOSE_TIMEOUT_S = 5.0
+"""Closing a file that does not close in this long leaves it to its abandoned thread."""
+
+
+def _fifo_hint(path: Path) -> str:
+    """`` (a named pipe: it opens once a writer opens it)`` for a FIFO: why its open may wait."""
+    try:
+        return " (a named pipe: it opens once something opens it for writing)" if path.is_fifo() else ""
+    except OSError:
+        return ""
 
 
 def _shown(path: Path) -> str:
@@ -62,80 +80,12 @@ class FileParams(TrackSelection):
     """Start again at the end, forever, with timestamps that keep increasing."""
     rate: Literal["native", "max"] = "max"
     """``native`` paces packets by their timestamps, like a live camera; ``max`` reads flat out."""
-
-
-class _Demuxer:
-    """A blocking packet reader for one file's first video and/or audio track (runs in the thread pool)."""
-
-    def __init__(self, path: Path, tracks: Sequence[TrackKind]) -> None:
-        self.path = path
-        if path.is_file() and path.stat().st_size == 0:
-            raise ValueError("the file is empty (0 bytes)")
-        self.container: Any = av.open(str(path), mode="r")
-        self.streams: dict[TrackKind, Any] = {}
-        for kind in tracks:
-            found = self.container.streams.video if kind == "video" else self.container.streams.audio
-            if found:
-                self.streams[kind] = found[0]
-        missing = [kind for kind in tracks if kind not in self.streams]
-        if missing:
-            # Every track asked for must be there: a stream that plays only part of what was asked
-            # (an audio-only file fed to a video pipeline) would run without a single result.
-            self.container.close()
-            raise ValueError(f"has no {' or '.join(missing)} stream (tracks: [{', '.join(tracks)}])")
-        for kind, stream in self.streams.items():
-            if stream.codec_context is None:  # a codec tag no FFmpeg codec claims
-                self.container.close()
-                tag = getattr(stream, "codec_tag", "") or "?"
-                raise ValueError(f"its {kind} track is in a codec FFmpeg does not know (tag {tag!r})")
-        self.kinds: dict[int, TrackKind] = {stream.index: kind for kind, stream in self.streams.items()}
-        self.time_bases: dict[TrackKind, Fraction] = {
-            kind: stream.time_base or Fraction(1, 90000) for kind, stream in self.streams.items()
-        }
-        self.frame_durations: dict[TrackKind, int] = {
-            kind: _frame_duration(stream, self.time_bases[kind]) for kind, stream in self.streams.items()
-        }
-        """Ticks of one frame, from the header's rate: the step for packets that carry no timestamps."""
-        self.video: VideoCodecParams | None = None
-        self.audio: AudioCodecParams | None = None
-        if "video" in self.streams:
-            codec = self.streams["video"].codec_context
-            self.video = VideoCodecParams(codec.name, codec.width, codec.height, codec.extradata)
-        if "audio" in self.streams:
-            codec = self.streams["audio"].codec_context
-            self.audio = AudioCodecParams(codec.name, codec.sample_rate, codec.channels, codec.extradata)
-        counts = {kind: int(stream.frames or 0) for kind, stream in self.streams.items()}
-        self.video_frames: int = counts.get("video", 0)
-        self.expected_packets: int = sum(counts.values()) if all(counts.values()) else 0
-        """Packets the file says it holds over the demuxed tracks; 0 if any track does not say."""
-        self._packets: Iterator[Any] = self.container.demux(list(self.streams.values()))
-
-    def next_packet(self) -> tuple[TrackKind, Any] | None:
-        for packet in self._packets:
-            if packet.size:  # the demuxer's final empty packet only means "flush"
-                return self.kinds[packet.stream.index], packet
-        return None
-
-    def rewind(self) -> None:
-        # Reopened rather than seeked: a seek lands on the first keyframe at or after 0 for some
-        # tracks, skipping an AAC track's priming packet (pts < 0) that the first pass had.
-        self.container.close()
-        self.container = av.open(str(self.path), mode="r")
-        reopened = list(self.container.streams)
-        self.streams = {kind: reopened[index] for index, kind in self.kinds.items()}
-        self._packets = self.container.demux(list(self.streams.values()))
-
-    def close(self) -> None:
-        self.container.close()
-
-
-def _frame_duration(stream: Any, time_base: Fraction) -> int:
-    """Ticks of one frame (video: 1 / the header's frame rate, 25 fps if it says none; audio: one
-    packet is not one frame, so 0 and its own ``duration`` counts)."""
-    if stream.type != "video":
-        return 0
-    rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-    return max(1, round(1 / (Fraction(rate) * time_base)))
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    """How long opening the file may take (a named pipe with no writer, a hung network mount)
+    before the stream fails; the open is abandoned in its own thread."""
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    """How long one read may wait for data before the stream fails (a pipe whose writer went
+    quiet, say)."""
 
 
 class _Schedule:
@@ -202,11 +152,19 @@ class FileSource(Source):
 
     @classmethod
     def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:
-        return {**options, "path": uri.removeprefix("file://"), "id": stream_id}
+        path = uri.removeprefix("file://")
+        if _PROTOCOL.match(path):  # file://http://...: a stream's URI names a local file, nothing else
+            raise ConfigError("uri", f"{uri[:300]!r}: a file:// URI names a path on this machine, not another URL")
+        return {**options, "path": path, "id": stream_id}
 
     def __init__(self, name: str, params: FileParams) -> None:
         super().__init__(name, params)
         self._stopped_streams: dict[str, str] = {}
+        self._halt = asyncio.Event()
+        """Set when this stream is asked to stop: a blocked open or read gets a short grace."""
+        self._io = SourceThread(name)
+        self._abandoned = False
+        """A call on the open file was abandoned: it must not be touched from another thread."""
 
     @property
     def stream_id(self) -> str:
@@ -228,32 +186,68 @@ class FileSource(Source):
         if is_dir:
             raise ConfigError("params.path", f"{_shown(resolved)} is a directory, not a media file")
 
+    def local_files(self, base_dir: Path) -> list[Path]:
+        given = self.params.path
+        if _PROTOCOL.match(given):
+            return []  # a URL FFmpeg opens itself (a stage's own path; never a URI's: params_for_uri)
+        path = Path(given).expanduser()
+        return [path if path.is_absolute() else base_dir / path]
+
     def stop_stream(self, stream_id: str, reason: str) -> None:
         self._stopped_streams[stream_id] = reason
+        if stream_id == self.stream_id:
+            self._halt.set()
 
     async def run(self, emit: Emit) -> None:
+        try:
+            await self._open_and_play(emit)
+        finally:
+            self._io.close()  # its thread ends (an abandoned one, when its call returns)
+
+    async def _open_and_play(self, emit: Emit) -> None:
         stream_id = self.stream_id
         path = self.ctx.resolve_path(self.params.path)
         try:
-            demuxer = await self.ctx.run_blocking(_Demuxer, path, self.params.tracks)
-        except (OSError, av.FFmpegError, ValueError) as exc:
-            # Announce the stream even so: subscribers see it start, fail with the reason, and end.
-            await emit(StreamStarted(StreamInfo(stream_id=stream_id, uri=str(path), live=False)))
+            demuxer = await self._io.call(
+                Demuxer,
+                path,
+                self.params.tracks,
+                what=f"the open{_fifo_hint(path)}",
+                timeout=self.params.open_timeout_s,
+                halt=self._halt,
+                late=_close_late,
+            )
+        except (OSError, av.FFmpegError, ValueError, SourceStuck) as exc:
+            # Never announced (no ``started``): the stream fails with the reason, and ends.
             await self._fail(emit, stream_id, f"cannot open {path}: {media_error(exc)}")
             return
         try:
             await self._play(emit, stream_id, path, demuxer)
         finally:
-            await self.ctx.run_blocking(demuxer.close)
+            await self._close(demuxer)
 
-    async def _play(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> None:
+    async def _close(self, demuxer: Demuxer) -> None:
+        if self._abandoned:
+            return  # a call is still blocked on this file: its thread closes it when it returns
+        try:
+            await self._io.call(demuxer.close, what="closing it", timeout=CLOSE_TIMEOUT_S)
+        except SourceStuck:
+            pass  # its thread is abandoned with the file: counted, nothing else to do
+        except (OSError, av.FFmpegError) as exc:
+            self.ctx.logger.warning("stream %s: closing %s: %s", self.stream_id, demuxer.path, media_error(exc))
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        self._halt.set()
+
+    async def _play(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer) -> None:
         """Announce the stream, pass its packets on (paced and looped as asked), then end it."""
         await self._announce(emit, stream_id, path, demuxer)
         read = await self._pass_packets(emit, stream_id, path, demuxer)
         if read is not None:
             await self._end(emit, stream_id, path, demuxer, read)
 
-    async def _announce(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> None:
+    async def _announce(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer) -> None:
         rate = demuxer.streams["video"].average_rate if "video" in demuxer.streams else None
         info = StreamInfo(
             stream_id=stream_id,
@@ -269,14 +263,24 @@ class FileSource(Source):
         self.ctx.stats.stream(stream_id).frame_count = info.frame_count if demuxer.audio is None else None
         await emit(StreamStarted(info))
 
-    async def _pass_packets(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer) -> int | None:
+    async def _pass_packets(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer) -> int | None:
         """Read, pace and emit packets until the file ends (for good, without ``loop``) or a stop:
         how many were read, or None if the stream has ended with an error."""
         schedule = _Schedule(demuxer.time_bases, demuxer.frame_durations)
         read = 0
         while not self._stop_asked(stream_id):
             try:
-                demuxed = await self.ctx.run_blocking(demuxer.next_packet)
+                demuxed = await self._io.call(
+                    demuxer.next_packet,
+                    what="a read",
+                    timeout=self.params.read_timeout_s,
+                    halt=self._halt,
+                    late=lambda _: demuxer.close(),
+                )
+            except SourceStuck as exc:
+                self._abandoned = True
+                await self._fail(emit, stream_id, f"{path}: stuck after {read} packets: {exc}")
+                return None
             except av.FFmpegError as exc:
                 await self._fail(emit, stream_id, f"{path}: unreadable after {read} packets: {media_error(exc)}")
                 return None
@@ -299,19 +303,24 @@ class FileSource(Source):
             await emit(Item(stream_id=stream_id, media=media, capture_time=captured))
         return read
 
-    async def _start_again(
-        self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer, schedule: _Schedule
-    ) -> bool:
+    async def _start_again(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer, schedule: _Schedule) -> bool:
         """Loop: rewind the file, its timestamps shifted past the last pass; False if it could not."""
         schedule.next_pass()
         try:
-            await self.ctx.run_blocking(demuxer.rewind)
-        except (OSError, av.FFmpegError) as exc:
+            await self._io.call(
+                demuxer.rewind,
+                what="opening it again",
+                timeout=self.params.open_timeout_s,
+                halt=self._halt,
+                late=lambda _: demuxer.close(),
+            )
+        except (OSError, av.FFmpegError, SourceStuck) as exc:
+            self._abandoned = isinstance(exc, SourceStuck)
             await self._fail(emit, stream_id, f"{path}: cannot start it again: {media_error(exc)}")
             return False
         return True
 
-    async def _end(self, emit: Emit, stream_id: str, path: Path, demuxer: _Demuxer, read: int) -> None:
+    async def _end(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer, read: int) -> None:
         """End the stream after ``read`` packets: stopped, an error if the file holds fewer packets
         than it says, or at its end."""
         if self._stop_asked(stream_id):

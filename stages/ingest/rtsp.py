@@ -9,11 +9,15 @@ wall-clock length of the outage as a gap in media time. Connection state travels
 ``StreamStatus`` (``connecting``, ``connected``, ``stalled``, ``reconnecting``), so ``publish``
 reports it on the stream's events subject in order with the frames.
 
-Every blocking FFmpeg call (open, read) runs in the thread pool. A read that blocks on a silent
-camera is abandoned by the watchdog after ``stall_timeout_s``; the thread itself returns once
-FFmpeg's own timeout fires (``read_timeout_s``, PyAV's interrupt callback), and the connection is
-closed then. The source reads as fast as the camera sends; put the decoder behind a
-``drop_oldest`` edge so a slow graph drops (and counts) packets instead of adding latency.
+Every blocking FFmpeg call (open, read, close) runs on the stream's own thread
+(``pipeline.sourcethread``), never in the shared pool, so cameras that hang cannot stall other
+streams. A read that blocks on a silent camera is abandoned after ``stall_timeout_s`` (an open
+after ``open_timeout_s`` plus a margin, should FFmpeg's own timeout not fire), and so is any call
+still blocked when a stop is asked; the abandoned thread returns once FFmpeg's own timeout fires
+(``read_timeout_s``, PyAV's interrupt callback), and closes the connection then.
+
+The source reads as fast as the camera sends; put the decoder behind a ``drop_oldest`` edge so
+a slow graph drops (and counts) packets instead of adding latency.
 
 The stage is here; its parameters are in ``rtsp_params``, one FFmpeg session in ``rtsp_connection``,
 and the backoff between sessions and the timestamps across them in ``rtsp_reconnect``.
@@ -22,6 +26,7 @@ and the backoff between sessions and the timestamps across them in ``rtsp_reconn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ import av
 
 from pipeline.logs import redact
 from pipeline.media import EndOfStream, Item, Message, StatusName, StreamInfo, StreamStarted, StreamStatus
+from pipeline.sourcethread import SourceStuck, SourceThread
 from pipeline.stage import Source, register_stage
 
 from .errors import media_error
@@ -53,6 +59,17 @@ class _Halted:
 
 _HALTED = _Halted()
 
+OPEN_MARGIN_S = 5.0
+"""An open still blocked this long past ``open_timeout_s`` (FFmpeg's own timeout did not fire) is
+abandoned."""
+CLOSE_TIMEOUT_S = 5.0
+
+
+def _close_late(conn: RtspConnection | None) -> None:
+    """A connection opened after its open was abandoned (a stop, a stall): closed at once."""
+    if conn is not None:
+        conn.close()
+
 
 @register_stage("rtsp")
 class RtspSource(Source):
@@ -69,8 +86,7 @@ class RtspSource(Source):
         self._rand = rand
         self._halt = asyncio.Event()
         self._stop_reason: str | None = None
-        self._abandoned: dict[asyncio.Future[Any], RtspConnection | None] = {}
-        """FFmpeg calls left blocked (a stall, a stop): closed when they return, awaited by ``stop``."""
+        self._io = SourceThread(name)
 
     @property
     def stream_id(self) -> str:
@@ -151,16 +167,21 @@ class RtspSource(Source):
 
     async def _open(self) -> RtspConnection | _Halted | str:
         """A connection, ``_HALTED`` if a stop came first, or why it could not connect."""
-        opening = asyncio.ensure_future(self.ctx.run_blocking(RtspConnection, self.params.url, self.params))
-        outcome = await self._race(opening, None)
-        if outcome is _HALTED:
-            self._abandon(opening)
-            return _HALTED
         try:
-            conn = opening.result()
+            return await self._io.call(
+                RtspConnection,
+                self.params.url,
+                self.params,
+                what="connecting",
+                timeout=self.params.open_timeout_s + OPEN_MARGIN_S,
+                halt=self._halt,
+                grace_s=0.0,
+                late=_close_late,
+            )
+        except SourceStuck as exc:
+            return _HALTED if exc.stopping else str(exc)
         except (OSError, av.FFmpegError, ValueError) as exc:
             return media_error(exc)
-        return conn
 
     async def _pump(
         self, emit: Emit, stream_id: str, conn: RtspConnection, first: RtspConnection, session: Timeline
@@ -169,18 +190,22 @@ class RtspSource(Source):
         session.begin(conn, reconnected=conn is not first)
         stall = self.params.stall_timeout_s
         while True:
-            reading = asyncio.ensure_future(self.ctx.run_blocking(conn.next_packet))
             session.reading = True
-            outcome = await self._race(reading, stall)
-            if outcome is not None:
-                # Still blocked in FFmpeg: it returns at its read timeout, and closes then.
-                self._abandon(reading, conn)
-                return _Stalled(stall) if outcome is not _HALTED else _HALTED
-            session.reading = False
             try:
-                read = reading.result()
+                read = await self._io.call(
+                    conn.next_packet,
+                    what="a read",
+                    timeout=stall,
+                    halt=self._halt,
+                    grace_s=0.0,
+                    late=lambda _: conn.close(),  # still blocked in FFmpeg: closed at its read timeout
+                )
+            except SourceStuck as exc:
+                return _HALTED if exc.stopping else _Stalled(stall)
             except (OSError, av.FFmpegError) as exc:
+                session.reading = False
                 return f"lost {redact(self.params.url)}: {media_error(exc)}"
+            session.reading = False
             if read is None:
                 return f"{redact(self.params.url)}: the server ended the session"
             kind, packet, captured = read
@@ -191,45 +216,12 @@ class RtspSource(Source):
             if self._halt.is_set():
                 return _HALTED
 
-    async def _race(self, work: asyncio.Future[Any], timeout: float | None) -> _Stalled | _Halted | None:
-        """Wait for ``work``; None when it finished, ``_HALTED`` on a stop, ``_Stalled`` on timeout."""
-        halted = asyncio.ensure_future(self._halt.wait())
-        try:
-            done, _ = await asyncio.wait({work, halted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            halted.cancel()
-        if work in done:
-            return None
-        return _HALTED if self._halt.is_set() else _Stalled(timeout or 0.0)
-
-    def _abandon(self, work: asyncio.Future[Any], conn: RtspConnection | None = None) -> None:
-        """Leave a blocked FFmpeg call to finish in its thread, and close what it holds then."""
-        self._abandoned[work] = conn
-        work.add_done_callback(self._finished)
-
-    def _finished(self, done: asyncio.Future[Any]) -> None:
-        target = self._abandoned.pop(done, None)
-        if not done.cancelled() and done.exception() is None and isinstance(done.result(), RtspConnection):
-            target = done.result()  # an open that succeeded after all
-        if target is not None:
-            target.close()
-
     async def stop(self) -> None:
-        # Before the thread pool goes: a container must never outlive the loop half-read (FFmpeg
-        # ends each blocked call by its own timeout, so this wait is bounded).
-        pending = list(self._abandoned)
-        if pending:
-            limit = max(self.params.open_timeout_s, self.params.read_timeout_s) + 1.0
-            await asyncio.wait(pending, timeout=limit)
-            for work in pending:
-                if work.done():
-                    self._finished(work)
+        self._io.close()
 
     async def _close(self, conn: RtspConnection) -> None:
-        try:
-            await self.ctx.run_blocking(conn.close)
-        except RuntimeError:  # the thread pool is shutting down
-            conn.close()
+        with contextlib.suppress(SourceStuck):  # else left to its abandoned thread
+            await self._io.call(conn.close, what="closing", timeout=CLOSE_TIMEOUT_S)
 
     async def _sleep(self, delay: float) -> bool:
         """Wait ``delay`` seconds; True if a stop was asked meanwhile."""

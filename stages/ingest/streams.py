@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from pipeline.config import join_path
 from pipeline.control import (
     FAILED,
     BadStreamRequest,
+    MediaNotAllowed,
     StreamEntry,
     StreamExists,
     StreamHost,
@@ -55,6 +57,12 @@ from pipeline.stage import (
 from .whip import WhipSource
 
 Emit = Callable[[Message], Awaitable[None]]
+
+MEDIA_NOT_ALLOWED = (
+    "uri: not a file a stream added at run time may read (only files under api.media_roots or the config's directory)"
+)
+"""The one refusal for every local path outside the media roots: it never tells whether the path
+exists, or what the server has."""
 
 REMOVE_WAIT_S = 10.0
 """How long ``remove_stream`` waits for a child to end its stream before answering anyway."""
@@ -140,7 +148,10 @@ class StreamSet(StreamHost):
             cls = source_class_for_uri(uri)
         except ConfigError as exc:
             raise ConfigError(join_path(path, "uri"), exc.message) from None
-        raw = cls.params_for_uri(stream_id, uri, options)
+        try:
+            raw = cls.params_for_uri(stream_id, uri, options)
+        except ConfigError as exc:
+            raise ConfigError(join_path(path, exc.path), exc.message) from None
         source = build_stage(cls, f"{self.name}:{stream_id}", raw, params_path=join_path(path, "options"))
         assert isinstance(source, Source)  # source_class_for_uri gives source classes only
         if isinstance(source, WhipSource):
@@ -185,6 +196,11 @@ class StreamSet(StreamHost):
             raise StreamLimitReached(f"source {self.name} already runs max_streams={self.params.max_streams}")
         try:
             source = self._child_source(spec.id, spec.uri, spec.options, "")
+        except ConfigError as exc:
+            raise BadStreamRequest(str(exc)) from None
+        # Before ``check``: its errors would tell whether a path outside the roots exists.
+        self._refuse_outside_media_roots(source)
+        try:
             _check_child(source, spec.options, "", self.ctx.base_dir)
         except ConfigError as exc:
             raise BadStreamRequest(str(exc)) from None
@@ -193,6 +209,16 @@ class StreamSet(StreamHost):
         # failure is its own, never the run's (``streamgraph run``'s exit code).
         self.ctx.stats.stream(spec.id).added_at_run_time = True
         return launched
+
+    def _refuse_outside_media_roots(self, source: Source) -> None:
+        roots = self.ctx.media_roots or (self.ctx.base_dir.resolve(),)
+        for path in source.local_files(self.ctx.base_dir):
+            try:
+                real = Path(os.path.realpath(path))  # symlinks and ``..`` resolved: where it really is
+            except (OSError, ValueError):
+                real = None
+            if real is None or not any(real.is_relative_to(root) for root in roots):
+                raise MediaNotAllowed(MEDIA_NOT_ALLOWED)
 
     async def remove_stream(self, stream_id: str) -> None:
         child = self._children.get(stream_id)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import nats
 
@@ -137,6 +138,22 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.wait_for(poll(), GUARD_S)
     except TimeoutError:
         raise AssertionError(f"no {what} within {GUARD_S:g} s (hang guard)") from None
+
+
+async def wait_listening(http: aiohttp.ClientSession, base: str) -> None:
+    """Until ``base``'s ``/healthz`` answers 200 (a service started as a subprocess is up)."""
+
+    async def listening() -> None:
+        while True:
+            try:
+                async with http.get(f"{base}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(listening(), GUARD_S)
 
 
 @dataclass

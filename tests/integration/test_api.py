@@ -98,7 +98,7 @@ async def test_readyz_names_what_is_missing(api: tuple[str, Runner]) -> None:
         (b'{"id": "a", "uri": "rtsp://"}', 400, "options.url"),
         (b'{"id": "a", "uri": "text.mp4", "source": "nope"}', 400, "no 'streams' stage 'nope'"),
         (b'{"id": "a", "uri": "missing.mp4"}', 400, "uri: no such file: "),
-        (b'{"id": "a", "uri": "/nowhere/missing.mp4"}', 400, "uri: no such file: /nowhere/missing.mp4"),
+        (b'{"id": "a", "uri": "/nowhere/missing.mp4"}', 403, "uri: not a file a stream added at run time may read"),
         (b'{"id": "a.b", "uri": "text.mp4"}', 400, "id: expected a stream id"),
         (b'{"id": "' + b"x" * 1024 + b'", "uri": "text.mp4"}', 400, "id: expected a stream id"),
         (b"[" * 100_000, 400, "not valid JSON"),
@@ -256,11 +256,12 @@ async def test_a_missing_file_is_refused_at_once_naming_the_path(api: tuple[str,
 
 
 async def test_a_stream_that_fails_later_stays_listed_as_failed_and_is_counted(
-    api: tuple[str, Runner], sample_video: Path, tmp_path: Path
+    api: tuple[str, Runner], sample_video: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     base, _ = api
-    garbage = tmp_path / "garbage.mp4"
+    garbage = sample_video.parent / f"garbage-{tmp_path.name}.mp4"  # beside the config: a media root
     garbage.write_bytes(b"\x00not a video\xff" * 64)  # exists: only opening it tells
+    request.addfinalizer(garbage.unlink)
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/streams", json={"id": "bad", "uri": str(garbage)}, headers=AUTH) as response:
             assert response.status == 201, await response.text()

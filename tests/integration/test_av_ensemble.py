@@ -73,6 +73,6 @@ async def test_a_file_without_the_audio_it_asks_for_ends_with_an_error_naming_th
     assert recording.returncode == 1, recording.stderr
     assert "sample" not in recording.results
     events = recording.events["sample"]
-    assert [e["event"] for e in events] == ["started", "error", "ended"]
-    assert str(sample_video) in events[1]["message"]
-    assert "has no audio stream (tracks: [video, audio])" in events[1]["message"]
+    assert [e["event"] for e in events] == ["error", "ended"]  # refused on opening: never started
+    assert str(sample_video) in events[0]["message"]
+    assert "has no audio stream (tracks: [video, audio])" in events[0]["message"]

@@ -30,6 +30,7 @@ def _config(tmp_path: Path, sample: Path, port: int) -> Path:
 api:
   listen: 127.0.0.1:{port}
   token: {TOKEN}
+  media_roots: ['{sample.parent}']
 stages:
   - name: cameras
     type: streams

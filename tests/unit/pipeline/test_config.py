@@ -87,7 +87,7 @@ def test_a_key_that_is_not_a_plain_name_is_quoted_in_the_path(key, path):
 
 def test_unknown_key_without_close_match_has_no_hint():
     error = config_error(minimal(runtime={"zzzzzz": 1}))
-    assert str(error).startswith("runtime.zzzzzz: unknown key; allowed: drain_timeout_s, threads")
+    assert str(error).startswith("runtime.zzzzzz: unknown key; allowed: drain_timeout_s, stall_s, threads")
 
 
 def test_wrong_type_says_expected_and_got():

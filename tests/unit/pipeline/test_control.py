@@ -14,6 +14,7 @@ from pipeline.control import (
     FAILED,
     MAX_JSON_DEPTH,
     BadStreamRequest,
+    MediaNotAllowed,
     NoStreamHost,
     StreamControl,
     StreamControlError,
@@ -138,6 +139,7 @@ async def test_ids_from_paths_and_requests_that_are_no_stream_ids_are_bad_reques
 def test_nats_maps_every_error_type_to_a_status() -> None:
     expected = {
         BadStreamRequest: 400,
+        MediaNotAllowed: 403,
         StreamNotFound: 404,
         StreamExists: 409,
         NoStreamHost: 409,

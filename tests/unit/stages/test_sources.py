@@ -78,6 +78,15 @@ def assert_one_end_last(recorder: EmitRecorder) -> EndOfStream:
     return recorder.ends[0]
 
 
+def assert_failed_unannounced(recorder: EmitRecorder) -> EndOfStream:
+    """A file that cannot be opened is never announced: its one message is the error that ends it
+    (no ``started`` for a stream that never started)."""
+    assert len(recorder.messages) == 1, recorder.messages
+    (end,) = recorder.messages
+    assert isinstance(end, EndOfStream) and end.reason == "error"
+    return end
+
+
 # --- a whole file ---------------------------------------------------------------------------------
 
 
@@ -272,9 +281,8 @@ async def test_a_file_gone_between_check_and_run_ends_its_stream_with_the_error(
     emit = EmitRecorder()
     await run_source(source, emit)
 
-    started, end = emit.messages
-    assert isinstance(started, StreamStarted) and started.info.stream_id == "brief"
-    assert isinstance(end, EndOfStream) and end.reason == "error"
+    end = assert_failed_unannounced(emit)
+    assert end.stream_id == "brief"
     assert end.error == f"cannot open {path}: No such file or directory"
     assert source.ctx.stats.stream("brief").error == end.error
 
@@ -286,7 +294,7 @@ async def test_a_file_gone_between_check_and_run_ends_its_stream_with_the_error(
         ("empty.mp4", b"", "the file is empty (0 bytes)"),
     ],
 )
-async def test_unopenable_file_starts_then_ends_the_stream_with_an_error(make_ctx, tmp_path, name, content, reason):
+async def test_unopenable_file_ends_the_stream_with_an_error_unannounced(make_ctx, tmp_path, name, content, reason):
     path = tmp_path / name
     path.write_bytes(content)
     source = await started_source(make_ctx, path=str(path))
@@ -294,15 +302,8 @@ async def test_unopenable_file_starts_then_ends_the_stream_with_an_error(make_ct
     emit = EmitRecorder()
     await run_source(source, emit)
 
-    assert len(emit.messages) == 2
-    started, end = emit.messages
-    # Subscribers still see the stream start, then fail with the reason.
-    assert isinstance(started, StreamStarted)
-    assert started.info.stream_id == path.stem
-    assert started.info.uri == str(path)
-    assert started.info.video is None
-    assert isinstance(end, EndOfStream)
-    assert (end.stream_id, end.reason) == (path.stem, "error")
+    end = assert_failed_unannounced(emit)
+    assert end.stream_id == path.stem
     assert end.error is not None
     assert str(path) in end.error
     assert reason in end.error
@@ -314,7 +315,7 @@ async def test_file_without_video_is_an_error(make_ctx, tmp_path):
     source = await started_source(make_ctx, path=str(path))
     emit = EmitRecorder()
     await run_source(source, emit)
-    end = assert_one_end_last(emit)
+    end = assert_failed_unannounced(emit)
     assert end.reason == "error"
     assert end.error is not None and str(path) in end.error and "no video stream" in end.error
     assert emit.items == []
@@ -433,7 +434,7 @@ async def test_a_requested_track_the_file_lacks_is_a_stream_error_naming_it(make
     source = await started_source(make_ctx, path=str(sample_video), id="cam", tracks=["video", "audio"])
     emit = EmitRecorder()
     await run_source(source, emit)
-    end = assert_one_end_last(emit)
+    end = assert_failed_unannounced(emit)
     assert end.reason == "error"
     assert end.error is not None and str(sample_video) in end.error
     assert "has no audio stream (tracks: [video, audio])" in end.error
@@ -447,7 +448,7 @@ async def test_an_audio_only_file_asked_for_video_too_ends_even_when_looping(mak
     source = await started_source(make_ctx, path=str(path), id="tone", tracks=["video", "audio"], loop=True)
     emit = EmitRecorder()
     await run_source(source, emit)
-    end = assert_one_end_last(emit)
+    end = assert_failed_unannounced(emit)
     assert end.reason == "error"
     assert end.error is not None and "has no video stream (tracks: [video, audio])" in end.error
     assert emit.items == []
@@ -457,7 +458,7 @@ async def test_no_requested_track_at_all_is_a_stream_error_naming_the_file(make_
     source = await started_source(make_ctx, path=str(sample_video), id="cam", tracks=["audio"])
     emit = EmitRecorder()
     await run_source(source, emit)
-    end = assert_one_end_last(emit)
+    end = assert_failed_unannounced(emit)
     assert end.reason == "error"
     assert end.error is not None and str(sample_video) in end.error and "has no audio stream" in end.error
     assert emit.items == []
