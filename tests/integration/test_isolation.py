@@ -119,8 +119,10 @@ class Api:
     async def wait_listening(self) -> None:
         await wait_listening(self.http, self.base)
 
-    async def add(self, stream_id: str, uri: Path, **options: Any) -> int:
-        body = {"id": stream_id, "uri": str(uri), "options": {"rate": "native", **options}}
+    async def add(self, stream_id: str, uri: Path | str, **options: Any) -> int:
+        if isinstance(uri, Path):
+            options = {"rate": "native", **options}
+        body = {"id": stream_id, "uri": str(uri), "options": options}
         async with self.http.post(f"{self.base}/streams", json=body) as response:
             return response.status
 
@@ -138,6 +140,31 @@ class Api:
         match = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
         assert match is not None, f"{name} not in /metrics"
         return float(match.group(1))
+
+
+class SilentServer:
+    """A TCP server that accepts every connection and never says a word: a camera whose RTSP
+    server hangs."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._held: list[asyncio.StreamWriter] = []
+        self.connections = 0
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"rtsp://127.0.0.1:{port}/cam"
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._held.append(writer)
+
+    async def __aexit__(self, *exc: object) -> None:
+        for writer in self._held:
+            writer.close()
+        assert self._server is not None
+        self._server.close()
 
 
 class Arrivals:
@@ -159,9 +186,11 @@ class Arrivals:
 async def test_stuck_sources_never_stall_a_healthy_stream(
     nats_server: Any, tmp_path: Path, sample_video: Path, fifos: Path, cli_env: dict[str, str]
 ) -> None:
-    """The issue's case: as many never-opening pipes as ``runtime.threads``, plus one that opens
-    and goes quiet. The healthy stream keeps publishing; each stuck stream fails within its
-    timeout with the reason, its id free again; readiness stays true (nothing shared is stalled)."""
+    """The issue's case: as many never-opening pipes as ``runtime.threads``, one that opens and
+    goes quiet, and as many cameras whose server accepts TCP and never answers. The healthy stream
+    keeps publishing; each stuck file stream fails within its timeout with the reason, its id free
+    again; the silent cameras keep trying on their own threads; readiness stays true (nothing
+    shared is stalled)."""
     port = free_port()
     config = service_config(tmp_path, port, sample_video)
     quiet = make_fifo(fifos, "quiet.ts")
@@ -169,8 +198,13 @@ async def test_stuck_sources_never_stall_a_healthy_stream(
     arrivals = Arrivals()
     watcher = await nats.connect(nats_server.url)
     await watcher.subscribe(f"streamgraph.{PIPELINE}.{HEALTHY}", cb=arrivals.on_message)
+    silent = SilentServer()
     try:
-        async with Recorder(nats_server.url, PIPELINE) as recorder, aiohttp.ClientSession() as http:
+        async with (
+            Recorder(nats_server.url, PIPELINE) as recorder,
+            aiohttp.ClientSession() as http,
+            silent as silent_url,
+        ):
             process = await start_cli("run", str(config), "--nats-url", nats_server.url, "--no-progress", env=cli_env)
             api = Api(http, port)
             await api.wait_listening()
@@ -180,6 +214,9 @@ async def test_stuck_sources_never_stall_a_healthy_stream(
             for stream_id in blocked:
                 assert await api.add(stream_id, make_fifo(fifos, stream_id), open_timeout_s=4) == 201
             assert await api.add("quiet", quiet, read_timeout_s=4) == 201
+            cameras = [f"silent{n}" for n in range(4)]
+            for stream_id in cameras:
+                assert await api.add(stream_id, silent_url, open_timeout_s=2, max_reconnects=None) == 201
 
             status, body = await api.ready()
             assert status == 200, body  # stuck sources hold threads of their own, not the pipeline's
@@ -204,6 +241,9 @@ async def test_stuck_sources_never_stall_a_healthy_stream(
             listed = await api.streams()
             assert {listed[s]["state"] for s in [*blocked, "quiet"]} == {"failed"}, listed
             assert listed[HEALTHY]["state"] == "running"
+            assert {listed[s]["state"] for s in cameras} == {"running"}, listed  # still trying
+            assert silent.connections >= len(cameras)
+            assert [e["event"] for e in events["silent0"]][:1] == ["connecting"], events["silent0"]
             assert await api.metric("streamgraph_source_threads_abandoned_total") >= 5
             assert await api.add("fifo0", make_fifo(fifos, "again"), open_timeout_s=60) == 201  # its id is free
             assert (await api.streams())["fifo0"]["state"] == "running"
