@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -355,3 +356,27 @@ async def test_an_elementary_stream_gets_increasing_timestamps(
     emit = await _play(raw, make_ctx("file"))
     pts = [packet.pts for packet in emit.packets if packet.pts is not None]  # each of the 10 has one
     assert len(pts) == 10 and all(a < b for a, b in itertools.pairwise(pts)), pts
+
+
+async def test_a_raw_h264_stream_at_native_rate_is_paced_by_its_header_rate(
+    make_ctx: Callable[..., StageContext], tmp_path: Path
+) -> None:
+    """The issue's case: a raw .h264 has no timestamps (every pts was 0) and played 60 frames in
+    0.18 s at ``rate: native``. Each packet now lands one frame (1/25 s, the header's rate) after
+    the last, and is read no earlier than that: the play takes at least the clip's length."""
+    frames = 20
+    raw = write_video(tmp_path / "clip.h264", frames=frames, container_format="h264")
+    source = FileSource("file", FileParams(path=str(raw), id="raw", rate="native"))
+    await source.start(make_ctx("file"))
+    emit = EmitRecorder()
+    started = time.monotonic()
+    await source.run(emit)
+    took = time.monotonic() - started
+    packets = emit.packets
+    assert len(packets) == frames
+    times = [packet.pts * packet.time_base for packet in packets]
+    assert [b - a for a, b in itertools.pairwise(times)] == [Fraction(1, 25)] * (frames - 1), times
+    captured = [item.capture_time for item in emit.items]
+    assert all(abs((b - a) - 0.04) < 1e-6 for a, b in itertools.pairwise(captured)), captured
+    # A lower bound only (a slow machine takes longer, never shorter): paced, not read flat out.
+    assert took >= (frames - 1) / 25, f"{frames} frames at 25 fps played in {took:.2f} s"
