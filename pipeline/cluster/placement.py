@@ -1,0 +1,57 @@
+"""Who runs which stream: each worker's fair share, and what one worker should claim or give up.
+
+Pure functions of what the buckets say, so every worker decides the same way on the same facts,
+and the rules are tested without a cluster. The rules:
+
+* a worker's share is ``ceil(streams / live workers)``; a worker claims unowned streams (new ones,
+  or a dead worker's) while it owns fewer than that and no live worker owns fewer than it, so a
+  dead worker's streams spread over the rest and the neediest are served first;
+* churn is bounded: with nothing unowned, a worker gives one stream up when some live worker owns
+  at least two fewer than it (a joining worker, say), so a stream never moves to fix an imbalance
+  of one (no ping-pong), and each decision moves one stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+
+def fair_share(streams: int, workers: int) -> int:
+    """The most streams one of ``workers`` live workers should own (0 with no worker)."""
+    return math.ceil(streams / workers) if workers > 0 else 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one worker should do now."""
+
+    claim: tuple[str, ...] = ()
+    """Unowned streams to try to claim, in order (another worker may win some)."""
+    release: str | None = None
+    """One stream of its own to give up, so a worker with fewer can take it."""
+
+
+def plan(me: str, catalog: Collection[str], owners: Mapping[str, str], live: Collection[str]) -> Plan:
+    """``me``'s next step, given the streams of the catalog, each owned stream's owner and the
+    live workers (``me`` counts as live)."""
+    workers = set(live) | {me}
+    owned_by: dict[str, list[str]] = {worker: [] for worker in workers}
+    for stream_id in sorted(catalog):
+        owner = owners.get(stream_id)
+        if owner in owned_by:
+            owned_by[owner].append(stream_id)
+    share = fair_share(len(catalog), len(workers))
+    mine = owned_by[me]
+    fewest = min(len(streams) for streams in owned_by.values())
+    unowned = sorted(s for s in catalog if owners.get(s) not in owned_by)  # none yet, or a dead worker's
+    if unowned:
+        # The workers owning the fewest go first: a worker that just gave a stream up does not
+        # take it back while the one it made room for has less.
+        if len(mine) < share and len(mine) == fewest:
+            return Plan(claim=tuple(unowned[: share - len(mine)]))
+        return Plan()
+    if len(mine) - fewest >= 2:
+        return Plan(release=mine[-1])
+    return Plan()
