@@ -22,6 +22,9 @@ frame that cannot be prepared fails alone.
 A model on an inference server (a remote engine) runs its batches on the event loop, up to its
 ``max_in_flight`` at once; the items of a batch its engine could not run are dropped and counted
 (``error:engine:<stage>``).
+
+Running a batch once formed (the model's thread, deferred frames, the recurrent state, the
+outputs' slices) is ``runner``'s; this module is the stage: its params, the items, and the batcher.
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,32 +45,15 @@ from pipeline.errors import ConfigError, EngineError
 from pipeline.media import EndOfStream, Item, StreamInfo, VideoFrame
 from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, register_stage
-from pipeline.tensors import DeferredTensor, ModelInput, ModelOutput
+from pipeline.tensors import ModelInput, ModelOutput
 
-from .arrays import device_module, stack_batch, tensor_on_device
+from .arrays import tensor_on_device
 from .failures import EngineFailureLog
 from .params import InferParams, infer_params_for
-from .state import StreamStates
-from .warmup import warm_up_feeds
+from .runner import ModelRunner, Work
 
 LIVE_WAITING = 1
 """Items per live stream that may wait for the model: only the newest frame is worth running."""
-
-
-@dataclass(slots=True)
-class _Work:
-    tensor: ModelInput
-    seq: int
-    prepare_ms: float = 0.0
-    """Time spent preparing a deferred tensor just before the run."""
-
-    def array(self) -> Any:
-        """The tensor's array; a deferred one is prepared now (blocking), if it was not yet."""
-        began = time.perf_counter()
-        array = self.tensor.array()
-        if isinstance(self.tensor, DeferredTensor):
-            self.prepare_ms = max(self.prepare_ms, (time.perf_counter() - began) * 1000.0)
-        return array
 
 
 @register_stage("infer")
@@ -140,29 +124,11 @@ class Infer(Stage):
         check_engine(self.engine, settings)
         self.tensor_key = self.params.input or ctx.input_stages[0]
         self._warned_other_tensor = False
-        self._data_input = card.data_inputs[0].name
-        self._outputs = {
-            spec.name: spec.shape.index("batch") if "batch" in spec.shape else 0 for spec in card.data_outputs
-        }
-        # On a GPU the constants go to the device once, not with every batch.
-        self._xp = device_module() if self.engine.on_device else np
-        self._constants = {
-            spec.name: self._xp.asarray(card.constants[spec.name], dtype=spec.dtype)
-            for spec in card.inputs
-            if spec.name in card.constants
-        }
-        self._state = StreamStates(card)
+        self._runner = ModelRunner(self.name, card, self.engine, ctx)
         self._live: set[str] = set()
-        self._ran_seq: dict[str, int] = {}
-        """The seq of each stream's item that ran last: a later one that does not follow it resets the state."""
-        # The model gets a thread of its own: in the shared pool a batch would queue behind the
-        # demuxing, decoding and preparing of every stream, and wait there longer than it runs.
-        # One thread is enough: the batcher runs one batch at a time, and the engine uses the cores.
-        # A remote engine runs on the event loop, several batches at once.
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
         self._engine_errors = EngineFailureLog(ctx.logger, self.name)
-        self.batcher: Batcher[_Work] = Batcher(
-            self._run_batch,
+        self.batcher: Batcher[Work] = Batcher(
+            self._runner.run_batch,
             BatchPolicy(
                 max_size=None if batch.max_size == "auto" else batch.max_size,
                 max_delay_ms=batch.max_delay_ms,
@@ -173,24 +139,8 @@ class Infer(Stage):
                 max_concurrent=1 if card.state else self.engine.max_in_flight,
             ),
         )
-        await self._warm_up()
+        await self._runner.warm_up()
         ctx.logger.info("model %s on %s, batch %s", card.name, self.engine.description, batch.max_size)
-
-    async def _warm_up(self) -> None:
-        """One run on zeros of the card's input size before the first frame: an engine's first run
-        of a shape allocates and plans, several times slower than the rest, and the frames in it
-        would carry that as latency."""
-        feeds = warm_up_feeds(self.card, self._xp)
-        if feeds is None:
-            return
-        feeds.update(self._constants)
-        try:
-            if self.engine.remote:
-                await self.engine.infer_async(feeds)
-            else:
-                await asyncio.get_running_loop().run_in_executor(self._model_thread, self.engine.infer, feeds)
-        except Exception as exc:  # a model that cannot run zeros will say so on real input too
-            self.ctx.logger.warning("model %s: warm-up run failed: %s", self.card.name, exc)
 
     def takes_device_arrays(self) -> bool:
         # Asked once started (consumers start first); a stage not started has no model yet.
@@ -200,8 +150,8 @@ class Infer(Stage):
     async def stop(self) -> None:
         if hasattr(self, "batcher"):
             self.batcher.cancel()  # every item is through or counted by now: nobody awaits the rest
-        if hasattr(self, "_model_thread"):
-            self._model_thread.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "_runner"):
+            self._runner.shutdown()
         if hasattr(self, "engine"):
             await self.engine.close()
 
@@ -213,14 +163,12 @@ class Infer(Stage):
         if info.live:
             self._live.add(info.stream_id)
             self.batcher.limit_waiting(info.stream_id, LIVE_WAITING)
-        self._state.reset(info.stream_id)
-        self._ran_seq.pop(info.stream_id, None)
+        self._runner.reset(info.stream_id)
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         self._live.discard(eos.stream_id)
         self.batcher.forget_stream(eos.stream_id)
-        self._state.reset(eos.stream_id)
-        self._ran_seq.pop(eos.stream_id, None)
+        self._runner.reset(eos.stream_id)
         return ()
 
     async def process(self, item: Item) -> Sequence[Item]:
@@ -301,11 +249,11 @@ class Infer(Stage):
         item.mark("prepare")
         return tensor
 
-    def _request(self, item: Item, tensor: ModelInput, unit: object) -> Request[_Work]:
+    def _request(self, item: Item, tensor: ModelInput, unit: object) -> Request[Work]:
         clock = self.batcher.clock
         return Request(
             item.stream_id,
-            _Work(tensor, item.seq),
+            Work(tensor, item.seq),
             # Host and device tensors never share a batch: it is stacked where its tensors are.
             group=(tensor.shape, tensor.dtype.str, tensor_on_device(tensor)),
             item=unit,
@@ -315,95 +263,3 @@ class Infer(Stage):
             if self.params.batch.latency_budget_ms is not None or item.stream_id in self._live
             else None,
         )
-
-    async def _run_batch(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray] | BaseException]:
-        failed = await self._prepare_deferred(requests, at_least=1 if self.engine.remote else 2)
-        runnable = [r for r in requests if id(r) not in failed]
-        outcomes: list[dict[str, np.ndarray] | BaseException] = []
-        if runnable and self.engine.remote:
-            outcomes = list(await self._run_remote(runnable))
-        elif runnable:
-            loop = asyncio.get_running_loop()
-            outcomes = await loop.run_in_executor(self._model_thread, self._infer, runnable)
-        ran = iter(outcomes)
-        return [failed[id(r)] if id(r) in failed else next(ran) for r in requests]
-
-    async def _run_remote(self, requests: list[Request[_Work]]) -> list[dict[str, np.ndarray]]:
-        """One request to the server for the batch (its frames were prepared in the pool); the
-        batch is stacked in the pool too, so the event loop only waits on the network."""
-        streams = self._streams_of(requests)
-        feeds: dict[str, Any] = {
-            self._data_input: await self.ctx.run_blocking(stack_batch, [r.payload.array() for r in requests])
-        }
-        feeds.update(self._constants)
-        feeds.update(self._state.gather(streams))
-        began = time.perf_counter()
-        outputs = await self.engine.infer_async(feeds)
-        return self._outputs_of(requests, streams, outputs, time.perf_counter() - began)
-
-    async def _prepare_deferred(self, requests: list[Request[_Work]], *, at_least: int) -> dict[int, BaseException]:
-        """Prepare a batch's deferred frames side by side in the pool, when there are ``at_least``
-        (a batch of live frames on a GPU, or any for a remote model), not one after another on the
-        model's thread; a single one is left to that thread (the pool may be busy decoding, the
-        model would wait for a turn there). Each request's wait counts as its ``prepare`` time,
-        and as part of the batch's cost for ``auto``. Returns the requests whose frame failed (by
-        id), with the error: they fail alone, the rest still run together."""
-        deferred = [r for r in requests if isinstance(r.payload.tensor, DeferredTensor)]
-        if len(deferred) < at_least:
-            return {}
-        began = time.perf_counter()
-        outcomes = await asyncio.gather(
-            *(self.ctx.run_blocking(r.payload.array) for r in deferred), return_exceptions=True
-        )
-        waited_ms = (time.perf_counter() - began) * 1000.0
-        for request in deferred:
-            request.payload.prepare_ms = waited_ms
-            request.prepare_s = waited_ms / 1000.0
-        return {id(r): o for r, o in zip(deferred, outcomes, strict=True) if isinstance(o, BaseException)}
-
-    def _infer(self, batch: list[Request[_Work]]) -> list[dict[str, np.ndarray] | BaseException]:
-        """Prepare what is still deferred, then run the model on the requests whose input is
-        ready; one whose frame cannot be prepared gets its error, and the rest still run."""
-        tensors: list[Any] = []
-        failed: dict[int, BaseException] = {}
-        for request in batch:
-            try:
-                tensors.append(request.payload.array())
-            except Exception as exc:
-                failed[id(request)] = exc
-            # A frame prepared here, on the model's thread, just now: part of the batch's cost.
-            request.prepare_s = max(request.prepare_s, request.payload.prepare_ms / 1000.0)
-        requests = [r for r in batch if id(r) not in failed]
-        outputs = iter(self._run_model(requests, tensors) if requests else [])
-        return [failed[id(r)] if id(r) in failed else next(outputs) for r in batch]
-
-    def _run_model(self, requests: list[Request[_Work]], tensors: list[Any]) -> list[dict[str, np.ndarray]]:
-        streams = self._streams_of(requests)
-        feeds: dict[str, Any] = {self._data_input: stack_batch(tensors)}
-        feeds.update(self._constants)
-        feeds.update(self._state.gather(streams))
-        began = time.perf_counter()
-        outputs = self.engine.infer(feeds)
-        return self._outputs_of(requests, streams, outputs, time.perf_counter() - began)
-
-    def _streams_of(self, requests: list[Request[_Work]]) -> list[str]:
-        """The batch's streams, in order; a stream whose items skipped some starts its state over."""
-        for request in requests:
-            last = self._ran_seq.get(request.stream_id)
-            if last is not None and request.payload.seq not in (last, last + 1):  # last: an item's other tensor
-                self._state.reset(request.stream_id)
-            self._ran_seq[request.stream_id] = request.payload.seq
-        return [r.stream_id for r in requests]
-
-    def _outputs_of(
-        self, requests: list[Request[_Work]], streams: list[str], outputs: dict[str, Any], model_s: float
-    ) -> list[dict[str, np.ndarray]]:
-        """Each request's slice of the batch's outputs; the state goes back to its stream."""
-        self.ctx.metrics.observe_batch(self.name, self.card.name, len(requests), model_s)
-        for request in requests:
-            request.model_s = model_s
-        self._state.scatter(streams, outputs)
-        return [
-            {name: np.take(outputs[name], index, axis=axis) for name, axis in self._outputs.items()}
-            for index in range(len(requests))
-        ]

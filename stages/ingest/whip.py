@@ -20,23 +20,21 @@ The stream ends ``stopped`` on a stop (``DELETE``, shutdown), ``eof`` when the p
 offer arrives within ``connect_timeout_s`` of the stream's start (a ``whip:`` stream added by
 ``POST /streams`` waits for one) or no media within ``connect_timeout_s`` of the answer. The peer
 connection is closed in every case.
+
+Receiving the tracks into those buffers (timestamps, PCM, drops) is ``whip_tracks``'s; this module
+is the stream: negotiation, the peer connection, and the items and end it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 from pydantic import Field
 
@@ -57,13 +55,11 @@ from pipeline.media import (
 )
 from pipeline.stage import Source, TrackSelection, register_stage
 
+from .whip_tracks import AUDIO_RATE, Received, TrackReceiver
+
 Emit = Callable[[Message], Awaitable[None]]
 
-AUDIO_RATE = 48000
-AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
 AUDIO_CODEC = AudioCodecParams("pcm_s16le", AUDIO_RATE, 2)
-OVERFLOW = "overflow:whip"
-"""Where video frames dropped by a full buffer are counted (``drops``)."""
 
 
 class WhipParams(TrackSelection):
@@ -78,32 +74,6 @@ class WhipParams(TrackSelection):
     frame; longer ends the stream with an error."""
     ice_servers: list[str] = Field(default_factory=list)
     """STUN/TURN URLs for the answer's candidates; none: host candidates only (a LAN, loopback)."""
-
-
-@dataclass(slots=True)
-class _Timeline:
-    """One track's RTP timestamps (32 bits, random origin) as pts that keep increasing."""
-
-    last_raw: int
-    pts: int
-
-    def advance(self, raw: int) -> int:
-        delta = (raw - self.last_raw) & 0xFFFFFFFF
-        if delta >= 1 << 31:  # reordered: a little before the last one
-            delta -= 1 << 32
-        self.last_raw = raw
-        self.pts += delta
-        return self.pts
-
-
-@dataclass(slots=True)
-class _Received:
-    order: int
-    arrived: float
-    media: Any
-    """video: the ``av.VideoFrame``; audio: an ``EncodedPacket`` of PCM."""
-    pts: int
-    time_base: Fraction
 
 
 @register_stage("whip")
@@ -122,22 +92,14 @@ class WhipSource(Source):
         super().__init__(name, params)
         self.pc: RTCPeerConnection | None = None
         self._negotiated = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._buffers: dict[TrackKind, deque[_Received]] = {"video": deque(), "audio": deque()}
-        self._capacity: dict[TrackKind, int] = {"video": params.video_buffer, "audio": params.audio_buffer}
+        capacity: dict[TrackKind, int] = {"video": params.video_buffer, "audio": params.audio_buffer}
+        # The receiver counts what it drops through this stage's stats (``_count_lost``).
+        self._tracks = TrackReceiver(params.id, capacity, self._count_lost)
         self._receiving: set[TrackKind] = set()
-        self._readers: set[asyncio.Task[None]] = set()
-        self._open_tracks = 0
-        self._peer_gone: str | None = None
         self._stopped_reason: str | None = None
         self._gave_up = False
         """No offer came within ``connect_timeout_s``: the stream is ending, a late offer is refused."""
-        self._order = itertools.count()
-        self._origin: float | None = None
-        self._timelines: dict[TrackKind, _Timeline] = {}
-        self._resampler: Any = None
         self._next_seq = 0
-        self._video_size = (0, 0)
         self._video_codec = ""
         self.hosted = False
         """Whether a ``streams`` source runs this one (the only way a WHIP peer can reach it)."""
@@ -145,6 +107,11 @@ class WhipSource(Source):
     @property
     def stream_id(self) -> str:
         return self.params.id
+
+    @property
+    def _readers(self) -> set[asyncio.Task[None]]:
+        # Where the readers were before ``whip_tracks``: the WHIP tests check none is left on release.
+        return self._tracks.readers
 
     def check(self, base_dir: Path) -> None:
         if self.hosted:
@@ -191,72 +158,15 @@ class WhipSource(Source):
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind not in self.params.tracks:
             return
-        self._open_tracks += 1
-        task = asyncio.get_running_loop().create_task(self._read(track), name=f"whip:{self.stream_id}:{track.kind}")
-        self._readers.add(task)
-        task.add_done_callback(self._readers.discard)
+        self._tracks.receive(track)
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState if self.pc is not None else "closed"
         self.ctx.logger.info("stream %s: peer connection %s", self.stream_id, state)
         if state in ("failed", "closed"):
-            self._peer_gone = self._peer_gone or f"peer connection {state}"
-            self._wake.set()
+            self._tracks.peer_went(f"peer connection {state}")
 
-    # --- receiving (aiortc's tracks -> bounded buffers) -----------------------------------------
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        kind: TrackKind = "video" if track.kind == "video" else "audio"
-        try:
-            while True:
-                frame = await track.recv()
-                self._take(kind, frame)
-        except MediaStreamError:
-            pass  # the track ended (the peer closed it, or our connection closed)
-        finally:
-            self._open_tracks -= 1
-            if self._open_tracks == 0:
-                self._peer_gone = self._peer_gone or "every track ended"
-            self._wake.set()
-
-    def _take(self, kind: TrackKind, frame: Any) -> None:
-        arrived = time.time()
-        if self._origin is None:
-            self._origin = arrived
-        time_base = Fraction(frame.time_base) if frame.time_base else Fraction(1, 90000)
-        raw = int(frame.pts or 0)
-        timeline = self._timelines.get(kind)
-        if timeline is None:
-            first = round((arrived - self._origin) / time_base)
-            timeline = self._timelines[kind] = _Timeline(last_raw=raw, pts=first)
-            pts = first
-        else:
-            pts = timeline.advance(raw)
-        media: Any = frame
-        if kind == "audio":
-            pts, time_base = round(pts * time_base / AUDIO_TIME_BASE), AUDIO_TIME_BASE
-            media = self._pcm_packet(frame, pts)
-        elif self._video_size == (0, 0):
-            self._video_size = (frame.width, frame.height)
-        buffer = self._buffers[kind]
-        if len(buffer) >= self._capacity[kind]:
-            buffer.popleft()
-            self._count_lost(kind, OVERFLOW)
-        buffer.append(_Received(next(self._order), arrived, media, pts, time_base))
-        self._wake.set()
-
-    def _pcm_packet(self, frame: Any, pts: int) -> Any:
-        """An audio frame as one packet of 48 kHz stereo s16 PCM (``audio_decode`` reads it)."""
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE)
-        frame.pts = None  # the resampler would otherwise insist on continuous timestamps
-        data = b"".join(out.to_ndarray().tobytes() for out in self._resampler.resample(frame))
-        packet = av.Packet(data)
-        packet.pts = pts
-        packet.time_base = AUDIO_TIME_BASE
-        return packet
-
-    def _count_lost(self, kind: TrackKind, where: str, count: int = 1) -> None:
+    def _count_lost(self, kind: TrackKind, where: str, count: int) -> None:
         """A received frame that never enters the graph: a decoded frame dropped, or a packet."""
         counters = self.ctx.stats.stream(self.stream_id)
         if kind == "video":
@@ -265,24 +175,16 @@ class WhipSource(Source):
         else:
             counters.packets_dropped += count
 
-    def _next(self) -> tuple[TrackKind, _Received] | None:
-        """The earliest frame received and not yet sent, of any track."""
-        heads = [(buffer[0].order, kind) for kind, buffer in self._buffers.items() if buffer]
-        if not heads:
-            return None
-        kind = min(heads)[1]
-        return kind, self._buffers[kind].popleft()
-
     # --- the stream ------------------------------------------------------------------------------
 
     def stop_stream(self, stream_id: str, reason: str) -> None:
         if stream_id == self.stream_id:
             self._stopped_reason = reason
-            self._wake.set()
+            self._tracks.wake.set()
 
     def request_stop(self) -> None:
         super().request_stop()
-        self._wake.set()
+        self._tracks.wake.set()
 
     async def run(self, emit: Emit) -> None:
         try:
@@ -319,15 +221,15 @@ class WhipSource(Source):
             if self.stopping.is_set() or self._stopped_reason is not None:
                 end = ("stopped", None)
                 break
-            received = self._next()
+            received = self._tracks.next()
             if received is None:
-                if self._peer_gone is not None:
+                if self._tracks.peer_gone is not None:
                     end = ("eof", None)
                     break
-                self._wake.clear()
+                self._tracks.wake.clear()
                 timeout = None if started else deadline - time.monotonic()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    await asyncio.wait_for(self._tracks.wake.wait(), timeout)
                 except TimeoutError:
                     end = ("error", f"no media from the peer within {self.params.connect_timeout_s:g} s")
                     break
@@ -338,7 +240,7 @@ class WhipSource(Source):
             await emit(await self._item(*received))
         if not started:  # announce it even so: subscribers see it start and end, with the reason
             await emit(StreamStarted(self._info()))
-        self._drop_leftovers()
+        self._tracks.drop_leftovers()
         await self._end(emit, end)
 
     async def _end(self, emit: Emit, end: tuple[EndReason, str | None]) -> None:
@@ -347,12 +249,12 @@ class WhipSource(Source):
             self.ctx.logger.error("stream %s: %s", self.stream_id, error)
             self.ctx.stats.stream(self.stream_id).error = error
         else:
-            why = f"{reason}: {self._peer_gone}" if reason == "eof" else reason
+            why = f"{reason}: {self._tracks.peer_gone}" if reason == "eof" else reason
             self.ctx.logger.info("stream %s: ended (%s)", self.stream_id, why)
         await emit(EndOfStream(self.stream_id, reason, error))
 
     def _info(self) -> StreamInfo:
-        width, height = self._video_size
+        width, height = self._tracks.video_size
         video = VideoCodecParams(self._video_codec, width, height, decoded=True)  # aiortc decodes it
         return StreamInfo(
             stream_id=self.stream_id,
@@ -362,7 +264,7 @@ class WhipSource(Source):
             audio=AUDIO_CODEC if "audio" in self._receiving else None,
         )
 
-    async def _item(self, kind: TrackKind, received: _Received) -> Item:
+    async def _item(self, kind: TrackKind, received: Received) -> Item:
         if kind == "audio":
             packet = EncodedPacket(received.media, received.pts, received.time_base, True, "audio")
             return Item(stream_id=self.stream_id, media=packet, capture_time=received.arrived)
@@ -381,22 +283,13 @@ class WhipSource(Source):
         self.ctx.stats.stream(self.stream_id).decoded += 1
         return item
 
-    def _drop_leftovers(self) -> None:
-        for kind, buffer in self._buffers.items():
-            if buffer:
-                self._count_lost(kind, "shutdown", len(buffer))
-                buffer.clear()
-
     async def _close(self) -> None:
         """Close the peer connection and stop reading its tracks (idempotent)."""
         self.stopping.set()
-        for task in list(self._readers):
-            task.cancel()
-        if self._readers:
-            await asyncio.gather(*self._readers, return_exceptions=True)
+        await self._tracks.stop_reading()
         if self.pc is not None:
             await self.pc.close()
-        self._buffers = {"video": deque(), "audio": deque()}
+        self._tracks.clear()
 
     async def stop(self) -> None:
         await self._close()
