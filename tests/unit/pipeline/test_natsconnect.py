@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline import cli
-from pipeline.bus import free_port
-from pipeline.config import NatsConfig, parse_config
-from pipeline.errors import ConfigError
+from pipeline.bus import NatsServer, free_port
+from pipeline.config import NatsConfig, nats_seeds, nats_url_problem, parse_config
+from pipeline.errors import BusError, ConfigError
 from pipeline.logs import JsonFormatter, TextFormatter, mask_secrets, redact
-from pipeline.natsconnect import NatsAuth, nats_target
+from pipeline.natsconnect import NatsAuth, nats_target, open_connection
 from pipeline.service import build
 from pipeline.tls import api_server_context
 from tests.certs import Pki, make_pki
@@ -86,7 +86,7 @@ def test_the_formatters_mask_messages_and_tracebacks() -> None:
 
 def test_a_url_password_is_taken_out_of_the_url_and_decoded() -> None:
     target = nats_target("nats://service:p%40ss%2Fw%3Ard@127.0.0.1:4222")
-    assert target.server == "nats://127.0.0.1:4222"
+    assert target.servers == ("nats://127.0.0.1:4222",)
     assert target.shown == "nats://service:***@127.0.0.1:4222"
     assert target.options == {"user": "service", "password": "p@ss/w:rd"}
 
@@ -164,6 +164,149 @@ def test_a_credentials_file_is_passed_on(pki: Pki) -> None:
     else:
         target = nats_target("nats://h:4222", NatsAuth(credentials="user.creds"), base_dir=creds.parent)
         assert target.options == {"user_credentials": str(creds)}
+
+
+# --- the seeds of a NATS cluster ------------------------------------------------------------------------
+
+SEEDS = "nats://n1:4222,nats://n2:4222,nats://n3:4222"
+
+
+@pytest.mark.parametrize(
+    ("url", "seeds"),
+    [
+        (SEEDS, ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]),
+        (" nats://n1:4222 , nats://n2:4222 ", ["nats://n1:4222", "nats://n2:4222"]),
+        ("tls://u:p@n1:4222,tls://u:p@n2:4222", ["tls://u:p@n1:4222", "tls://u:p@n2:4222"]),
+        ("nats://n1:4222", ["nats://n1:4222"]),
+        ("nats://u:p,w@n1:4222", ["nats://u:p,w@n1:4222"]),  # a comma not followed by a scheme: the password's
+        ("nats://n1:4222,", ["nats://n1:4222", ""]),
+    ],
+)
+def test_a_url_splits_into_its_seeds_where_a_scheme_follows_a_comma(url: str, seeds: list[str]) -> None:
+    assert nats_seeds(url) == seeds
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        SEEDS,
+        "nats://n1:4222, nats://n2:4222",
+        "tls://n1:4222,tls://n2:4222,tls://n3:4222",
+        "ws://n1:8080/nats,ws://n2:8080/nats",
+        "nats://u:p%2Cw@n1:4222,nats://n2:4222,nats://n3:4222",  # the login on one seed is every seed's
+        "nats://n1:4222,nats://u:p,w@n2:4222,nats://n3:4222",
+        "nats://u:pw@n1:4222,nats://u:pw@n2:4222",  # or the same on each
+        "nats://u:p%40w@n1:4222,nats://u:p@w@n2:4222",  # the same once decoded
+        "nats://tok@n1:4222,nats://tok@n2:4222",
+    ],
+)
+def test_a_url_may_list_the_seeds_of_a_cluster(url: str) -> None:
+    assert nats_url_problem(url) is None
+    assert NatsConfig(url=url).url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("nats://n1:4222,nats://u:hunter2@n2:99999", "seed 2 of 2: bad port in 'nats://u:***@n2:99999'"),
+        (
+            "nats://n1:4222,http://u:hunter2@n2:80,nats://n3:4222",
+            "seed 2 of 3: expected nats://host:port (nats, tls, ws, wss), got 'http://u:***@n2:80'",
+        ),
+        (
+            "nats://n1:4222,nats://:4222",
+            "seed 2 of 2: expected nats://host:port (nats, tls, ws, wss), got 'nats://:4222'",
+        ),
+        ("nats://u:hunter2@n1:4222,", "seed 2 of 2 is empty in 'nats://u:***@n1:4222,'"),
+        ("nats://n1:4222,,nats://n3:4222", "seed 2 of 3 is empty in 'nats://n1:4222,,nats://n3:4222'"),
+        ("embedded,nats://n2:4222", "seed 1 of 2: 'embedded' is a value of its own, not a seed of a list"),
+        (
+            "nats://u:hunter2@n1:4222,n2:4222",
+            "every seed of a comma-separated list needs its scheme (nats://n1:4222,nats://n2:4222), "
+            "got 'nats://u:***@n1:4222,n2:4222'",
+        ),
+        (
+            "nats://n1:4222,tls://n2:4222",
+            "seed 2 of 2: every seed needs the same scheme (nats://), got 'tls://n2:4222'",
+        ),
+        ("ws://n1:80,nats://n2:4222", "seed 2 of 2: every seed needs the same scheme (ws://), got 'nats://n2:4222'"),
+        (
+            "nats://u:hunter2@n1:4222,nats://n2:4222,nats://u:hunter3@n3:4222",
+            "seed 3 of 3 ('nats://u:***@n3:4222') logs in differently from seed 1: "
+            "give the same user:password (or token) on every seed, or on one",
+        ),
+        (
+            "nats://n1:4222,nats://hunter2@n2:4222,nats://u:hunter2@n3:4222",  # a token, then a user:password
+            "seed 3 of 3 ('nats://u:***@n3:4222') logs in differently from seed 2: "
+            "give the same user:password (or token) on every seed, or on one",
+        ),
+    ],
+)
+def test_a_bad_seed_is_named_without_any_password(url: str, says: str) -> None:
+    assert nats_url_problem(url) == says
+    with pytest.raises(ConfigError) as info:
+        parse_config({"pipeline": "p", "nats": {"url": url}, "stages": [{"name": "a"}]})
+    assert str(info.value) == f"nats.url: {says}"
+    assert "hunter" not in str(info.value)
+
+
+def test_the_connection_gets_every_seed_without_its_login() -> None:
+    target = nats_target("nats://n1:4222, nats://svc:p%40ss@n2:4222,nats://n3:4222")
+    assert target.servers == ("nats://n1:4222", "nats://n2:4222", "nats://n3:4222")
+    assert target.options == {"user": "svc", "password": "p@ss"}
+    assert target.shown == "nats://n1:4222,nats://svc:***@n2:4222,nats://n3:4222"  # one line, masked
+    assert nats_target("nats://t%2Bk@n1:4222,nats://t%2Bk@n2:4222").options == {"token": "t+k"}
+    assert nats_target(SEEDS).options == {} and nats_target(SEEDS).shown == SEEDS
+
+
+def test_seeds_that_log_in_differently_are_a_config_error_naming_the_key() -> None:
+    url = "nats://u:hunter2@n1:4222,nats://u:other@n2:4222"
+    with pytest.raises(ConfigError, match=r"^nats\.url: seed 2 of 2 \('nats://u:\*\*\*@n2:4222'\) logs in differently"):
+        nats_target(url)
+    with pytest.raises(ConfigError, match=r"^--nats-url: seed 2 of 2"):
+        nats_target(url, key=lambda name: "--nats-url" if name == "url" else name)
+    with pytest.raises(ConfigError, match=r"^nats\.token: give one way to log in to NATS"):
+        nats_target("nats://n1:4222,nats://u:p@n2:4222", NatsAuth(token="tk"))
+
+
+def test_tls_seeds_get_a_tls_context() -> None:
+    context = nats_target("tls://n1:4222,tls://n2:4222").options["tls"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_every_seed_of_a_list_is_masked_in_text() -> None:
+    text = "connected to nats://u:pw1@n1:4222,nats://tok@n2:4222,nats://u:p,w@n3:4222 at last"
+    assert mask_secrets(text) == "connected to nats://u:***@n1:4222,nats://***@n2:4222,nats://u:***@n3:4222 at last"
+
+
+async def test_no_seed_answering_is_one_error_naming_each_seed_masked() -> None:
+    first, second = free_port(), free_port()  # nobody listens there
+    target = nats_target(f"nats://u:hunter2@127.0.0.1:{first},nats://127.0.0.1:{second}")
+    with pytest.raises(BusError) as info:
+        await open_connection(target, attempts=1, connect_timeout=2)
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot connect to NATS at any of nats://u:***@127.0.0.1:{first},nats://127.0.0.1:{second}: "
+        f"nats://u:***@127.0.0.1:{first}: "
+    )
+    assert f"; nats://127.0.0.1:{second}: " in message and "hunter2" not in message
+
+
+async def test_a_dead_first_seed_is_passed_over_and_every_seed_is_kept_for_reconnects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("pipeline.natsconnect.random.sample", lambda seeds, k: list(seeds)[:k])  # seed order
+    dead = free_port()
+    with NatsServer() as server:
+        target = nats_target(f"nats://127.0.0.1:{dead},{server.url}")
+        client = await open_connection(target, attempts=1, connect_timeout=2)
+        try:
+            assert client.is_connected and client.connected_url.port == server.port
+            pool = {srv.uri.port for srv in client._server_pool}  # nats-py's pool: where a reconnect may go
+            assert {dead, server.port} <= pool
+            assert client.options["allow_reconnect"] and client.options["max_reconnect_attempts"] == -1
+        finally:
+            await client.close()
 
 
 # --- the API's certificate ----------------------------------------------------------------------------
