@@ -80,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("config", help="pipeline YAML")
-    run.add_argument("--nats-url", help="override nats.url: 'embedded' or nats://host:port")
+    run.add_argument(
+        "--nats-url",
+        help="override nats.url: 'embedded', nats://host:port, or a NATS cluster's seeds: nats://n1:4222,nats://n2:4222",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
         "--show",

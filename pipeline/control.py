@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -142,11 +142,42 @@ class StreamHost(Source):
         """Stop the stream and wait until it has ended; ``StreamNotFound`` if unknown."""
         raise NotImplementedError
 
+    def check_stream(self, spec: StreamSpec) -> None:
+        """Everything ``add_stream`` checks about the spec itself (its URI, options, media roots,
+        file), without starting it: a cluster checks a stream where it is added, before another
+        worker may run it. Raises ``BadStreamRequest`` or ``MediaNotAllowed``."""
+        raise NotImplementedError
+
     def describe_streams(self) -> list[dict[str, Any]]:
         """The streams running now (``[{"id", "uri", "type", "state"}]``, ``state`` ``running`` or
         ``stopping``), and those that failed recently (``state: failed``, with ``error``, the
         reason, and ``ended_at``, a Unix time). ``remove_stream`` of a failed one forgets it."""
         raise NotImplementedError
+
+
+class StreamOperations(Protocol):
+    """What the HTTP API and the NATS control subjects ask of the streams: this process's
+    ``StreamControl``, or a cluster's (``pipeline.cluster.control``), which adds to and lists the
+    catalog every worker shares."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def check_id(self, stream_id: str) -> None: ...
+
+    def is_running(self, stream_id: str) -> bool: ...
+
+    def failure(self, stream_id: str) -> str | None: ...
+
+    def parse(self, body: Any) -> StreamSpec: ...
+
+    async def add(self, spec: StreamSpec) -> object: ...
+
+    async def remove(self, stream_id: str) -> None: ...
+
+    def describe(self, stream_id: str) -> dict[str, Any]: ...
+
+    def list(self) -> list[dict[str, Any]]: ...
 
 
 class StreamControl:
@@ -190,6 +221,10 @@ class StreamControl:
         except ValidationError as exc:
             raise BadStreamRequest(str(config_error_from(exc, model=StreamSpec))) from None
 
+    def check(self, spec: StreamSpec) -> None:
+        """What adding ``spec`` would refuse at once, without starting it (``StreamHost.check_stream``)."""
+        self._host(spec.source).check_stream(spec)
+
     async def add(self, spec: StreamSpec) -> Source:
         host = self._host(spec.source)
         if self.is_running(spec.id):  # a failed one's id may be used again
@@ -208,10 +243,7 @@ class StreamControl:
     def describe(self, stream_id: str) -> dict[str, Any]:
         """One stream as ``list`` shows it; ``StreamNotFound`` if unknown."""
         self.check_id(stream_id)
-        for stream in self.list():
-            if stream["id"] == stream_id:
-                return stream
-        raise StreamNotFound(f"no stream {stream_id!r}")
+        return find_stream(self.list(), stream_id)
 
     def list(self) -> list[dict[str, Any]]:
         """The streams of every ``streams`` source: running, and failed recently."""
@@ -231,6 +263,14 @@ class StreamControl:
         if host is None:
             raise BadStreamRequest(f"source: no 'streams' stage {name!r}; known: {sorted(self._hosts)}")
         return host
+
+
+def find_stream(streams: list[dict[str, Any]], stream_id: str) -> dict[str, Any]:
+    """The stream of ``stream_id`` in a listing; ``StreamNotFound`` if it is not there."""
+    for stream in streams:
+        if stream["id"] == stream_id:
+            return stream
+    raise StreamNotFound(f"no stream {stream_id!r}")
 
 
 REPLY_STATUS: dict[type[StreamControlError], int] = {

@@ -51,16 +51,20 @@ def control_subject(prefix: str, operation: str) -> str:
 class NatsControl:
     """Answers stream operations for one running pipeline until ``close``."""
 
-    def __init__(self, bus: Bus, runner: Runner, *, token: str = "") -> None:
+    def __init__(self, bus: Bus, runner: Runner, *, token: str = "", queue: str = "") -> None:
+        """``queue``: a NATS queue group, so that of the workers of one cluster exactly one
+        answers each request (any of them can: they share the catalog)."""
         self._bus = bus
         self._runner = runner
         self._token = token
+        self._queue = queue
         self._subscriptions: list[Any] = []
 
     async def start(self) -> None:
         for operation in OPERATIONS:
             subject = control_subject(self._bus.prefix, operation)
-            self._subscriptions.append(await self._bus.client.subscribe(subject, cb=self._on_request))
+            subscription = await self._bus.client.subscribe(subject, queue=self._queue, cb=self._on_request)
+            self._subscriptions.append(subscription)
         await self._bus.client.flush()
 
     async def close(self) -> None:

@@ -98,6 +98,8 @@ def build_result(
     }
     if run is not None:
         message["run"] = run
+    if counters.lease is not None:
+        message["owner"], message["epoch"] = counters.lease
     if isinstance(media, VideoFrame):
         message["frame"] = {"width": media.width, "height": media.height}
     return message

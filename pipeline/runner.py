@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .control import StreamControl, StreamHost
+from .control import StreamControl, StreamHost, StreamOperations
 from .edges import Edge
 from .errors import ConfigError
 from .graph import Graph, Node
@@ -86,16 +86,26 @@ class Runner:
         self._stopping = False
         self._drain_timer: asyncio.TimerHandle | None = None
         self.started = asyncio.Event()
+        self._control: StreamOperations | None = None
 
     @property
     def edges(self) -> dict[str, Edge]:
         return dict(self._edges)
 
     @property
-    def control(self) -> StreamControl:
+    def local_control(self) -> StreamControl:
         """Add, remove and list streams of the graph's ``streams`` sources while it runs."""
         hosts = {n.name: n.stage for n in self.graph.sources if isinstance(n.stage, StreamHost)}
         return StreamControl(hosts, open_streams=lambda: self._open_streams)
+
+    @property
+    def control(self) -> StreamOperations:
+        """What the HTTP API and NATS control act on: ``local_control``, or a cluster's
+        operations on the catalog every worker shares (``use_control``)."""
+        return self._control if self._control is not None else self.local_control
+
+    def use_control(self, control: StreamOperations) -> None:
+        self._control = control
 
     @property
     def stopping(self) -> bool:

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from .bus import Bus
+from .cluster.member import Membership, join
 from .config import PipelineConfig
 from .control_nats import NatsControl
 from .errors import ConfigError
@@ -81,18 +82,25 @@ async def run_pipeline(
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
 
+    membership: Membership | None = None
+
     def stop() -> None:
         if runner.stopping:  # a second signal: do not wait for the outbox either
             bus.stop_flushing()
+        if membership is not None:
+            membership.stop()  # claim nothing more while the streams drain
         runner.request_stop()
 
     for sig in signals:
         loop.add_signal_handler(sig, stop)
     api: ApiServer | None = None
-    control = NatsControl(bus, runner, token=config.api.token if config.api is not None else "")
+    queue = f"sg-{config.pipeline}-{config.cluster.name}" if config.cluster is not None else ""
+    control = NatsControl(bus, runner, token=config.api.token if config.api is not None else "", queue=queue)
     try:
         if on_bus is not None:
             await on_bus(bus)
+        if config.cluster is not None:
+            membership = await join(config.cluster, bus, runner)
         await control.start()
         if config.api is not None:
             app = build_app(runner, bus=bus, token=config.api.token)
@@ -102,10 +110,15 @@ async def run_pipeline(
                 on_api(api)
         if on_started is not None:
             on_started(runner)
-        return await runner.run()
+        summary = await runner.run()
+        if membership is not None:
+            await membership.leave()  # drained: hand the streams over at once
+        return summary
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if membership is not None:
+            membership.worker.stop()  # the run failed: beat and renew no more
         if api is not None:
             await api.stop()
         await control.close()

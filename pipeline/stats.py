@@ -33,6 +33,9 @@ class StreamCounters:
     added_at_run_time: bool = False
     """Added while the pipeline ran (HTTP API, NATS control), not declared in the config file: its
     failure is that stream's own, never the run's (``streamgraph run`` exits 0 for it)."""
+    lease: tuple[str, int] | None = None
+    """In a cluster: (this worker's id, the lease's epoch) under which it runs the stream; stamped
+    on every result (``owner``, ``epoch``)."""
 
     @property
     def dropped(self) -> int:

@@ -16,11 +16,12 @@ than the newest it has seen (fencing). NATS replicates the buckets (Raft) when `
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import BadRequestError, KeyDeletedError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ..errors import PipelineError
@@ -42,6 +43,8 @@ class Lease:
     """The revision of the claim: the same across renewals, larger for each new claim."""
     revision: int
     """The record's current revision: what the next renewal or release must find."""
+    since: float
+    """When it was claimed (Unix time, the claiming worker's clock)."""
 
 
 def bucket_names(cluster: str) -> tuple[str, str, str]:
@@ -68,6 +71,16 @@ class ClusterStore:
 
     # --- the catalog -----------------------------------------------------------------------------
 
+    async def create_stream(self, stream_id: str, spec: dict[str, Any]) -> bool:
+        """Add the stream to the catalog; False if a stream of that id is there already."""
+        try:
+            await self._catalog.create(stream_id, json.dumps(spec).encode())
+        except BadRequestError as exc:
+            if not _wrong_last(exc):
+                raise
+            return False
+        return True
+
     async def put_stream(self, stream_id: str, spec: dict[str, Any]) -> None:
         await self._catalog.put(stream_id, json.dumps(spec).encode())
 
@@ -93,31 +106,48 @@ class ClusterStore:
     async def live_workers(self) -> list[str]:
         return sorted(await _keys(self._workers))
 
+    async def left_cleanly(self, worker: str) -> bool:
+        """Whether ``worker`` left (``leave``: its key deleted) rather than stopped beating (its
+        key aged out): a release, not an expiry. Told only while the bucket keeps the marker
+        (``lease_s``)."""
+        try:
+            await self._workers.get(worker)
+        except NotFoundError as exc:
+            # nats-py reports a deleted key as not found, with the delete marker as its ``entry``.
+            return isinstance(exc, KeyDeletedError) or getattr(exc, "entry", None) is not None
+        return False
+
     # --- leases ----------------------------------------------------------------------------------
 
     async def claim(self, stream_id: str, worker: str) -> Lease | None:
         """The stream's lease for ``worker``, or None if another worker holds it."""
+        since = round(time.time(), 3)
         try:
-            revision = await self._owners.create(stream_id, _owner_record(worker, epoch=0))
+            revision = await self._owners.create(stream_id, _owner_record(worker, 0, since))
         except BadRequestError as exc:
             if not _wrong_last(exc):
                 raise
             return None
         # The epoch is the claim's own revision; written into the record so readers see it.
-        lease = Lease(stream_id, worker, epoch=revision, revision=revision)
+        lease = Lease(stream_id, worker, epoch=revision, revision=revision, since=since)
         return await self.renew(lease)
 
     async def renew(self, lease: Lease) -> Lease:
         """Rewrite the lease (its age starts again); ``LeaseLost`` if it is no longer this one."""
         try:
             revision = await self._owners.update(
-                lease.stream_id, _owner_record(lease.worker, lease.epoch), last=lease.revision
+                lease.stream_id, _owner_record(lease.worker, lease.epoch, lease.since), last=lease.revision
             )
         except (BadRequestError, NotFoundError) as exc:
             if isinstance(exc, BadRequestError) and not _wrong_last(exc):
                 raise
+            current = (await self.owners()).get(lease.stream_id)
+            if current is not None and (current.worker, current.epoch) == (lease.worker, lease.epoch):
+                # Still ours: an earlier renewal went through but its answer was lost (a server
+                # failing over); carry on from the revision it wrote.
+                return current
             raise LeaseLost(f"stream {lease.stream_id}: the lease of epoch {lease.epoch} is gone") from None
-        return Lease(lease.stream_id, lease.worker, lease.epoch, revision)
+        return Lease(lease.stream_id, lease.worker, lease.epoch, revision, lease.since)
 
     async def release(self, lease: Lease) -> bool:
         """Give the lease up (others may claim at once); False if it was not this one any more."""
@@ -140,7 +170,7 @@ class ClusterStore:
             if entry.value:
                 record = json.loads(entry.value)
                 epoch = int(record["epoch"] or entry.revision or 0)
-                leases[key] = Lease(key, record["worker"], epoch, entry.revision or 0)
+                leases[key] = Lease(key, record["worker"], epoch, entry.revision or 0, float(record.get("since", 0)))
         return leases
 
 
@@ -148,8 +178,8 @@ def _wrong_last(exc: BadRequestError) -> bool:
     return isinstance(exc, KeyWrongLastSequenceError) or getattr(exc, "err_code", None) == WRONG_LAST_SEQUENCE
 
 
-def _owner_record(worker: str, epoch: int) -> bytes:
-    return json.dumps({"worker": worker, "epoch": epoch}).encode()
+def _owner_record(worker: str, epoch: int, since: float) -> bytes:
+    return json.dumps({"worker": worker, "epoch": epoch, "since": since}).encode()
 
 
 async def _keys(bucket: KeyValue) -> list[str]:

@@ -28,7 +28,7 @@ from .errors import HttpError
 
 if TYPE_CHECKING:
     from ..bus import Bus
-    from ..control import StreamControl
+    from ..control import StreamOperations
     from ..runner import Runner
 
 SSE_QUEUE = 256
@@ -99,7 +99,7 @@ async def _results_events(request: web.Request, runner: Runner, bus: Bus | None)
             await subscription.unsubscribe()
 
 
-async def _appeared(control: StreamControl, stream_id: str, arrived: asyncio.Event, wait_s: float) -> bool:
+async def _appeared(control: StreamOperations, stream_id: str, arrived: asyncio.Event, wait_s: float) -> bool:
     """Whether the stream runs, or has published, now or within ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while not (arrived.is_set() or control.is_running(stream_id)):

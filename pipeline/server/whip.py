@@ -64,7 +64,7 @@ class _Whip:
             raise HttpError(400, f"the body is not UTF-8 text: expected an SDP offer ({exc.reason})") from None
         if not offer.strip():
             raise HttpError(400, "the body is empty: expected an SDP offer")
-        control = self._runner.control
+        control = self._runner.local_control  # a publisher's stream runs where it connects
         spec = control.parse({"id": stream_id, "uri": "whip:", "options": {"tracks": _tracks(request)}})
         source = await control.add(spec)
         if not isinstance(source, SdpAnswerer):
@@ -90,10 +90,10 @@ class _Whip:
         if self._sessions.get(stream_id) != session:
             raise HttpError(404, f"no WHIP session {session!r} for stream {stream_id!r}")
         del self._sessions[stream_id]
-        streams = self._runner.control.list()
+        streams = self._runner.local_control.list()
         if not any(s["id"] == stream_id and s["type"] == "whip" and s["state"] != FAILED for s in streams):
             raise HttpError(404, f"WHIP session {session!r}: stream {stream_id!r} has ended already")
-        await self._runner.control.remove(stream_id)
+        await self._runner.local_control.remove(stream_id)
         return web.json_response({"id": stream_id, "removed": True})
 
 

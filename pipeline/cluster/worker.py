@@ -1,0 +1,254 @@
+"""One worker of a cluster: beats, claims its share of the catalog, runs what it owns, keeps its
+leases, and gives them up.
+
+Every ``tick_s`` (a quarter of ``lease_s``) the worker:
+
+1. puts its heartbeat (``workers`` bucket) and renews each of its leases. A renewal that finds
+   the lease changed (``LeaseLost``) stops that stream here at once. A renewal that cannot reach
+   NATS is retried next tick, but once the last good renewal is older than ``lease_s`` minus a
+   tick the lease may have expired for the others, so the stream stops here too: two workers
+   never run one stream for longer than about one tick;
+2. reads the catalog, the leases and the live workers (``ClusterView``, also what
+   ``ClusterControl`` lists);
+3. stops streams removed from the catalog, and records in the catalog the end of a stream that
+   ended here by itself (its file ended, or it failed), so no worker starts it again;
+4. claims what ``placement.plan`` says (the lease first, then the stream starts here under it,
+   its results stamped with this worker's id and the lease's epoch, and an ``owner_changed``
+   event says who had it and why it moved: ``new``, ``released`` or ``expired``) or gives one
+   stream up.
+
+``stop_claiming`` comes before the runner drains: the worker keeps beating and renewing its
+leases (its streams are still finishing their frames) but claims, stops and records nothing more.
+``release_all`` then ends the loop, leaves the workers bucket and gives every lease up, so other
+workers take the streams over at once instead of after ``lease_s`` (and call it a release).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..control import StreamControl, StreamControlError, StreamSpec
+from ..stats import StreamStats
+from .placement import plan
+from .store import ClusterStore, Lease, LeaseLost
+
+log = logging.getLogger("streamgraph.cluster")
+
+ENDED = "ended"
+"""The catalog field a stream's end is recorded in (``{"state": "ended" | "failed", ...}``)."""
+
+
+@dataclass
+class ClusterView:
+    """What the buckets said at the last tick."""
+
+    catalog: dict[str, dict[str, Any]] = field(default_factory=dict)
+    owners: dict[str, Lease] = field(default_factory=dict)
+    live: list[str] = field(default_factory=list)
+
+
+Announce = Callable[[str, dict[str, Any]], None]
+"""Publishes an event of a stream: its id, and the event's fields."""
+
+
+class ClusterWorker:
+    def __init__(
+        self,
+        store: ClusterStore,
+        local: StreamControl,
+        stats: StreamStats,
+        *,
+        worker_id: str,
+        lease_s: float,
+        announce: Announce = lambda stream_id, event: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.local = local
+        self.stats = stats
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.tick_s = lease_s / 4
+        self.view = ClusterView()
+        self.leases: dict[str, Lease] = {}
+        self._renewed_at: dict[str, float] = {}
+        self._stopping = asyncio.Event()
+        self._claiming = True
+        self._poked = asyncio.Event()
+        self.announce = announce
+        self._clock = clock
+        self._last_owner: dict[str, str] = {}
+        """Each stream's owner when last seen, kept after its lease is gone: who had it."""
+        self.lock = asyncio.Lock()
+        """Held while the view is read, and by a change to the catalog with the read after it, so
+        a read begun before the change never lands after it with what it read."""
+
+    def poke(self) -> None:
+        """Look again now (a stream was added or removed here)."""
+        self._poked.set()
+
+    def stop_claiming(self) -> None:
+        self._claiming = False
+        self._poked.set()
+
+    def stop(self) -> None:
+        self._claiming = False
+        self._stopping.set()
+        self._poked.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.step()
+            except Exception:  # NATS unreachable, a bucket busy: the next tick tries again
+                log.exception("cluster worker %s: this round failed", self.worker_id)
+            self._poked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poked.wait(), self.tick_s)
+
+    async def step(self) -> None:
+        await self._renew_all()
+        await self.store.heartbeat(self.worker_id, {"streams": sorted(self.leases)})
+        if not self._claiming:
+            return  # draining: its streams end because the run stops, not by themselves
+        await self.refresh()
+        catalog = self.view.catalog
+        for stream_id in list(self.leases):
+            if stream_id not in catalog:
+                await self._give_up(stream_id, "removed from the catalog")
+            elif not self.local.is_running(stream_id):
+                await self._record_end(stream_id)
+        active = [sid for sid, spec in catalog.items() if ENDED not in spec]
+        owners = {sid: lease.worker for sid, lease in self.view.owners.items()}
+        decided = plan(self.worker_id, active, owners, self.view.live)
+        for stream_id in decided.claim:
+            lease = await self.store.claim(stream_id, self.worker_id)
+            if lease is not None:
+                await self._start(stream_id, catalog[stream_id], lease)
+        if decided.release is not None:
+            await self._give_up(decided.release, "rebalanced to a worker with fewer streams")
+
+    async def refresh(self) -> ClusterView:
+        async with self.lock:
+            return await self.refresh_locked()
+
+    async def refresh_locked(self) -> ClusterView:
+        """``refresh`` while holding ``lock`` (a change to the catalog and the read after it)."""
+        self.view = ClusterView(
+            catalog=await self.store.streams(),
+            owners=await self.store.owners(),
+            live=sorted(set(await self.store.live_workers()) | {self.worker_id}),
+        )
+        self._last_owner.update({sid: lease.worker for sid, lease in self.view.owners.items()})
+        for stream_id in set(self._last_owner) - set(self.view.catalog):
+            del self._last_owner[stream_id]
+        return self.view
+
+    async def release_all(self) -> None:
+        """Leave the cluster and give every lease up (after the runner has stopped the streams).
+        Leaving first: a worker that claims one of the streams finds this one gone on purpose."""
+        with contextlib.suppress(Exception):
+            await self.store.leave(self.worker_id)
+        for stream_id, lease in list(self.leases.items()):
+            with contextlib.suppress(Exception):
+                await self.store.release(lease)
+            self._forget(stream_id)
+
+    async def _start(self, stream_id: str, spec: dict[str, Any], lease: Lease) -> None:
+        request = StreamSpec(id=stream_id, uri=spec["uri"], options=spec.get("options", {}), source=spec.get("source"))
+        self.leases[stream_id] = lease
+        self._renewed_at[stream_id] = self._clock()
+        try:
+            await self.local.add(request)
+        except StreamControlError as exc:  # refused here (a file this worker cannot see, say)
+            log.error("cluster worker %s: stream %s refused: %s", self.worker_id, stream_id, exc.message)
+            await self._end_in_catalog(stream_id, "failed", f"{self.worker_id}: {exc.message}")
+            await self._release(stream_id)
+            return
+        self.stats.stream(stream_id).lease = (self.worker_id, lease.epoch)
+        previous = self._last_owner.get(stream_id)
+        reason = await self._why_moved(previous)
+        self._last_owner[stream_id] = self.worker_id
+        log.info(
+            "cluster worker %s: runs stream %s (epoch %d; before: %s, %s)",
+            self.worker_id,
+            stream_id,
+            lease.epoch,
+            previous or "nobody",
+            reason,
+        )
+        self.announce(
+            stream_id,
+            {
+                "event": "owner_changed",
+                "owner": self.worker_id,
+                "previous_owner": previous,
+                "epoch": lease.epoch,
+                "reason": reason,
+            },
+        )
+
+    async def _why_moved(self, previous: str | None) -> str:
+        if previous is None:
+            return "new"
+        if previous == self.worker_id or previous in self.view.live:
+            return "released"  # alive: it gave the stream up (a rebalance)
+        try:
+            return "released" if await self.store.left_cleanly(previous) else "expired"
+        except Exception:  # not known for sure: the lease did expire for the others
+            return "expired"
+
+    async def _renew_all(self) -> None:
+        now = self._clock()
+        for stream_id, lease in list(self.leases.items()):
+            try:
+                self.leases[stream_id] = await self.store.renew(lease)
+                self._renewed_at[stream_id] = now
+            except LeaseLost:
+                await self._stop_here(stream_id, "its lease was lost")
+            except Exception as exc:
+                if now - self._renewed_at.get(stream_id, now) > self.lease_s - self.tick_s:
+                    # Others may see the lease expired by now: never two owners for long.
+                    await self._stop_here(stream_id, f"its lease could not be renewed ({type(exc).__name__})")
+
+    async def _record_end(self, stream_id: str) -> None:
+        """The stream ended here by itself: say so in the catalog (nobody starts it again)."""
+        failure = self.local.failure(stream_id)
+        state, error = ("failed", failure) if failure is not None else ("ended", None)
+        await self._end_in_catalog(stream_id, state, error)
+        await self._release(stream_id)
+
+    async def _end_in_catalog(self, stream_id: str, state: str, error: str | None) -> None:
+        spec = self.view.catalog.get(stream_id)
+        if spec is None:
+            return
+        ended = {"state": state, "at": round(time.time(), 3), "worker": self.worker_id}
+        if error is not None:
+            ended["error"] = error
+        await self.store.put_stream(stream_id, {**spec, ENDED: ended})
+
+    async def _give_up(self, stream_id: str, why: str) -> None:
+        await self._stop_here(stream_id, why)
+
+    async def _stop_here(self, stream_id: str, why: str) -> None:
+        log.info("cluster worker %s: stops stream %s: %s", self.worker_id, stream_id, why)
+        with contextlib.suppress(StreamControlError):
+            await self.local.remove(stream_id)
+        await self._release(stream_id)
+
+    async def _release(self, stream_id: str) -> None:
+        lease = self.leases.get(stream_id)
+        if lease is not None:
+            with contextlib.suppress(Exception):  # lost already, or NATS away: it expires anyway
+                await self.store.release(lease)
+        self._forget(stream_id)
+
+    def _forget(self, stream_id: str) -> None:
+        self.leases.pop(stream_id, None)
+        self._renewed_at.pop(stream_id, None)
