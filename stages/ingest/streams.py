@@ -194,6 +194,18 @@ class StreamSet(StreamHost):
             raise StreamExists(f"stream {spec.id!r} already exists")
         if len(self._children) >= self.params.max_streams:
             raise StreamLimitReached(f"source {self.name} already runs max_streams={self.params.max_streams}")
+        source = self._checked_child(spec)
+        launched = await self._launch(spec.id, spec.uri, source)
+        # Marked before its first message can arrive (nothing awaited since the launch): its
+        # failure is its own, never the run's (``streamgraph run``'s exit code).
+        self.ctx.stats.stream(spec.id).added_at_run_time = True
+        return launched
+
+    def check_stream(self, spec: StreamSpec) -> None:
+        self._checked_child(spec)
+
+    def _checked_child(self, spec: StreamSpec) -> Source:
+        """The source ``spec`` asks for, built and checked (its URI, options, media roots, file)."""
         try:
             source = self._child_source(spec.id, spec.uri, spec.options, "")
         except ConfigError as exc:
@@ -204,11 +216,7 @@ class StreamSet(StreamHost):
             _check_child(source, spec.options, "", self.ctx.base_dir)
         except ConfigError as exc:
             raise BadStreamRequest(str(exc)) from None
-        launched = await self._launch(spec.id, spec.uri, source)
-        # Marked before its first message can arrive (nothing awaited since the launch): its
-        # failure is its own, never the run's (``streamgraph run``'s exit code).
-        self.ctx.stats.stream(spec.id).added_at_run_time = True
-        return launched
+        return source
 
     def _refuse_outside_media_roots(self, source: Source) -> None:
         roots = self.ctx.media_roots or (self.ctx.base_dir.resolve(),)
