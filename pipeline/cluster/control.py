@@ -60,6 +60,9 @@ class ClusterControl:
             if not await self._store.create_stream(spec.id, entry):
                 raise StreamExists(f"stream {spec.id!r} already exists in the cluster")
             await self._worker.refresh_locked()
+            # A replicated bucket may answer a read from a replica a moment behind: what was
+            # just written is known here without asking.
+            self._worker.view.catalog.setdefault(spec.id, entry)
         self._worker.poke()
 
     async def remove(self, stream_id: str) -> None:
@@ -73,6 +76,7 @@ class ClusterControl:
         async with self._worker.lock:
             await self._store.remove_stream(stream_id)
             await self._worker.refresh_locked()
+            self._worker.view.catalog.pop(stream_id, None)
         self._worker.poke()
         await self._until_unowned(stream_id)
 

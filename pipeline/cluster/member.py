@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from .worker import ClusterWorker
 if TYPE_CHECKING:
     from ..bus import Bus
     from ..runner import Runner
+
+log = logging.getLogger("streamgraph.cluster")
 
 MAX_REPLICAS = 3
 
@@ -74,7 +77,10 @@ async def join(cluster: ClusterConfig, bus: Bus, runner: Runner) -> Membership:
         announce=announce,
     )
     runner.use_control(ClusterControl(runner.local_control, worker, store))
-    await worker.refresh()
+    try:
+        await worker.refresh()  # so the API lists the cluster from the start
+    except Exception as exc:  # JetStream busy electing a leader: the worker's loop reads again
+        log.warning("cluster %s: cannot read the catalog yet (%s); the worker keeps trying", cluster.name, exc)
 
     async def work() -> None:
         await runner.started.wait()  # the stream hosts take streams once started

@@ -6,9 +6,10 @@ and the rules are tested without a cluster. The rules:
 * a worker's share is ``ceil(streams / live workers)``; a worker claims unowned streams (new ones,
   or a dead worker's) while it owns fewer than that and no live worker owns fewer than it, so a
   dead worker's streams spread over the rest and the neediest are served first;
-* churn is bounded: with nothing unowned, a worker gives one stream up when some live worker owns
-  at least two fewer than it (a joining worker, say), so a stream never moves to fix an imbalance
-  of one (no ping-pong), and each decision moves one stream.
+* churn is bounded: with nothing unowned, a worker gives one stream up when it owns more than an
+  even split's floor (``streams // workers``) and some live worker owns at least two fewer than it
+  (a joining worker, say), so a stream never moves to fix an imbalance of one (no ping-pong), each
+  decision moves one stream, and a joining worker takes about its share from the others.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Plan:
     """Unowned streams to try to claim, in order (another worker may win some)."""
     release: str | None = None
     """One stream of its own to give up, so a worker with fewer can take it."""
+    to: str | None = None
+    """The worker to hand ``release`` to: the one owning the fewest (ties: the first by id)."""
 
 
 def plan(me: str, catalog: Collection[str], owners: Mapping[str, str], live: Collection[str]) -> Plan:
@@ -52,6 +55,9 @@ def plan(me: str, catalog: Collection[str], owners: Mapping[str, str], live: Col
         if len(mine) < share and len(mine) == fewest:
             return Plan(claim=tuple(unowned[: share - len(mine)]))
         return Plan()
-    if len(mine) - fewest >= 2:
-        return Plan(release=mine[-1])
+    # Above the floor of an even split only: a worker that gave one up while the newcomer was
+    # still claiming does not give up another (each of them moves once, and only as many as needed).
+    if len(mine) > len(catalog) // len(workers) and len(mine) - fewest >= 2:
+        neediest = min(owned_by, key=lambda worker: (len(owned_by[worker]), worker))
+        return Plan(release=mine[-1], to=neediest)
     return Plan()

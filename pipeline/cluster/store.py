@@ -15,16 +15,31 @@ than the newest it has seen (fencing). NATS replicates the buckets (Raft) when `
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, KeyDeletedError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from ..errors import PipelineError
+
+log = logging.getLogger("streamgraph.cluster")
+
+OPEN_RETRY_S = 60.0
+"""How long a worker starting while JetStream elects a leader keeps asking for its buckets."""
 
 WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a compare-and-set that found another revision (nats-py raises it as
@@ -45,6 +60,10 @@ class Lease:
     """The record's current revision: what the next renewal or release must find."""
     since: float
     """When it was claimed (Unix time, the claiming worker's clock)."""
+    handed_by: str | None = None
+    """Set while the stream is being handed over: the worker that gave it to ``worker``, which has
+    not taken it yet (``take_over``). No other worker may claim it meanwhile; if ``worker`` never
+    takes it, the record expires as any lease does."""
 
 
 def bucket_names(cluster: str) -> tuple[str, str, str]:
@@ -61,12 +80,14 @@ class ClusterStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, cluster: str, *, lease_s: float, replicas: int = 1) -> ClusterStore:
-        """The cluster's buckets, created if absent (the same settings on every worker)."""
+        """The cluster's buckets: the existing ones as they are (the first worker made them), else
+        created. A worker that joins while a NATS node is down counts fewer servers, so it must
+        not insist on its own ``replicas``."""
         catalog, workers, owners = bucket_names(cluster)
         return cls(
-            await js.create_key_value(bucket=catalog, history=1, replicas=replicas),
-            await js.create_key_value(bucket=workers, history=1, ttl=lease_s, replicas=replicas),
-            await js.create_key_value(bucket=owners, history=1, ttl=lease_s, replicas=replicas),
+            await _bucket(js, catalog, history=1, replicas=replicas),
+            await _bucket(js, workers, history=1, ttl=lease_s, replicas=replicas),
+            await _bucket(js, owners, history=1, ttl=lease_s, replicas=replicas),
         )
 
     # --- the catalog -----------------------------------------------------------------------------
@@ -104,7 +125,7 @@ class ClusterStore:
         await self._workers.delete(worker)
 
     async def live_workers(self) -> list[str]:
-        return sorted(await _keys(self._workers))
+        return [key for key in await _keys(self._workers) if await _get(self._workers, key) is not None]
 
     async def left_cleanly(self, worker: str) -> bool:
         """Whether ``worker`` left (``leave``: its key deleted) rather than stopped beating (its
@@ -131,6 +152,32 @@ class ClusterStore:
         # The epoch is the claim's own revision; written into the record so readers see it.
         lease = Lease(stream_id, worker, epoch=revision, revision=revision, since=since)
         return await self.renew(lease)
+
+    async def hand_over(self, lease: Lease, to: str) -> bool:
+        """Give the stream to worker ``to`` (a rebalance): only it may take it now. False if the
+        lease was not this one any more."""
+        record = json.dumps({"worker": to, "epoch": 0, "since": round(time.time(), 3), "from": lease.worker})
+        try:
+            await self._owners.update(lease.stream_id, record.encode(), last=lease.revision)
+        except BadRequestError as exc:
+            if not _wrong_last(exc):
+                raise
+            return False
+        return True
+
+    async def take_over(self, handed: Lease) -> Lease | None:
+        """Take a stream handed to this worker (``hand_over``): a lease of a new epoch, or None if
+        the record changed meanwhile (it expired and another worker claimed it)."""
+        since = round(time.time(), 3)
+        try:
+            revision = await self._owners.update(
+                handed.stream_id, _owner_record(handed.worker, 0, since), last=handed.revision
+            )
+        except BadRequestError as exc:
+            if not _wrong_last(exc):
+                raise
+            return None
+        return await self.renew(Lease(handed.stream_id, handed.worker, revision, revision, since))
 
     async def renew(self, lease: Lease) -> Lease:
         """Rewrite the lease (its age starts again); ``LeaseLost`` if it is no longer this one."""
@@ -170,8 +217,37 @@ class ClusterStore:
             if entry.value:
                 record = json.loads(entry.value)
                 epoch = int(record["epoch"] or entry.revision or 0)
-                leases[key] = Lease(key, record["worker"], epoch, entry.revision or 0, float(record.get("since", 0)))
+                since = float(record.get("since", 0))
+                leases[key] = Lease(key, record["worker"], epoch, entry.revision or 0, since, record.get("from"))
         return leases
+
+
+async def _bucket(js: JetStreamContext, name: str, **config: Any) -> KeyValue:
+    """The bucket ``name``, created with ``config`` if there is none yet. While JetStream does not
+    answer (electing a leader after a node died: a timeout, a 503) it is asked again, for up to
+    ``OPEN_RETRY_S``."""
+    deadline = time.monotonic() + OPEN_RETRY_S
+    delay = 0.25
+    while True:
+        try:
+            return await _bucket_once(js, name, config)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError):
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("bucket %s: JetStream does not answer yet; asking again in %.1f s", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 4.0)
+
+
+async def _bucket_once(js: JetStreamContext, name: str, config: dict[str, Any]) -> KeyValue:
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(bucket=name, **config)
+    except BadRequestError:  # another worker created it meanwhile, maybe with other replicas
+        return await js.key_value(name)
 
 
 def _wrong_last(exc: BadRequestError) -> bool:
@@ -183,10 +259,14 @@ def _owner_record(worker: str, epoch: int, since: float) -> bytes:
 
 
 async def _keys(bucket: KeyValue) -> list[str]:
-    try:
-        return list(await bucket.keys())
-    except NoKeysError:  # nats-py's answer for an empty bucket
-        return []
+    """The keys of ``bucket`` that have a message (a value, or a delete marker that ``get`` then
+    skips), from one stream-info request. Not ``KeyValue.keys``: that creates and deletes a
+    consumer on every call, and every worker reading three buckets every tick that way loaded
+    JetStream enough (on a NATS cluster, on two cores) for lease renewals to time out."""
+    # nats-py keeps the bucket's stream, subject prefix and JetStream context on the KeyValue.
+    js, stream, prefix = bucket._js, bucket._stream, bucket._pre
+    info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
+    return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
 
 
 async def _get(bucket: KeyValue, key: str) -> bytes | None:

@@ -125,14 +125,38 @@ class ClusterWorker:
             elif not self.local.is_running(stream_id):
                 await self._record_end(stream_id)
         active = [sid for sid, spec in catalog.items() if ENDED not in spec]
+        await self._take_handed(active)
         owners = {sid: lease.worker for sid, lease in self.view.owners.items()}
         decided = plan(self.worker_id, active, owners, self.view.live)
         for stream_id in decided.claim:
             lease = await self.store.claim(stream_id, self.worker_id)
             if lease is not None:
                 await self._start(stream_id, catalog[stream_id], lease)
-        if decided.release is not None:
-            await self._give_up(decided.release, "rebalanced to a worker with fewer streams")
+        if decided.release is not None and decided.to is not None:
+            await self._hand_over(decided.release, decided.to)
+
+    async def _take_handed(self, active: list[str]) -> None:
+        """Streams another worker handed to this one (a rebalance): take them and run them."""
+        for stream_id in active:
+            handed = self.view.owners.get(stream_id)
+            if handed is None or handed.handed_by is None or handed.worker != self.worker_id:
+                continue
+            if stream_id in self.leases:
+                continue
+            lease = await self.store.take_over(handed)
+            if lease is not None:
+                self._last_owner[stream_id] = handed.handed_by
+                await self._start(stream_id, self.view.catalog[stream_id], lease)
+
+    async def _hand_over(self, stream_id: str, to: str) -> None:
+        log.info("cluster worker %s: hands stream %s over to %s (fewer streams)", self.worker_id, stream_id, to)
+        with contextlib.suppress(StreamControlError):
+            await self.local.remove(stream_id)
+        lease = self.leases.get(stream_id)
+        if lease is not None:
+            with contextlib.suppress(Exception):  # lost already, or NATS away: it expires anyway
+                await self.store.hand_over(lease, to)
+        self._forget(stream_id)
 
     async def refresh(self) -> ClusterView:
         async with self.lock:

@@ -7,128 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
 import nats
-import numpy as np
 import pytest
 
-from pipeline.bus import free_port
-
-from .support import EVENT_VALIDATOR, GUARD_S, RESULT_VALIDATOR, start_cli, wait_listening
+from .clusterworkers import Cluster, Results, all_running, owners_all_but, tiny_clip, until, worker_of
+from .support import GUARD_S
 
 LEASE_S = 3.0
 STREAMS = [f"cam{n}" for n in range(6)]
 
 
-def tiny_clip(path: Path, frames: int = 50) -> Path:
-    """2 s of 96x64 video at 25 fps: cheap to decode six times over on two cores."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for index in range(frames):
-            picture = np.full((64, 96, 3), (index * 5) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def worker_config(folder: Path, port: int, cluster: str, prefix: str) -> Path:
-    config = folder / f"worker-{port}.yaml"
-    config.write_text(
-        f"""
-pipeline: cluster-test
-nats: {{prefix: {prefix}}}
-cluster: {{name: {cluster}, lease_s: {LEASE_S}}}
-api: {{listen: '127.0.0.1:{port}'}}
-stages:
-  - {{name: cams, type: streams}}
-  - {{name: decode, type: decode, inputs: [cams]}}
-  - {{name: publish, type: publish, inputs: [decode]}}
-"""
-    )
-    return config
-
-
-@dataclass
-class Worker:
-    port: int
-    process: asyncio.subprocess.Process
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@dataclass
-class Results:
-    """Who published each stream's results, under which epoch, since ``mark``."""
-
-    owners: dict[str, set[tuple[str, int]]] = field(default_factory=dict)
-    latest: dict[str, tuple[str, int]] = field(default_factory=dict)
-    moves: list[dict[str, Any]] = field(default_factory=list)
-    """``owner_changed`` events, in arrival order."""
-
-    async def on_message(self, msg: Any) -> None:
-        if msg.subject.endswith(".events"):
-            event = json.loads(msg.data)
-            EVENT_VALIDATOR.validate(event)
-            if event["event"] == "owner_changed":
-                self.moves.append(event)
-            return
-        body = json.loads(msg.data)
-        RESULT_VALIDATOR.validate(body)
-        stamp = (body["owner"], body["epoch"])
-        self.owners.setdefault(body["stream_id"], set()).add(stamp)
-        self.latest[body["stream_id"]] = stamp
-
-    def mark(self) -> None:
-        self.owners = {}
-
-
-class Cluster:
-    def __init__(self, nats_url: str, folder: Path, cli_env: dict[str, str]) -> None:
-        self.nats_url = nats_url
-        self.folder = folder
-        self.env = cli_env
-        self.name = f"c{uuid.uuid4().hex[:8]}"
-        self.prefix = f"p{uuid.uuid4().hex[:8]}"
-        self.workers: list[Worker] = []
-        self.http: aiohttp.ClientSession | None = None
-
-    async def start_worker(self) -> Worker:
-        port = free_port()
-        config = worker_config(self.folder, port, self.name, self.prefix)
-        process = await start_cli("run", str(config), "--nats-url", self.nats_url, "--no-progress", env=self.env)
-        worker = Worker(port, process)
-        self.workers.append(worker)
-        assert self.http is not None
-        await wait_listening(self.http, worker.base)
-        return worker
-
-    async def streams(self, worker: Worker) -> dict[str, dict[str, Any]]:
-        assert self.http is not None
-        async with self.http.get(f"{worker.base}/streams") as response:
-            assert response.status == 200
-            return {s["id"]: s for s in (await response.json())["streams"]}
-
-    async def owners_of(self, worker: Worker) -> dict[str, str | None]:
-        return {sid: s.get("owner") for sid, s in (await self.streams(worker)).items()}
-
-
 @pytest.fixture()
 async def cluster(nats_server: Any, tmp_path: Path, cli_env: dict[str, str]) -> AsyncIterator[Cluster]:
-    running = Cluster(nats_server.url, tmp_path, cli_env)
+    running = Cluster(nats_server.url, tmp_path, cli_env, lease_s=LEASE_S)
     async with aiohttp.ClientSession() as http:
         running.http = http
         try:
@@ -139,17 +36,6 @@ async def cluster(nats_server: Any, tmp_path: Path, cli_env: dict[str, str]) -> 
                     worker.process.kill()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(worker.process.communicate(), GUARD_S)
-
-
-async def until(condition: Any, what: str) -> None:
-    async def poll() -> None:
-        while not await condition():
-            await asyncio.sleep(0.2)
-
-    try:
-        await asyncio.wait_for(poll(), GUARD_S)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {GUARD_S:g} s (hang guard)") from None
 
 
 async def test_workers_share_one_catalog_and_take_over_when_one_goes(cluster: Cluster, tmp_path: Path) -> None:
@@ -187,14 +73,14 @@ async def test_workers_share_one_catalog_and_take_over_when_one_goes(cluster: Cl
         assert all(m["previous_owner"] is None and m["epoch"] == listed[m["stream_id"]]["epoch"] for m in firsts)
         assert all(isinstance(s["epoch"], int) and s["since"] for s in listed.values())
 
-        await until(lambda: _async(set(results.latest) == set(STREAMS)), "results of every stream")
+        await until(lambda: _holds(set(results.latest) == set(STREAMS)), "results of every stream")
         # Each stream's results come from the one worker the catalog names, under its epoch.
         for stream_id, stream in listed.items():
             assert results.latest[stream_id] == (stream["owner"], stream["epoch"]), stream_id
 
         # SIGKILL a worker: its streams are claimed by the others once its leases expire.
         victim_owner = listed["cam0"]["owner"]
-        victim = next(w for w in cluster.workers if victim_owner.endswith(f"-{w.process.pid}"))
+        victim = worker_of(cluster, victim_owner)
         orphaned = {sid for sid, s in listed.items() if s["owner"] == victim_owner}
         victim.process.kill()
         survivors = [w for w in cluster.workers if w is not victim]
@@ -207,7 +93,7 @@ async def test_workers_share_one_catalog_and_take_over_when_one_goes(cluster: Cl
         expired = [m for m in results.moves if m["previous_owner"] == victim_owner]
         assert {m["stream_id"] for m in expired} == orphaned, results.moves
         assert {m["reason"] for m in expired} == {"expired"}, expired
-        await until(lambda: _all_running(cluster, survivors[0]), "every stream running again")
+        await until(lambda: all_running(cluster, survivors[0]), "every stream running again")
         after = await cluster.streams(survivors[0])
         for sid in orphaned:
             assert after[sid]["owner"] != victim_owner
@@ -223,17 +109,13 @@ async def test_workers_share_one_catalog_and_take_over_when_one_goes(cluster: Cl
         assert leaving.process.returncode == 0
         last = survivors[1]
         await until(
-            lambda: _async_owners_all(cluster, last, handed, leaving_id),
+            lambda: owners_all_but(cluster, last, handed, leaving_id),
             "the leaving worker's streams owned by the last one",
         )
         handed_over = [m for m in results.moves if m["previous_owner"] == leaving_id]
         assert {m["stream_id"] for m in handed_over} == handed and {m["reason"] for m in handed_over} == {"released"}
         # Never two workers publishing one stream under one epoch.
-        by_epoch: dict[tuple[str, int], set[str]] = {}
-        for sid, stamps in results.owners.items():
-            for owner, epoch in stamps:
-                by_epoch.setdefault((sid, epoch), set()).add(owner)
-        assert all(len(owners) == 1 for owners in by_epoch.values()), by_epoch
+        assert all(len(owners) == 1 for owners in results.by_epoch().values()), results.by_epoch()
 
         # DELETE on any worker stops the stream wherever it runs.
         async with cluster.http.delete(f"{last.base}/streams/cam1") as response:
@@ -243,14 +125,5 @@ async def test_workers_share_one_catalog_and_take_over_when_one_goes(cluster: Cl
         await client.drain()
 
 
-async def _all_running(cluster: Cluster, worker: Worker) -> bool:
-    return {s["state"] for s in (await cluster.streams(worker)).values()} == {"running"}
-
-
-async def _async(value: bool) -> bool:
+async def _holds(value: bool) -> bool:
     return value
-
-
-async def _async_owners_all(cluster: Cluster, worker: Worker, streams: set[str], not_owner: str) -> bool:
-    owners = await cluster.owners_of(worker)
-    return all(owners.get(sid) not in (None, not_owner) for sid in streams)

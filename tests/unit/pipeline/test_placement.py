@@ -81,3 +81,14 @@ def test_an_uneven_count_still_converges_to_within_one() -> None:
     settle(catalog, owners, ["a", "b", "c", "d"])
     got = counts(owners, ["a", "b", "c", "d"])
     assert got[-1] - got[0] <= 1 and sum(got) == 13
+
+
+def test_a_worker_down_to_the_floor_gives_no_more_while_the_newcomer_claims() -> None:
+    """Seen mid-join: a gave one up (the newcomer d took it), b and c have not yet. a stops at an
+    even split's floor (12 // 4 = 3); b and c still give one each."""
+    catalog = [f"s{n:02}" for n in range(12)]
+    owners = dict(zip(catalog, "aaabbbbccccd", strict=True))
+    live = ["a", "b", "c", "d"]
+    assert plan("a", catalog, owners, live) == Plan()
+    assert plan("b", catalog, owners, live).release is not None
+    assert plan("c", catalog, owners, live).release is not None
