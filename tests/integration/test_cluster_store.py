@@ -108,3 +108,17 @@ async def test_a_renewal_whose_answer_was_lost_is_still_ours(store: ClusterStore
     again = await store.renew(lease)
     assert (again.worker, again.epoch) == (lease.worker, lease.epoch)
     assert (await store.renew(again)).epoch == lease.epoch
+
+
+async def test_a_stream_handed_over_is_taken_only_by_its_receiver(store: ClusterStore) -> None:
+    lease = await store.claim("cam1", "worker-a")
+    assert lease is not None
+    assert await store.hand_over(lease, "worker-b")
+    handed = (await store.owners())["cam1"]
+    assert (handed.worker, handed.handed_by) == ("worker-b", "worker-a")
+    assert await store.claim("cam1", "worker-c") is None  # nobody else may claim it meanwhile
+    taken = await store.take_over(handed)
+    assert taken is not None and taken.worker == "worker-b" and taken.epoch > lease.epoch
+    assert (await store.owners())["cam1"].handed_by is None
+    assert await store.take_over(handed) is None  # taken already: that record is gone
+    assert not await store.hand_over(lease, "worker-c")  # the old holder has nothing to hand
