@@ -63,7 +63,7 @@ class ClusterControl:
             # A replicated bucket may answer a read from a replica a moment behind: what was
             # just written is known here without asking.
             self._worker.view.catalog.setdefault(spec.id, entry)
-        self._worker.poke()
+        await self._worker.notify()
 
     async def remove(self, stream_id: str) -> None:
         self.check_id(stream_id)
@@ -77,7 +77,7 @@ class ClusterControl:
             await self._store.remove_stream(stream_id)
             await self._worker.refresh_locked()
             self._worker.view.catalog.pop(stream_id, None)
-        self._worker.poke()
+        await self._worker.notify()
         await self._until_unowned(stream_id)
 
     async def _until_unowned(self, stream_id: str) -> None:

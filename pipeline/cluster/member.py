@@ -68,6 +68,12 @@ async def join(cluster: ClusterConfig, bus: Bus, runner: Runner) -> Membership:
         subject = events_subject(bus.prefix, pipeline, stream_id)
         bus.put(subject, encode(body), msg_id=f"{pipeline}.{stream_id}.owner.{fields.get('epoch')}")
 
+    changed = f"{bus.prefix}.cluster.{cluster.name}.changed"
+    """Where a worker says "look now" to the others (a core NATS hint: the buckets stay the truth)."""
+
+    async def notify() -> None:
+        await bus.client.publish(changed, b"")
+
     worker = ClusterWorker(
         store,
         runner.local_control,
@@ -75,7 +81,13 @@ async def join(cluster: ClusterConfig, bus: Bus, runner: Runner) -> Membership:
         worker_id=new_worker_id(),
         lease_s=cluster.lease_s,
         announce=announce,
+        notify=notify,
     )
+
+    async def on_changed(msg: Any) -> None:
+        worker.poke()
+
+    await bus.client.subscribe(changed, cb=on_changed)
     runner.use_control(ClusterControl(runner.local_control, worker, store))
     try:
         await worker.refresh()  # so the API lists the cluster from the start

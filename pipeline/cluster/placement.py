@@ -15,6 +15,7 @@ and the rules are tested without a cluster. The rules:
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -29,11 +30,21 @@ class Plan:
     """What one worker should do now."""
 
     claim: tuple[str, ...] = ()
-    """Unowned streams to try to claim, in order (another worker may win some)."""
+    """Unowned streams to try, in this worker's order, until ``room`` of them are won (another
+    worker may win some: the next ones are tried instead)."""
+    room: int = 0
+    """How many streams to claim at most."""
     release: str | None = None
     """One stream of its own to give up, so a worker with fewer can take it."""
     to: str | None = None
     """The worker to hand ``release`` to: the one owning the fewest (ties: the first by id)."""
+
+
+def _rotated(streams: list[str], me: str) -> tuple[str, ...]:
+    """``streams`` starting at a place of ``me``'s own: workers claiming at once mostly try
+    different streams first instead of racing for the same ones."""
+    start = zlib.crc32(me.encode()) % len(streams)
+    return tuple(streams[start:] + streams[:start])
 
 
 def plan(me: str, catalog: Collection[str], owners: Mapping[str, str], live: Collection[str]) -> Plan:
@@ -53,7 +64,7 @@ def plan(me: str, catalog: Collection[str], owners: Mapping[str, str], live: Col
         # The workers owning the fewest go first: a worker that just gave a stream up does not
         # take it back while the one it made room for has less.
         if len(mine) < share and len(mine) == fewest:
-            return Plan(claim=tuple(unowned[: share - len(mine)]))
+            return Plan(claim=_rotated(unowned, me), room=share - len(mine))
         return Plan()
     # Above the floor of an even split only: a worker that gave one up while the newcomer was
     # still claiming does not give up another (each of them moves once, and only as many as needed).

@@ -102,6 +102,9 @@ class ClusterStore:
             return False
         return True
 
+    async def has_stream(self, stream_id: str) -> bool:
+        return await _get(self._catalog, stream_id) is not None
+
     async def put_stream(self, stream_id: str, spec: dict[str, Any]) -> None:
         await self._catalog.put(stream_id, json.dumps(spec).encode())
 

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +67,11 @@ class ClusterWorker:
         worker_id: str,
         lease_s: float,
         announce: Announce = lambda stream_id, event: None,
+        notify: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``notify``: tells every worker to look now (a stream was freed, handed over, added or
+        removed), instead of at its next tick."""
         self.store = store
         self.local = local
         self.stats = stats
@@ -82,6 +85,7 @@ class ClusterWorker:
         self._claiming = True
         self._poked = asyncio.Event()
         self.announce = announce
+        self._notify = notify
         self._clock = clock
         self._last_owner: dict[str, str] = {}
         """Each stream's owner when last seen, kept after its lease is gone: who had it."""
@@ -92,6 +96,12 @@ class ClusterWorker:
     def poke(self) -> None:
         """Look again now (a stream was added or removed here)."""
         self._poked.set()
+
+    async def notify(self) -> None:
+        """Make every worker look again now (best effort: else they look at their next tick)."""
+        if self._notify is not None:
+            with contextlib.suppress(Exception):
+                await self._notify()
 
     def stop_claiming(self) -> None:
         self._claiming = False
@@ -120,7 +130,8 @@ class ClusterWorker:
         await self.refresh()
         catalog = self.view.catalog
         for stream_id in list(self.leases):
-            if stream_id not in catalog:
+            if stream_id not in catalog and not await self.store.has_stream(stream_id):
+                # Asked again before stopping: one listing that missed a key is not a removal.
                 await self._give_up(stream_id, "removed from the catalog")
             elif not self.local.is_running(stream_id):
                 await self._record_end(stream_id)
@@ -128,9 +139,13 @@ class ClusterWorker:
         await self._take_handed(active)
         owners = {sid: lease.worker for sid, lease in self.view.owners.items()}
         decided = plan(self.worker_id, active, owners, self.view.live)
+        won = 0
         for stream_id in decided.claim:
+            if won >= decided.room:
+                break
             lease = await self.store.claim(stream_id, self.worker_id)
             if lease is not None:
+                won += 1
                 await self._start(stream_id, catalog[stream_id], lease)
         if decided.release is not None and decided.to is not None:
             await self._hand_over(decided.release, decided.to)
@@ -157,6 +172,7 @@ class ClusterWorker:
             with contextlib.suppress(Exception):  # lost already, or NATS away: it expires anyway
                 await self.store.hand_over(lease, to)
         self._forget(stream_id)
+        await self.notify()
 
     async def refresh(self) -> ClusterView:
         async with self.lock:
@@ -183,6 +199,7 @@ class ClusterWorker:
             with contextlib.suppress(Exception):
                 await self.store.release(lease)
             self._forget(stream_id)
+        await self.notify()  # the others take the streams over now, not at their next tick
 
     async def _start(self, stream_id: str, spec: dict[str, Any], lease: Lease) -> None:
         request = StreamSpec(id=stream_id, uri=spec["uri"], options=spec.get("options", {}), source=spec.get("source"))

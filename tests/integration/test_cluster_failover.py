@@ -3,8 +3,9 @@
 
 Every stream is owned by exactly one worker; a NATS node killed changes no owner and results go
 on; a 4th worker receives its share within two lease periods and no stream moves twice; a worker
-SIGKILLed has its streams producing results on the others within ``lease_s`` + 5 s; and never do
-two workers publish one stream under one epoch. The bounds on time are the issue's acceptance;
+SIGKILLed has its streams producing results on the others within ``lease_s`` + 5 s; one stopped
+(SIGTERM) has them resume elsewhere within 3 s; and never do two workers publish one stream under
+one epoch. The bounds on time are the issue's acceptance;
 they are checked with a margin for this shared machine, and each measured figure is in the
 assertion message."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -104,6 +106,24 @@ async def test_workers_on_a_nats_cluster(nats_cluster: NatsCluster, tmp_path: Pa
             await until(taken_over, "results of the killed worker's streams from the others")
             took = time.monotonic() - killed_at
             assert took < LEASE_S + 5.0 + MARGIN_S, f"its streams produced results elsewhere after {took:.1f} s"
+
+            # A worker is stopped (SIGTERM): it drains, hands its leases back and tells the others,
+            # so its streams resume elsewhere at once, not after a lease period.
+            owners = await cluster.owners_of(first)
+            leaving_owner = next(o for o in owners.values() if o is not None and o != victim_owner)
+            leaving = worker_of(cluster, leaving_owner)
+            handed = {sid for sid, owner in owners.items() if owner == leaving_owner}
+            results.mark()
+            stopped_at = time.monotonic()
+            leaving.process.send_signal(signal.SIGTERM)
+
+            async def resumed() -> bool:
+                return all(any(o != leaving_owner for o, _ in results.owners.get(sid, set())) for sid in handed)
+
+            await until(resumed, "results of the stopped worker's streams from the others")
+            took = time.monotonic() - stopped_at
+            assert took < 3.0 + MARGIN_S, f"its streams resumed elsewhere after {took:.1f} s (lease {LEASE_S:g} s)"
+            assert await asyncio.wait_for(leaving.process.wait(), GUARD_S) == 0
 
             # Never two workers publishing one stream under one epoch.
             assert all(len(owners) == 1 for owners in results.by_epoch().values()), results.by_epoch()

@@ -24,6 +24,9 @@ class FakeStore:
     async def streams(self) -> dict[str, dict[str, Any]]:
         return {k: dict(v) for k, v in self.catalog.items()}
 
+    async def has_stream(self, stream_id: str) -> bool:
+        return stream_id in self.catalog
+
     async def put_stream(self, stream_id: str, spec: dict[str, Any]) -> None:
         self.catalog[stream_id] = spec
 

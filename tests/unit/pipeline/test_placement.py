@@ -26,9 +26,11 @@ def settle(catalog: list[str], owners: dict[str, str], live: list[str], rounds: 
                 moves.append(step.release)
                 changed = True
         for worker, step in plans.items():
+            won = 0
             for stream_id in step.claim:
-                if stream_id not in owners:
+                if won < step.room and stream_id not in owners:
                     owners[stream_id] = worker
+                    won += 1
                     changed = True
         if not changed:
             return moves
