@@ -120,8 +120,13 @@ async def test_chromium_publishes_camera_and_microphone(nats_server: Any, tmp_pa
             lambda: any(r["time_base"] == "1/16000" for r in results_of(recorder, STREAM)),
             f"audio windows for {STREAM} (the fake microphone)",
         )
+        # Chromium's fake camera may start after its microphone (a loaded machine): wait for both.
+        await until(
+            lambda: any("frame" in r for r in results_of(recorder, STREAM)),
+            f"video frames for {STREAM} (the fake camera)",
+        )
         frames = [r for r in results_of(recorder, STREAM) if "frame" in r]
-        assert frames and frames[0]["frame"]["width"] > 0
+        assert frames[0]["frame"]["width"] > 0
         assert recorder.recording.event_names(STREAM)[0] == "started"
 
         # The page got its stream's results back over server-sent events: from the very first
