@@ -21,10 +21,11 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from .config import NatsConfig, nats_url_problem
+from .config import NatsConfig
 from .errors import BusError
 from .natsconnect import NO_AUTH, NatsAuth, nats_target, open_connection
 from .outbox import CoreOutbox, Envelope, JetStreamOutbox, Outbox
+from .urls import nats_url_problem
 
 log = logging.getLogger("streamgraph.bus")
 

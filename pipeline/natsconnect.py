@@ -9,7 +9,7 @@
   client's.
 
 A NATS cluster is given as its seed URLs separated by commas (``nats://n1:4222,nats://n2:4222``,
-``pipeline.config.nats_seeds``): nats-py gets every seed, connects to one and, once connected,
+``pipeline.urls.nats_seeds``): nats-py gets every seed, connects to one and, once connected,
 fails over to another (or to a server the cluster told it of) when its server goes away. A login
 may be on any seed; it must be the same on each that has one.
 
@@ -31,10 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 from nats.aio.client import Client
 
-from .config import NatsConfig, nats_seeds, nats_url_problem, url_login
+from .config import NatsConfig
 from .errors import BusError, ConfigError
 from .logs import redact
 from .tls import cert_and_key, client_context, config_file
+from .urls import nats_seeds, nats_url_problem, url_login
 
 KeyName = Callable[[str], str]
 """How an error names a setting (``tls_ca`` -> ``nats.tls_ca``, or ``--tls-ca`` on a command line)."""

@@ -18,9 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .config import nats_url_problem
 from .errors import BusError, ConfigError
 from .natsconnect import NO_AUTH, KeyName, NatsAuth, config_key, nats_target, open_connection
+from .urls import nats_url_problem
 
 log = logging.getLogger("streamgraph.subscribe")
 

@@ -8,8 +8,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config import STREAM_ID_PATTERN, stream_id_from, url_problem
+from pipeline.config import STREAM_ID_PATTERN, stream_id_from
 from pipeline.stage import TrackSelection
+from pipeline.urls import url_problem
 
 RTSP_SCHEMES = ("rtsp", "rtsps")
 _PASSWORD = re.compile(r"^([^:/?#]+://[^:/?#@]*:)[^/?#@]*@")

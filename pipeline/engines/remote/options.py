@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from ...config import StrictModel, url_problem
+from ...config import StrictModel
+from ...urls import url_problem
 from ..base import EngineOptions
 
 SCHEMES = ("http", "https", "grpc")

@@ -16,12 +16,13 @@ import pytest
 
 from pipeline import cli
 from pipeline.bus import NatsServer, free_port
-from pipeline.config import NatsConfig, nats_seeds, nats_url_problem, parse_config
+from pipeline.config import NatsConfig, parse_config
 from pipeline.errors import BusError, ConfigError
 from pipeline.logs import JsonFormatter, TextFormatter, mask_secrets, redact
 from pipeline.natsconnect import NatsAuth, nats_target, open_connection
 from pipeline.service import build
 from pipeline.tls import api_server_context
+from pipeline.urls import nats_seeds, nats_url_problem
 from tests.certs import Pki, make_pki
 
 
