@@ -19,8 +19,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.js.client import JetStreamContext
@@ -37,6 +38,8 @@ from nats.js.kv import KeyValue
 from ..errors import PipelineError
 
 log = logging.getLogger("streamgraph.cluster")
+
+T = TypeVar("T")
 
 OPEN_RETRY_S = 60.0
 """How long a worker starting while JetStream elects a leader keeps asking for its buckets."""
@@ -94,13 +97,7 @@ class ClusterStore:
 
     async def create_stream(self, stream_id: str, spec: dict[str, Any]) -> bool:
         """Add the stream to the catalog; False if a stream of that id is there already."""
-        try:
-            await self._catalog.create(stream_id, json.dumps(spec).encode())
-        except BadRequestError as exc:
-            if not _wrong_last(exc):
-                raise
-            return False
-        return True
+        return await _compared(self._catalog.create(stream_id, json.dumps(spec).encode())) is not None
 
     async def has_stream(self, stream_id: str) -> bool:
         return await _get(self._catalog, stream_id) is not None
@@ -146,11 +143,8 @@ class ClusterStore:
     async def claim(self, stream_id: str, worker: str) -> Lease | None:
         """The stream's lease for ``worker``, or None if another worker holds it."""
         since = round(time.time(), 3)
-        try:
-            revision = await self._owners.create(stream_id, _owner_record(worker, 0, since))
-        except BadRequestError as exc:
-            if not _wrong_last(exc):
-                raise
+        revision = await _compared(self._owners.create(stream_id, _owner_record(worker, 0, since)))
+        if revision is None:
             return None
         # The epoch is the claim's own revision; written into the record so readers see it.
         lease = Lease(stream_id, worker, epoch=revision, revision=revision, since=since)
@@ -160,54 +154,34 @@ class ClusterStore:
         """Give the stream to worker ``to`` (a rebalance): only it may take it now. False if the
         lease was not this one any more."""
         record = json.dumps({"worker": to, "epoch": 0, "since": round(time.time(), 3), "from": lease.worker})
-        try:
-            await self._owners.update(lease.stream_id, record.encode(), last=lease.revision)
-        except BadRequestError as exc:
-            if not _wrong_last(exc):
-                raise
-            return False
-        return True
+        return await _compared(self._owners.update(lease.stream_id, record.encode(), last=lease.revision)) is not None
 
     async def take_over(self, handed: Lease) -> Lease | None:
         """Take a stream handed to this worker (``hand_over``): a lease of a new epoch, or None if
         the record changed meanwhile (it expired and another worker claimed it)."""
         since = round(time.time(), 3)
-        try:
-            revision = await self._owners.update(
-                handed.stream_id, _owner_record(handed.worker, 0, since), last=handed.revision
-            )
-        except BadRequestError as exc:
-            if not _wrong_last(exc):
-                raise
+        record = _owner_record(handed.worker, 0, since)
+        revision = await _compared(self._owners.update(handed.stream_id, record, last=handed.revision))
+        if revision is None:
             return None
         return await self.renew(Lease(handed.stream_id, handed.worker, revision, revision, since))
 
     async def renew(self, lease: Lease) -> Lease:
         """Rewrite the lease (its age starts again); ``LeaseLost`` if it is no longer this one."""
-        try:
-            revision = await self._owners.update(
-                lease.stream_id, _owner_record(lease.worker, lease.epoch, lease.since), last=lease.revision
-            )
-        except (BadRequestError, NotFoundError) as exc:
-            if isinstance(exc, BadRequestError) and not _wrong_last(exc):
-                raise
-            current = (await self.owners()).get(lease.stream_id)
-            if current is not None and (current.worker, current.epoch) == (lease.worker, lease.epoch):
-                # Still ours: an earlier renewal went through but its answer was lost (a server
-                # failing over); carry on from the revision it wrote.
-                return current
-            raise LeaseLost(f"stream {lease.stream_id}: the lease of epoch {lease.epoch} is gone") from None
-        return Lease(lease.stream_id, lease.worker, lease.epoch, revision, lease.since)
+        record = _owner_record(lease.worker, lease.epoch, lease.since)
+        revision = await _compared(self._owners.update(lease.stream_id, record, last=lease.revision))
+        if revision is not None:
+            return Lease(lease.stream_id, lease.worker, lease.epoch, revision, lease.since)
+        current = (await self.owners()).get(lease.stream_id)
+        if current is not None and (current.worker, current.epoch) == (lease.worker, lease.epoch):
+            # Still ours: an earlier renewal went through but its answer was lost (a server
+            # failing over); carry on from the revision it wrote.
+            return current
+        raise LeaseLost(f"stream {lease.stream_id}: the lease of epoch {lease.epoch} is gone")
 
     async def release(self, lease: Lease) -> bool:
         """Give the lease up (others may claim at once); False if it was not this one any more."""
-        try:
-            await self._owners.delete(lease.stream_id, last=lease.revision)
-        except (BadRequestError, NotFoundError) as exc:
-            if isinstance(exc, BadRequestError) and not _wrong_last(exc):
-                raise
-            return False
-        return True
+        return await _compared(self._owners.delete(lease.stream_id, last=lease.revision)) is not None
 
     async def owners(self) -> dict[str, Lease]:
         """Every stream's current lease."""
@@ -253,8 +227,17 @@ async def _bucket_once(js: JetStreamContext, name: str, config: dict[str, Any]) 
         return await js.key_value(name)
 
 
-def _wrong_last(exc: BadRequestError) -> bool:
-    return isinstance(exc, KeyWrongLastSequenceError) or getattr(exc, "err_code", None) == WRONG_LAST_SEQUENCE
+async def _compared(write: Awaitable[T]) -> T | None:
+    """What a compare-and-set write (a create, an update or a delete with ``last``) returned, or
+    None if it found another revision than the one it expected, or no key."""
+    try:
+        return await write
+    except NotFoundError:
+        return None
+    except BadRequestError as exc:
+        if isinstance(exc, KeyWrongLastSequenceError) or getattr(exc, "err_code", None) == WRONG_LAST_SEQUENCE:
+            return None
+        raise
 
 
 def _owner_record(worker: str, epoch: int, since: float) -> bytes:

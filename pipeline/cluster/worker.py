@@ -132,7 +132,7 @@ class ClusterWorker:
         for stream_id in list(self.leases):
             if stream_id not in catalog and not await self.store.has_stream(stream_id):
                 # Asked again before stopping: one listing that missed a key is not a removal.
-                await self._give_up(stream_id, "removed from the catalog")
+                await self._stop_here(stream_id, "removed from the catalog")
             elif not self.local.is_running(stream_id):
                 await self._record_end(stream_id)
         active = [sid for sid, spec in catalog.items() if ENDED not in spec]
@@ -155,7 +155,7 @@ class ClusterWorker:
         for stream_id in active:
             handed = self.view.owners.get(stream_id)
             if handed is None or handed.handed_by is None or handed.worker != self.worker_id:
-                continue
+                continue  # not being handed to this worker
             if stream_id in self.leases:
                 continue
             lease = await self.store.take_over(handed)
@@ -164,14 +164,7 @@ class ClusterWorker:
                 await self._start(stream_id, self.view.catalog[stream_id], lease)
 
     async def _hand_over(self, stream_id: str, to: str) -> None:
-        log.info("cluster worker %s: hands stream %s over to %s (fewer streams)", self.worker_id, stream_id, to)
-        with contextlib.suppress(StreamControlError):
-            await self.local.remove(stream_id)
-        lease = self.leases.get(stream_id)
-        if lease is not None:
-            with contextlib.suppress(Exception):  # lost already, or NATS away: it expires anyway
-                await self.store.hand_over(lease, to)
-        self._forget(stream_id)
+        await self._stop_here(stream_id, f"handed over to {to} (fewer streams)", to=to)
         await self.notify()
 
     async def refresh(self) -> ClusterView:
@@ -274,20 +267,18 @@ class ClusterWorker:
             ended["error"] = error
         await self.store.put_stream(stream_id, {**spec, ENDED: ended})
 
-    async def _give_up(self, stream_id: str, why: str) -> None:
-        await self._stop_here(stream_id, why)
-
-    async def _stop_here(self, stream_id: str, why: str) -> None:
+    async def _stop_here(self, stream_id: str, why: str, *, to: str | None = None) -> None:
         log.info("cluster worker %s: stops stream %s: %s", self.worker_id, stream_id, why)
         with contextlib.suppress(StreamControlError):
             await self.local.remove(stream_id)
-        await self._release(stream_id)
+        await self._release(stream_id, to=to)
 
-    async def _release(self, stream_id: str) -> None:
+    async def _release(self, stream_id: str, *, to: str | None = None) -> None:
+        """Give the stream's lease up, or hand it to worker ``to``, and forget it."""
         lease = self.leases.get(stream_id)
         if lease is not None:
             with contextlib.suppress(Exception):  # lost already, or NATS away: it expires anyway
-                await self.store.release(lease)
+                await (self.store.hand_over(lease, to) if to is not None else self.store.release(lease))
         self._forget(stream_id)
 
     def _forget(self, stream_id: str) -> None:
