@@ -57,7 +57,7 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 def _fifo_hint(path: Path) -> str:
-    """`` (a named pipe: it opens once a writer opens it)`` for a FIFO: why its open may wait."""
+    """What to add to a FIFO's name in a message: why its open may wait (until a writer opens it)."""
     try:
         return " (a named pipe: it opens once something opens it for writing)" if path.is_fifo() else ""
     except OSError:
@@ -171,12 +171,12 @@ class FileSource(Source):
         return self.params.id or stream_id_from(Path(self.params.path).stem, "file")
 
     def check(self, base_dir: Path) -> None:
-        given = self.params.path
-        if _PROTOCOL.match(given):
+        files = self.local_files(base_dir)
+        if not files:
             return  # a URL FFmpeg opens itself: nothing to look for here
-        path = Path(given).expanduser()
-        resolved = path if path.is_absolute() else base_dir / path
-        where = "" if path.is_absolute() else f" (a relative path is read from the config's directory, {base_dir})"
+        (resolved,) = files
+        relative = not Path(self.params.path).expanduser().is_absolute()
+        where = f" (a relative path is read from the config's directory, {base_dir})" if relative else ""
         try:
             exists, is_dir = resolved.exists(), resolved.is_dir()
         except OSError as exc:  # a name too long for the file system, say
