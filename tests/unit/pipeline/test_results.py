@@ -179,26 +179,31 @@ def test_ended_event_counts_frames():
     assert "message" not in message
 
 
-def test_ended_event_counts_consumed_items_only_when_there_are_some(event_validator):
-    counters = StreamCounters(decoded=313, published=4, consumed=308, drops={"shutdown": 1})
+@pytest.mark.parametrize(
+    ("field", "counters", "frames"),
+    [
+        (
+            "consumed",
+            StreamCounters(decoded=313, published=4, consumed=308, drops={"shutdown": 1}),
+            {"decoded": 313, "published": 4, "dropped": 1, "consumed": 308},
+        ),
+        (
+            "packets_dropped",
+            StreamCounters(packets_dropped=50),
+            {"decoded": 0, "published": 0, "dropped": 0, "packets_dropped": 50},
+        ),
+    ],
+)
+def test_ended_event_counts_consumed_items_and_dropped_packets_only_when_there_are_some(
+    event_validator, field, counters, frames
+):
     message = build_event("p", "s", "ended", reason="eof", counters=counters)
     event_validator.validate(roundtrip(message))
-    assert message["frames"] == {"decoded": 313, "published": 4, "dropped": 1, "consumed": 308}
+    assert message["frames"] == frames
     without = build_event("p", "s", "ended", reason="eof", counters=StreamCounters(decoded=1, published=1))
-    assert "consumed" not in without["frames"]
-    bad = {**message, "frames": {**message["frames"], "consumed": 0}}
-    assert not event_validator.is_valid(bad)  # absent, not zero, when nothing was consumed
-
-
-def test_ended_event_counts_packets_dropped_only_when_there_are_some(event_validator):
-    counters = StreamCounters(packets_dropped=50)
-    message = build_event("p", "s", "ended", reason="eof", counters=counters)
-    event_validator.validate(roundtrip(message))
-    assert message["frames"] == {"decoded": 0, "published": 0, "dropped": 0, "packets_dropped": 50}
-    without = build_event("p", "s", "ended", reason="eof", counters=StreamCounters(decoded=1, published=1))
-    assert "packets_dropped" not in without["frames"]
-    bad = {**message, "frames": {**message["frames"], "packets_dropped": 0}}
-    assert not event_validator.is_valid(bad)  # absent, not zero, when none was dropped
+    assert field not in without["frames"]
+    bad = {**message, "frames": {**message["frames"], field: 0}}
+    assert not event_validator.is_valid(bad)  # absent, not zero, when there are none
 
 
 def test_event_schema_rejects_unknown_events(event_validator):
