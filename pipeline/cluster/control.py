@@ -84,7 +84,7 @@ class ClusterControl:
         """Wait until the stream's owner has stopped it (its lease is gone), for at most a lease
         period: the owner looks every tick, and a dead owner's lease expires."""
         deadline = time.monotonic() + self._worker.lease_s
-        while stream_id in await self._store.owners() and time.monotonic() < deadline:
+        while await self._store.owner(stream_id) is not None and time.monotonic() < deadline:
             await asyncio.sleep(REMOVE_POLL_S)
 
     def describe(self, stream_id: str) -> dict[str, Any]:

@@ -172,7 +172,7 @@ class ClusterStore:
         revision = await _compared(self._owners.update(lease.stream_id, record, last=lease.revision))
         if revision is not None:
             return Lease(lease.stream_id, lease.worker, lease.epoch, revision, lease.since)
-        current = (await self.owners()).get(lease.stream_id)
+        current = await self.owner(lease.stream_id)
         if current is not None and (current.worker, current.epoch) == (lease.worker, lease.epoch):
             # Still ours: an earlier renewal went through but its answer was lost (a server
             # failing over); carry on from the revision it wrote.
@@ -185,18 +185,21 @@ class ClusterStore:
 
     async def owners(self) -> dict[str, Lease]:
         """Every stream's current lease."""
-        leases: dict[str, Lease] = {}
-        for key in await _keys(self._owners):
-            try:
-                entry = await self._owners.get(key)
-            except NotFoundError:
-                continue
-            if entry.value:
-                record = json.loads(entry.value)
-                epoch = int(record["epoch"] or entry.revision or 0)
-                since = float(record.get("since", 0))
-                leases[key] = Lease(key, record["worker"], epoch, entry.revision or 0, since, record.get("from"))
-        return leases
+        leases = {key: await self.owner(key) for key in await _keys(self._owners)}
+        return {key: lease for key, lease in leases.items() if lease is not None}
+
+    async def owner(self, stream_id: str) -> Lease | None:
+        """The stream's current lease, or None."""
+        try:
+            entry = await self._owners.get(stream_id)
+        except NotFoundError:
+            return None
+        if not entry.value:
+            return None
+        record = json.loads(entry.value)
+        epoch = int(record["epoch"] or entry.revision or 0)
+        since = float(record.get("since", 0))
+        return Lease(stream_id, record["worker"], epoch, entry.revision or 0, since, record.get("from"))
 
 
 async def _bucket(js: JetStreamContext, name: str, **config: Any) -> KeyValue:
