@@ -74,6 +74,19 @@ class Demuxer:
         self.streams = {kind: reopened[index] for index, kind in self.kinds.items()}
         self._packets = self.container.demux(list(self.streams.values()))
 
+    def seek(self, kind: TrackKind, at_s: Fraction) -> bool:
+        """Go to the keyframe at or before ``at_s`` (seconds into the file, on track ``kind``).
+        False, and still at the start, where the file cannot seek (a raw elementary stream: no
+        timestamps to find a place by)."""
+        stream = self.streams[kind]
+        try:
+            self.container.seek(max(0, int(at_s / self.time_bases[kind])), stream=stream, backward=True)
+        except (OSError, av.FFmpegError):
+            self.rewind()
+            return False
+        self._packets = self.container.demux(list(self.streams.values()))
+        return True
+
     def close(self) -> None:
         self.container.close()
 

@@ -37,6 +37,7 @@ from pipeline.stage import Source, TrackSelection, register_stage
 
 from .demuxer import Demuxer
 from .errors import media_error
+from .schedule import Schedule, first_pass_ends
 
 Emit = Callable[[Message], Awaitable[None]]
 
@@ -50,6 +51,15 @@ def _close_late(demuxer: Demuxer | None) -> None:
     """An open abandoned as stuck that succeeded after all: close what it opened."""
     if demuxer is not None:
         demuxer.close()
+
+
+SCAN_TIMEOUT_S = 120.0
+"""How long reading a looped file through once may take (``start_s`` past its first pass: where
+each pass begins is measured, without decoding)."""
+
+
+def start_s_text(start: Fraction) -> str:
+    return f"{float(start):.3f} s"
 
 
 CLOSE_TIMEOUT_S = 5.0
@@ -86,62 +96,12 @@ class FileParams(TrackSelection):
     read_timeout_s: float = Field(default=10.0, gt=0)
     """How long one read may wait for data before the stream fails (a pipe whose writer went
     quiet, say)."""
-
-
-class _Schedule:
-    """Where each packet of a file stream lands in media time, and when it is due at native rate.
-
-    Each track keeps its own time base; a loop shifts every track by the same duration, each
-    expressed in its own ticks, so timestamps keep increasing and tracks stay in sync. Pacing starts
-    at the first packet's time, from when the schedule was made.
-    """
-
-    def __init__(self, time_bases: dict[TrackKind, Fraction], frame_durations: dict[TrackKind, int]) -> None:
-        self._time_bases = time_bases
-        self._frame_durations = frame_durations
-        self._next_pts: dict[TrackKind, int] = dict.fromkeys(time_bases, 0)
-        """Per track, where the next packet starts if it carries no timestamp of its own."""
-        self._offsets: dict[TrackKind, int] = dict.fromkeys(time_bases, 0)
-        self._last_end: dict[TrackKind, Fraction] = {}  # seconds, shifted
-        self._origin: Fraction | None = None  # the first packet's time: pacing starts there
-        self._started_wall = time.monotonic()
-        self._started_epoch = time.time()
-
-    def next_pass(self) -> None:
-        """The file starts again: shift what follows past the end of everything passed on."""
-        end = max(self._last_end.values())
-        self._offsets = {kind: round(end / tb) for kind, tb in self._time_bases.items()}
-        self._next_pts = dict.fromkeys(self._time_bases, 0)
-
-    def place(self, kind: TrackKind, packet: Any) -> tuple[int, Fraction]:
-        """The packet's shifted pts (the packet itself is shifted), and its time since the origin."""
-        time_base = self._time_bases[kind]
-        offset = self._offsets[kind]
-        if packet.pts is None and packet.dts is None:
-            # A raw elementary stream (.h264, .hevc) has no timestamps: one frame after the last,
-            # at the header's rate, so it paces and its results have a media time.
-            packet.pts = packet.dts = self._next_pts[kind]
-            packet.duration = packet.duration or self._frame_durations[kind]
-        unshifted = packet.pts if packet.pts is not None else packet.dts
-        self._next_pts[kind] = unshifted + (packet.duration or self._frame_durations[kind])
-        pts = unshifted + offset
-        if offset:  # the decoder passes pts through: shift the packet itself
-            packet.pts = pts
-            packet.dts = packet.dts + offset if packet.dts is not None else None
-        at = pts * time_base
-        if self._origin is None:
-            self._origin = at
-        self._last_end[kind] = max(self._last_end.get(kind, at), (pts + (packet.duration or 0)) * time_base)
-        return pts, at - self._origin
-
-    def due(self, since_origin: Fraction) -> float:
-        """When (monotonic) a packet this far from the origin is due at native rate."""
-        return self._started_wall + float(since_origin)
-
-    def captured(self, since_origin: Fraction) -> float:
-        """At native rate a packet was "captured" when its schedule says, not when it was read: a
-        source that falls behind (a full edge) shows the lag as latency instead of hiding it."""
-        return self._started_epoch + float(since_origin)
+    start_s: float = Field(default=0.0, ge=0)
+    """Start at this media time (seconds) instead of the beginning: at the keyframe at or before
+    it, so nothing from it on is missed. With ``loop`` it counts across passes, as the stream's
+    timestamps do: a stream resumed from its checkpoint under a new owner (a cluster) carries on
+    with the timestamps it had. A file that cannot seek (a raw ``.h264``) starts at its
+    beginning (of that pass) instead."""
 
 
 @register_stage("file")
@@ -243,7 +203,10 @@ class FileSource(Source):
     async def _play(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer) -> None:
         """Announce the stream, pass its packets on (paced and looped as asked), then end it."""
         await self._announce(emit, stream_id, path, demuxer)
-        read = await self._pass_packets(emit, stream_id, path, demuxer)
+        schedule = Schedule(demuxer.time_bases, demuxer.frame_durations)
+        if self.params.start_s and not await self._start_part_way(emit, stream_id, path, demuxer, schedule):
+            return
+        read = await self._pass_packets(emit, stream_id, path, demuxer, schedule)
         if read is not None:
             await self._end(emit, stream_id, path, demuxer, read)
 
@@ -263,11 +226,53 @@ class FileSource(Source):
         self.ctx.stats.stream(stream_id).frame_count = info.frame_count if demuxer.audio is None else None
         await emit(StreamStarted(info))
 
-    async def _pass_packets(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer) -> int | None:
+    async def _start_part_way(
+        self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer, schedule: Schedule
+    ) -> bool:
+        """``start_s``: shift the timestamps as the pass of a looped file that holds it had them,
+        then seek to the keyframe at or before it. False if the stream has ended with an error."""
+        start = Fraction(self.params.start_s)
+        kind: TrackKind = "video" if "video" in demuxer.streams else next(iter(demuxer.streams))
+        late = lambda _: demuxer.close()  # noqa: E731 - what an abandoned call leaves behind
+        try:
+            if self.params.loop:
+                ends = await self._io.call(
+                    first_pass_ends,
+                    demuxer,
+                    what="reading one pass",
+                    timeout=SCAN_TIMEOUT_S,
+                    halt=self._halt,
+                    late=late,
+                )
+                schedule.skip_passes(ends, start)
+            at = schedule.unshifted(kind, start)
+            seeked = await self._io.call(
+                demuxer.seek, kind, at, what="a seek", timeout=self.params.read_timeout_s, halt=self._halt, late=late
+            )
+        except SourceStuck as exc:
+            self._abandoned = True
+            await self._fail(emit, stream_id, f"{path}: stuck starting at {start_s_text(start)}: {exc}")
+            return False
+        except (OSError, av.FFmpegError) as exc:
+            await self._fail(emit, stream_id, f"{path}: cannot start at {start_s_text(start)}: {media_error(exc)}")
+            return False
+        if not seeked:
+            self.ctx.logger.warning(
+                "stream %s: %s cannot seek (no timestamps): starts at its beginning, not at %s",
+                stream_id,
+                path,
+                start_s_text(start),
+            )
+        return True
+
+    async def _pass_packets(
+        self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer, schedule: Schedule
+    ) -> int | None:
         """Read, pace and emit packets until the file ends (for good, without ``loop``) or a stop:
         how many were read, or None if the stream has ended with an error."""
-        schedule = _Schedule(demuxer.time_bases, demuxer.frame_durations)
         read = 0
+        part_way = bool(self.params.start_s)
+        """Started part-way: the first pass may hold no packet past the start (nothing left)."""
         while not self._stop_asked(stream_id):
             try:
                 demuxed = await self._io.call(
@@ -285,9 +290,10 @@ class FileSource(Source):
                 await self._fail(emit, stream_id, f"{path}: unreadable after {read} packets: {media_error(exc)}")
                 return None
             if demuxed is None:
-                if read == 0:
+                if read == 0 and not part_way:
                     await self._fail(emit, stream_id, f"{path}: no {' or '.join(demuxer.streams)} packets")
                     return None
+                part_way = False
                 if not self.params.loop:
                     break
                 if not await self._start_again(emit, stream_id, path, demuxer, schedule):
@@ -303,7 +309,7 @@ class FileSource(Source):
             await emit(Item(stream_id=stream_id, media=media, capture_time=captured))
         return read
 
-    async def _start_again(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer, schedule: _Schedule) -> bool:
+    async def _start_again(self, emit: Emit, stream_id: str, path: Path, demuxer: Demuxer, schedule: Schedule) -> bool:
         """Loop: rewind the file, its timestamps shifted past the last pass; False if it could not."""
         schedule.next_pass()
         try:
@@ -328,7 +334,8 @@ class FileSource(Source):
             # sent its error downstream already and swallows this end).
             await emit(EndOfStream(stream_id, "stopped"))
             return
-        if not self.params.loop and demuxer.expected_packets and read < demuxer.expected_packets:
+        whole = not self.params.loop and not self.params.start_s  # read from its start to its end
+        if whole and demuxer.expected_packets and read < demuxer.expected_packets:
             await self._fail(
                 emit,
                 stream_id,
