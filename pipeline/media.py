@@ -55,6 +55,9 @@ class StreamInfo:
     duration_s: float | None = None
     frame_count: int | None = None
     audio: AudioCodecParams | None = None
+    seekable: bool = False
+    """A file: each frame has the same timestamp in every run of it, so a run can start part-way
+    (``start_s``) and a frame's results keep one message id (a cluster resumes it elsewhere)."""
 
 
 TrackKind = Literal["video", "audio"]

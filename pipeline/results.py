@@ -51,9 +51,10 @@ def new_run_id() -> str:
     return f"{time.time_ns():x}"
 
 
-def message_id(pipeline: str, stream_id: str, run: str, seq: int) -> str:
-    """``Nats-Msg-Id`` of a result: unique per stream run and seq, the same for every retry."""
-    return f"{pipeline}.{stream_id}.{run}.{seq}"
+def message_id(pipeline: str, stream_id: str, run: str, position: int | str) -> str:
+    """``Nats-Msg-Id`` of a result: unique per stream run and position (its seq, or where it is in
+    a file), the same for every retry."""
+    return f"{pipeline}.{stream_id}.{run}.{position}"
 
 
 def event_id(pipeline: str, stream_id: str, run: str, index: int) -> str:

@@ -186,6 +186,8 @@ class Source(Stage):
     uri_schemes: ClassVar[tuple[str, ...]] = ()
     """URI schemes this source takes for a stream added at run time (``rtsp``); ``""`` is a bare
     path. Sources that list schemes implement ``params_for_uri``."""
+    resumable: ClassVar[bool] = False
+    """Takes ``start_s`` (a media time to start at): a cluster resumes a moved stream there."""
 
     @classmethod
     def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from .media import Item
 
@@ -36,6 +37,12 @@ class StreamCounters:
     lease: tuple[str, int] | None = None
     """In a cluster: (this worker's id, the lease's epoch) under which it runs the stream; stamped
     on every result (``owner``, ``epoch``)."""
+    run: str | None = None
+    """In a cluster: the stream's run as its catalog entry names it, the same under every owner
+    (results carry it as ``run``; message ids of a file stream's results derive from it)."""
+    published_to: Fraction | None = None
+    """Media time (s) of the latest result sent (acknowledged on JetStream): where a new owner
+    resumes the stream (a cluster checkpoints it)."""
 
     @property
     def dropped(self) -> int:

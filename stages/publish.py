@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pipeline.bus import Bus
 from pipeline.errors import ConfigError
-from pipeline.media import EndOfStream, Item, StreamInfo, StreamStatus
+from pipeline.media import AudioChunk, EndOfStream, Item, StreamInfo, StreamStatus, VideoFrame
 from pipeline.results import (
     build_event,
     build_result,
@@ -29,6 +29,7 @@ from pipeline.results import (
     result_subject,
 )
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
+from pipeline.stats import StreamCounters
 
 
 class PublishParams(StageParams):
@@ -39,13 +40,37 @@ class PublishParams(StageParams):
 @dataclass
 class _StreamRun:
     """One run of a stream (start to end): its id in message ids, its events' numbers, and its
-    results the outbox has not settled yet."""
+    results the outbox has not settled yet.
+
+    A stream a cluster runs keeps the run its catalog entry names under every owner. A file
+    stream's results are then identified by position (track and pts: the same frame, the same
+    id, whoever publishes it), so the results a new owner publishes again after resuming from the
+    last checkpoint are duplicates JetStream drops. Everything else of a stream there (a live
+    stream's results, events) is numbered per owner: its ids carry the lease's epoch."""
 
     run: str = field(default_factory=new_run_id)
+    ids: str = ""
+    """What message ids are made of besides the position: the run, and the epoch in a cluster."""
+    by_position: bool = False
     events: Iterator[int] = field(default_factory=itertools.count)
     unsettled: int = 0
     ended: Callable[[], None] | None = None
     """Sends the ``ended`` event: waits here while results are unsettled."""
+
+    @classmethod
+    def of(cls, counters: StreamCounters, info: StreamInfo | None) -> _StreamRun:
+        if counters.run is None:
+            run = new_run_id()
+            return cls(run=run, ids=run)
+        epoch = counters.lease[1] if counters.lease is not None else 0
+        return cls(run=counters.run, ids=f"{counters.run}.{epoch}", by_position=info is not None and info.seekable)
+
+    def result_id(self, pipeline: str, item: Item) -> str:
+        media = item.media
+        if self.by_position and media.pts is not None:
+            kind = "v" if isinstance(media, VideoFrame) else "a" if isinstance(media, AudioChunk) else media.kind[0]
+            return message_id(pipeline, item.stream_id, self.run, f"{kind}{media.pts}")
+        return message_id(pipeline, item.stream_id, self.ids, item.seq)
 
     def settled(self) -> None:
         self.unsettled -= 1
@@ -70,11 +95,11 @@ class Publish(Stage):
     def _run(self, stream_id: str) -> _StreamRun:
         run = self._runs.get(stream_id)
         if run is None:
-            run = self._runs[stream_id] = _StreamRun()
+            run = self._runs[stream_id] = _StreamRun.of(self.ctx.stats.stream(stream_id), None)
         return run
 
     async def on_stream_added(self, info: StreamInfo) -> None:
-        self._runs[info.stream_id] = _StreamRun()
+        self._runs[info.stream_id] = _StreamRun.of(self.ctx.stats.stream(info.stream_id), info)
         self._event(info.stream_id, "started")
 
     async def on_stream_status(self, status: StreamStatus) -> None:
@@ -89,9 +114,13 @@ class Publish(Stage):
         message = build_result(self.ctx.pipeline, item, counters, self.ctx.latency_keys, run=run.run)
         # The callbacks outlive the item: they keep its few small facts, never the frame.
         latency, parts, stream_id = message["latency_ms"], tuple(item.timings_ms), item.stream_id
+        media = item.media
+        at = media.pts * media.time_base if media.pts is not None else None
 
         def sent() -> None:
             counters.published += 1
+            if at is not None and (counters.published_to is None or at > counters.published_to):
+                counters.published_to = at
             self.ctx.metrics.observe_published(stream_id, latency, parts)
             run.settled()
 
@@ -105,7 +134,7 @@ class Publish(Stage):
         self.bus.put(
             result_subject(self.bus.prefix, self.ctx.pipeline, stream_id),
             encode(message),
-            msg_id=message_id(self.ctx.pipeline, stream_id, run.run, item.seq),
+            msg_id=run.result_id(self.ctx.pipeline, item),
             on_sent=sent,
             on_lost=lost,
         )
@@ -116,7 +145,7 @@ class Publish(Stage):
         counters.ended = True
         if eos.reason == "error":
             self._event(eos.stream_id, "error", message=eos.error or "unknown error")
-        run = self._runs.pop(eos.stream_id, None) or _StreamRun()
+        run = self._runs.pop(eos.stream_id, None) or _StreamRun.of(counters, None)
 
         def ended() -> None:
             self._event(eos.stream_id, "ended", reason=eos.reason, run=run)
@@ -146,5 +175,5 @@ class Publish(Stage):
         self.bus.put(
             events_subject(self.bus.prefix, self.ctx.pipeline, stream_id),
             encode(body),
-            msg_id=event_id(self.ctx.pipeline, stream_id, run.run, next(run.events)),
+            msg_id=event_id(self.ctx.pipeline, stream_id, run.ids, next(run.events)),
         )

@@ -19,8 +19,9 @@ import time
 from typing import Any
 
 from ..control import StreamControl, StreamExists, StreamNotFound, StreamSpec, find_stream
-from .store import ClusterStore
-from .worker import ENDED, ClusterWorker
+from ..results import new_run_id
+from .store import ENDED, ClusterStore
+from .worker import ClusterWorker
 
 REMOVE_POLL_S = 0.2
 
@@ -53,7 +54,8 @@ class ClusterControl:
 
     async def add(self, spec: StreamSpec) -> None:
         self._local.check(spec)
-        entry = {"uri": spec.uri, "options": spec.options, "added_at": round(time.time(), 3)}
+        # ``run``: the same under every owner, so one frame's results keep one message id.
+        entry = {"uri": spec.uri, "options": spec.options, "added_at": round(time.time(), 3), "run": new_run_id()}
         if spec.source is not None:
             entry["source"] = spec.source
         async with self._worker.lock:
@@ -62,7 +64,7 @@ class ClusterControl:
             await self._worker.refresh_locked()
             # A replicated bucket may answer a read from a replica a moment behind: what was
             # just written is known here without asking.
-            self._worker.view.catalog.setdefault(spec.id, entry)
+            self._worker.view.catalog[spec.id] = entry
         await self._worker.notify()
 
     async def remove(self, stream_id: str) -> None:

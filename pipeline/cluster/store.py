@@ -7,6 +7,9 @@
   ``epoch``. A claim creates the key (only if absent), a renewal rewrites it by compare-and-set on
   the revision last seen, a release deletes it the same way; the age limit (``lease_s``) removes
   a lease nobody renewed, so a dead worker's streams become free without any clock of ours.
+* ``sg-<name>-progress``: one key per stream that can resume part-way (a file): its run and the
+  media time of its latest result sent, put by its owner every tick; a new owner of the same run
+  starts there (``start_s``).
 
 The epoch is the revision the claim got: it stays the same while the lease is renewed and grows
 with every new claim of the stream, so a consumer can drop results stamped with an older epoch
@@ -49,6 +52,11 @@ WRONG_LAST_SEQUENCE = 10071
 ``KeyWrongLastSequenceError`` from ``update`` and as a plain ``BadRequestError`` from ``delete``)."""
 
 
+ENDED = "ended"
+"""The catalog field a stream's end is recorded in (``{"state": "ended" | "failed", ...}``); the id
+of a stream that ended may be added again (its entry is replaced)."""
+
+
 class LeaseLost(PipelineError):
     """A renewal found the lease changed: another worker owns the stream now, or it expired."""
 
@@ -69,35 +77,47 @@ class Lease:
     takes it, the record expires as any lease does."""
 
 
-def bucket_names(cluster: str) -> tuple[str, str, str]:
-    return (f"sg-{cluster}-catalog", f"sg-{cluster}-workers", f"sg-{cluster}-owners")
+def bucket_names(cluster: str) -> tuple[str, str, str, str]:
+    return (f"sg-{cluster}-catalog", f"sg-{cluster}-workers", f"sg-{cluster}-owners", f"sg-{cluster}-progress")
 
 
 class ClusterStore:
-    """Reads and writes the three buckets of one cluster."""
+    """Reads and writes the four buckets of one cluster."""
 
-    def __init__(self, catalog: KeyValue, workers: KeyValue, owners: KeyValue) -> None:
+    def __init__(self, catalog: KeyValue, workers: KeyValue, owners: KeyValue, progress: KeyValue) -> None:
         self._catalog = catalog
         self._workers = workers
         self._owners = owners
+        self._progress = progress
 
     @classmethod
     async def open(cls, js: JetStreamContext, cluster: str, *, lease_s: float, replicas: int = 1) -> ClusterStore:
         """The cluster's buckets: the existing ones as they are (the first worker made them), else
         created. A worker that joins while a NATS node is down counts fewer servers, so it must
         not insist on its own ``replicas``."""
-        catalog, workers, owners = bucket_names(cluster)
+        catalog, workers, owners, progress = bucket_names(cluster)
         return cls(
             await _bucket(js, catalog, history=1, replicas=replicas),
             await _bucket(js, workers, history=1, ttl=lease_s, replicas=replicas),
             await _bucket(js, owners, history=1, ttl=lease_s, replicas=replicas),
+            await _bucket(js, progress, history=1, replicas=replicas),
         )
 
     # --- the catalog -----------------------------------------------------------------------------
 
     async def create_stream(self, stream_id: str, spec: dict[str, Any]) -> bool:
-        """Add the stream to the catalog; False if a stream of that id is there already."""
-        return await _compared(self._catalog.create(stream_id, json.dumps(spec).encode())) is not None
+        """Add the stream to the catalog; False if a stream of that id is there already, unless it
+        ended (its entry is replaced, by compare-and-set: one of two such adds wins)."""
+        value = json.dumps(spec).encode()
+        if await _compared(self._catalog.create(stream_id, value)) is not None:
+            return True
+        try:
+            entry = await self._catalog.get(stream_id)
+        except NotFoundError:
+            return False  # removed meanwhile: another add is on its way; this one lost
+        if not entry.value or ENDED not in json.loads(entry.value):
+            return False
+        return await _compared(self._catalog.update(stream_id, value, last=entry.revision)) is not None
 
     async def has_stream(self, stream_id: str) -> bool:
         return await _get(self._catalog, stream_id) is not None
@@ -107,6 +127,19 @@ class ClusterStore:
 
     async def remove_stream(self, stream_id: str) -> None:
         await self._catalog.delete(stream_id)
+        await self.forget_progress(stream_id)
+
+    # --- progress --------------------------------------------------------------------------------
+
+    async def checkpoint(self, stream_id: str, record: dict[str, Any]) -> None:
+        await self._progress.put(stream_id, json.dumps(record).encode())
+
+    async def progress(self, stream_id: str) -> dict[str, Any] | None:
+        value = await _get(self._progress, stream_id)
+        return json.loads(value) if value is not None else None
+
+    async def forget_progress(self, stream_id: str) -> None:
+        await self._progress.delete(stream_id)
 
     async def streams(self) -> dict[str, dict[str, Any]]:
         specs: dict[str, dict[str, Any]] = {}

@@ -31,17 +31,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from ..control import StreamControl, StreamControlError, StreamSpec
+from ..errors import ConfigError
+from ..stage import source_class_for_uri
 from ..stats import StreamStats
 from .placement import plan
-from .store import ClusterStore, Lease, LeaseLost
+from .store import ENDED, ClusterStore, Lease, LeaseLost
 
 log = logging.getLogger("streamgraph.cluster")
-
-ENDED = "ended"
-"""The catalog field a stream's end is recorded in (``{"state": "ended" | "failed", ...}``)."""
 
 
 @dataclass
@@ -87,6 +87,8 @@ class ClusterWorker:
         self.announce = announce
         self._notify = notify
         self._clock = clock
+        self._checkpointed: dict[str, Fraction] = {}
+        """Each stream's media time last checkpointed here: put again only once it moved on."""
         self._last_owner: dict[str, str] = {}
         """Each stream's owner when last seen, kept after its lease is gone: who had it."""
         self.lock = asyncio.Lock()
@@ -113,17 +115,30 @@ class ClusterWorker:
         self._poked.set()
 
     async def run(self) -> None:
+        fence = asyncio.create_task(self._fence(), name=f"fence:{self.worker_id}")
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.step()
+                except Exception:  # NATS unreachable, a bucket busy: the next tick tries again
+                    log.exception("cluster worker %s: this round failed", self.worker_id)
+                self._poked.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), self.tick_s)
+        finally:
+            fence.cancel()
+
+    async def _fence(self) -> None:
+        """Every quarter tick, stop the streams whose leases may have expired for the others. On
+        its own task: a round waiting on an unreachable NATS (each call up to its timeout) must
+        not keep a stream running past its lease."""
         while not self._stopping.is_set():
-            try:
-                await self.step()
-            except Exception:  # NATS unreachable, a bucket busy: the next tick tries again
-                log.exception("cluster worker %s: this round failed", self.worker_id)
-            self._poked.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), self.tick_s)
+            await self._stop_expired()
+            await asyncio.sleep(self.tick_s / 4)
 
     async def step(self) -> None:
         await self._renew_all()
+        await self._checkpoint_all()
         await self.store.heartbeat(self.worker_id, {"streams": sorted(self.leases)})
         if not self._claiming:
             return  # draining: its streams end because the run stops, not by themselves
@@ -179,7 +194,8 @@ class ClusterWorker:
             live=sorted(set(await self.store.live_workers()) | {self.worker_id}),
         )
         self._last_owner.update({sid: lease.worker for sid, lease in self.view.owners.items()})
-        for stream_id in set(self._last_owner) - set(self.view.catalog):
+        running = {sid for sid, spec in self.view.catalog.items() if ENDED not in spec}
+        for stream_id in set(self._last_owner) - running:  # gone, or ended: if added again, it is new
             del self._last_owner[stream_id]
         return self.view
 
@@ -195,9 +211,16 @@ class ClusterWorker:
         await self.notify()  # the others take the streams over now, not at their next tick
 
     async def _start(self, stream_id: str, spec: dict[str, Any], lease: Lease) -> None:
-        request = StreamSpec(id=stream_id, uri=spec["uri"], options=spec.get("options", {}), source=spec.get("source"))
+        options = dict(spec.get("options", {}))
+        resume_s = await self._resume_point(stream_id, spec)
+        if resume_s is not None:
+            options["start_s"] = resume_s
+        request = StreamSpec(id=stream_id, uri=spec["uri"], options=options, source=spec.get("source"))
         self.leases[stream_id] = lease
         self._renewed_at[stream_id] = self._clock()
+        counters = self.stats.stream(stream_id)
+        # Before the stream starts: its first result and event carry them.
+        counters.lease, counters.run, counters.published_to = (self.worker_id, lease.epoch), spec.get("run"), None
         try:
             await self.local.add(request)
         except StreamControlError as exc:  # refused here (a file this worker cannot see, say)
@@ -205,7 +228,6 @@ class ClusterWorker:
             await self._end_in_catalog(stream_id, "failed", f"{self.worker_id}: {exc.message}")
             await self._release(stream_id)
             return
-        self.stats.stream(stream_id).lease = (self.worker_id, lease.epoch)
         previous = self._last_owner.get(stream_id)
         reason = await self._why_moved(previous)
         self._last_owner[stream_id] = self.worker_id
@@ -217,16 +239,40 @@ class ClusterWorker:
             previous or "nobody",
             reason,
         )
-        self.announce(
-            stream_id,
-            {
-                "event": "owner_changed",
-                "owner": self.worker_id,
-                "previous_owner": previous,
-                "epoch": lease.epoch,
-                "reason": reason,
-            },
-        )
+        event: dict[str, Any] = {
+            "event": "owner_changed",
+            "owner": self.worker_id,
+            "previous_owner": previous,
+            "epoch": lease.epoch,
+            "reason": reason,
+        }
+        if resume_s is not None:
+            event["resume_s"] = resume_s
+        self.announce(stream_id, event)
+
+    async def _resume_point(self, stream_id: str, spec: dict[str, Any]) -> float | None:
+        """Where a file stream of this run was checkpointed (its latest result sent), if anywhere."""
+        if spec.get("run") is None or not _resumable(spec["uri"]):
+            return None
+        try:
+            progress = await self.store.progress(stream_id)
+        except Exception as exc:  # NATS away: from the start (duplicates, never a gap)
+            log.warning("cluster worker %s: stream %s: no checkpoint read (%s)", self.worker_id, stream_id, exc)
+            return None
+        if progress is None or progress.get("run") != spec["run"] or not progress.get("at_s"):
+            return None
+        return float(progress["at_s"])
+
+    async def _checkpoint_all(self) -> None:
+        """Put where each file stream run here got to (its latest result sent), if it moved on."""
+        for stream_id, lease in self.leases.items():
+            spec = self.view.catalog.get(stream_id, {})
+            at = self.stats.stream(stream_id).published_to
+            if at is None or self._checkpointed.get(stream_id) == at or spec.get("run") is None:
+                continue
+            record = {"run": spec["run"], "at_s": float(at), "owner": self.worker_id, "epoch": lease.epoch}
+            await self.store.checkpoint(stream_id, {**record, "time": round(time.time(), 3)})
+            self._checkpointed[stream_id] = at
 
     async def _why_moved(self, previous: str | None) -> str:
         if previous is None:
@@ -239,23 +285,49 @@ class ClusterWorker:
             return "expired"
 
     async def _renew_all(self) -> None:
+        """Renew every lease at once, each for at most a tick. Sent at ``now``: the lease's age
+        starts again at the server a little later, so counting from ``now`` is on the safe side."""
         now = self._clock()
-        for stream_id, lease in list(self.leases.items()):
-            try:
-                self.leases[stream_id] = await self.store.renew(lease)
+        held = list(self.leases.items())
+        renewed = await asyncio.gather(
+            *(asyncio.wait_for(self.store.renew(lease), self.tick_s) for _, lease in held), return_exceptions=True
+        )
+        for (stream_id, lease), outcome in zip(held, renewed, strict=True):
+            if self.leases.get(stream_id) is not lease:
+                # Stopped meanwhile (the fence, a removal): a renewal that got through after all
+                # is given up, so another worker need not wait for it to expire.
+                if isinstance(outcome, Lease):
+                    with contextlib.suppress(Exception):
+                        await self.store.release(outcome)
+                continue
+            if isinstance(outcome, Lease):
+                self.leases[stream_id] = outcome
                 self._renewed_at[stream_id] = now
-            except LeaseLost:
+            elif isinstance(outcome, LeaseLost):
                 await self._stop_here(stream_id, "its lease was lost")
-            except Exception as exc:
-                if now - self._renewed_at.get(stream_id, now) > self.lease_s - self.tick_s:
-                    # Others may see the lease expired by now: never two owners for long.
-                    await self._stop_here(stream_id, f"its lease could not be renewed ({type(exc).__name__})")
+            else:  # NATS unreachable, or too slow: the next tick tries again, until the fence
+                log.warning("cluster worker %s: stream %s: renewal failed (%r)", self.worker_id, stream_id, outcome)
+        await self._stop_expired()
+
+    async def _stop_expired(self) -> None:
+        """Stop each stream whose last good renewal is older than ``lease_s`` minus a tick: others
+        may see its lease expired by now, so two workers never run one stream for long. Only
+        here: the lease is left to expire (NATS is what could not be reached)."""
+        now = self._clock()
+        for stream_id, renewed_at in list(self._renewed_at.items()):
+            if now - renewed_at > self.lease_s - self.tick_s:
+                log.warning("cluster worker %s: stops stream %s: its lease was not renewed", self.worker_id, stream_id)
+                self._forget(stream_id)
+                with contextlib.suppress(StreamControlError):
+                    await self.local.remove(stream_id)
 
     async def _record_end(self, stream_id: str) -> None:
         """The stream ended here by itself: say so in the catalog (nobody starts it again)."""
         failure = self.local.failure(stream_id)
         state, error = ("failed", failure) if failure is not None else ("ended", None)
         await self._end_in_catalog(stream_id, state, error)
+        with contextlib.suppress(Exception):  # nobody resumes it: it ended
+            await self.store.forget_progress(stream_id)
         await self._release(stream_id)
 
     async def _end_in_catalog(self, stream_id: str, state: str, error: str | None) -> None:
@@ -284,3 +356,12 @@ class ClusterWorker:
     def _forget(self, stream_id: str) -> None:
         self.leases.pop(stream_id, None)
         self._renewed_at.pop(stream_id, None)
+        self._checkpointed.pop(stream_id, None)
+
+
+def _resumable(uri: str) -> bool:
+    """Whether a stream of ``uri`` can start part-way (a file: ``start_s``)."""
+    try:
+        return source_class_for_uri(uri).resumable
+    except ConfigError:
+        return False

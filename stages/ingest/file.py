@@ -109,6 +109,7 @@ class FileSource(Source):
     Params = FileParams
     params: FileParams
     uri_schemes = ("", "file")
+    resumable = True
 
     @classmethod
     def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +222,7 @@ class FileSource(Source):
             frame_rate=Fraction(rate) if rate else None,
             frame_count=None if self.params.loop else demuxer.video_frames or None,
             audio=demuxer.audio,
+            seekable=True,
         )
         # The progress total counts published frames: only meaningful when every packet is a frame.
         self.ctx.stats.stream(stream_id).frame_count = info.frame_count if demuxer.audio is None else None

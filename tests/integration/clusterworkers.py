@@ -5,8 +5,10 @@ a recorder of who published each stream's results under which epoch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import aiohttp
 import av
 import numpy as np
+import pytest
 
 from pipeline.bus import free_port
 
@@ -34,12 +37,15 @@ def tiny_clip(path: Path, frames: int = 50) -> Path:
     return path
 
 
-def worker_config(folder: Path, port: int, cluster: str, prefix: str, lease_s: float) -> Path:
+def worker_config(
+    folder: Path, port: int, cluster: str, prefix: str, lease_s: float, jetstream: str | None = None
+) -> Path:
     config = folder / f"worker-{port}.yaml"
+    stored = f", jetstream: {{stream: {jetstream}}}" if jetstream else ""
     config.write_text(
         f"""
 pipeline: cluster-test
-nats: {{prefix: {prefix}}}
+nats: {{prefix: {prefix}{stored}}}
 cluster: {{name: {cluster}, lease_s: {lease_s}}}
 api: {{listen: '127.0.0.1:{port}'}}
 stages:
@@ -110,10 +116,12 @@ class Cluster:
         self.prefix = f"p{uuid.uuid4().hex[:8]}"
         self.workers: list[Worker] = []
         self.http: aiohttp.ClientSession | None = None
+        self.jetstream: str | None = None
+        """The JetStream stream the workers publish into (``nats.jetstream``), if any."""
 
     async def start_worker(self) -> Worker:
         port = free_port()
-        config = worker_config(self.folder, port, self.name, self.prefix, self.lease_s)
+        config = worker_config(self.folder, port, self.name, self.prefix, self.lease_s, self.jetstream)
         process = await start_cli("run", str(config), "--nats-url", self.nats_url, "--no-progress", env=self.env)
         worker = Worker(port, process)
         self.workers.append(worker)
@@ -165,3 +173,22 @@ async def owners_all_but(cluster: Cluster, worker: Worker, streams: set[str], no
 def worker_of(cluster: Cluster, owner: str) -> Worker:
     """The worker process a worker id names (``<host>-<pid>``)."""
     return next(w for w in cluster.workers if owner.endswith(f"-{w.process.pid}"))
+
+
+CLUSTER_LEASE_S = 3.0
+"""The ``cluster`` fixture's lease: short, so takeovers in tests are quick."""
+
+
+@pytest.fixture()
+async def cluster(nats_server: Any, tmp_path: Path, cli_env: dict[str, str]) -> AsyncIterator[Cluster]:
+    running = Cluster(nats_server.url, tmp_path, cli_env, lease_s=CLUSTER_LEASE_S)
+    async with aiohttp.ClientSession() as http:
+        running.http = http
+        try:
+            yield running
+        finally:
+            for worker in running.workers:
+                if worker.process.returncode is None:
+                    worker.process.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(worker.process.communicate(), GUARD_S)

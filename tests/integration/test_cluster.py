@@ -6,36 +6,20 @@ results stamped with their owner and lease epoch, and streams taken over when a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import nats
-import pytest
 
+from . import clusterworkers
 from .clusterworkers import Cluster, Results, all_running, owners_all_but, tiny_clip, until, worker_of
 from .support import GUARD_S
 
-LEASE_S = 3.0
 STREAMS = [f"cam{n}" for n in range(6)]
 
 
-@pytest.fixture()
-async def cluster(nats_server: Any, tmp_path: Path, cli_env: dict[str, str]) -> AsyncIterator[Cluster]:
-    running = Cluster(nats_server.url, tmp_path, cli_env, lease_s=LEASE_S)
-    async with aiohttp.ClientSession() as http:
-        running.http = http
-        try:
-            yield running
-        finally:
-            for worker in running.workers:
-                if worker.process.returncode is None:
-                    worker.process.kill()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(worker.process.communicate(), GUARD_S)
+cluster = clusterworkers.cluster
+"""The fixture: workers of one cluster against the session's nats-server, every one killed at the end."""
 
 
 async def test_workers_share_one_catalog_and_take_over_when_one_goes(cluster: Cluster, tmp_path: Path) -> None:

@@ -3,12 +3,15 @@ real processes are tests/integration/test_cluster*.py's): what it stops, records
 
 from __future__ import annotations
 
+import asyncio
+from fractions import Fraction
 from typing import Any
 
-from pipeline.cluster.store import Lease, LeaseLost
-from pipeline.cluster.worker import ENDED, ClusterWorker
+from pipeline.cluster.store import ENDED, Lease, LeaseLost
+from pipeline.cluster.worker import ClusterWorker
 from pipeline.control import StreamSpec
 from pipeline.stats import StreamStats
+from stages.ingest.file import FileSource
 
 LEASE_S = 8.0  # a tick of 2 s
 
@@ -20,6 +23,18 @@ class FakeStore:
         self.workers = {"me"}
         self.renew_error: Exception | None = None
         self.revision = 0
+        self.progress_of: dict[str, dict[str, Any]] = {}
+        self.checkpoints = 0
+
+    async def checkpoint(self, stream_id: str, record: dict[str, Any]) -> None:
+        self.progress_of[stream_id] = record
+        self.checkpoints += 1
+
+    async def progress(self, stream_id: str) -> dict[str, Any] | None:
+        return self.progress_of.get(stream_id)
+
+    async def forget_progress(self, stream_id: str) -> None:
+        self.progress_of.pop(stream_id, None)
 
     async def streams(self) -> dict[str, dict[str, Any]]:
         return {k: dict(v) for k, v in self.catalog.items()}
@@ -77,6 +92,7 @@ class FakeLocal:
         self.running: set[str] = set()
         self.failed: dict[str, str] = {}
         self.removed: list[str] = []
+        self.added: list[StreamSpec] = []
 
     def is_running(self, stream_id: str) -> bool:
         return stream_id in self.running
@@ -86,6 +102,7 @@ class FakeLocal:
 
     async def add(self, spec: StreamSpec) -> None:
         self.running.add(spec.id)
+        self.added.append(spec)
 
     async def remove(self, stream_id: str) -> None:
         self.running.discard(stream_id)
@@ -147,6 +164,32 @@ async def test_cut_off_from_nats_it_stops_once_its_lease_may_have_expired() -> N
     assert local.running == set() and local.removed == ["a"]
 
 
+async def test_a_renewal_that_never_answers_does_not_keep_the_stream_past_its_lease() -> None:
+    """NATS gone: a call waits for its timeout. The fence stops the stream on time regardless, and
+    a renewal that answers after that does not bring the lease back."""
+    worker, store, local, clock, _ = make_worker()
+    store.catalog = {"a": {"uri": "a.mp4"}}
+    await worker.step()
+    answer = asyncio.Event()
+    renew = store.renew
+
+    async def slow_renew(lease: Lease) -> Lease:
+        await answer.wait()
+        return await renew(lease)
+
+    store.renew = slow_renew  # type: ignore[method-assign]
+    worker.tick_s = 60.0  # the round's own timeout is far off: only the fence can stop it in time
+    renewing = asyncio.create_task(worker._renew_all())
+    await asyncio.sleep(0)
+    clock.now += LEASE_S - LEASE_S / 4 + 0.1  # now the others may see the lease expired
+    await worker._stop_expired()
+    assert local.removed == ["a"] and worker.leases == {}
+    answer.set()  # the renewal gets through after all
+    await renewing
+    assert worker.leases == {} and local.running == set()
+    assert store.leases == {}  # and given up: another worker may take the stream at once
+
+
 async def test_a_stream_removed_from_the_catalog_stops_and_its_lease_goes() -> None:
     worker, store, local, _, _ = make_worker()
     store.catalog = {"a": {"uri": "a.mp4"}}
@@ -187,3 +230,50 @@ async def test_draining_it_renews_but_claims_nothing_and_records_nothing() -> No
     assert "a" in store.leases  # still renewed until released
     await worker.release_all()
     assert store.leases == {} and "me" not in store.workers
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+async def test_it_checkpoints_where_a_file_stream_got_to_once_it_moves_on() -> None:
+    worker, store, _, _, _ = make_worker()
+    store.catalog = {"a": {"uri": "a.mp4", "run": "r1"}}
+    await worker.step()
+    assert store.progress_of == {}  # nothing sent yet: nothing to resume from
+    worker.stats.stream("a").published_to = Fraction(51, 25)
+    await worker.step()
+    assert store.progress_of["a"] | {"time": 0} == {"run": "r1", "at_s": 2.04, "owner": "me", "epoch": 1, "time": 0}
+    await worker.step()
+    assert store.checkpoints == 1  # not put again while it stands still
+    worker.stats.stream("a").published_to = Fraction(3)
+    await worker.step()
+    assert store.checkpoints == 2 and store.progress_of["a"]["at_s"] == 3.0
+
+
+async def test_a_new_owner_resumes_a_file_stream_of_the_same_run_at_its_checkpoint() -> None:
+    assert FileSource.resumable  # registered: the worker tells a file by the source its URI picks
+    worker, store, local, _, events = make_worker()
+    store.catalog = {
+        "same": {"uri": "a.mp4", "run": "r1", "options": {"loop": True}},
+        "other_run": {"uri": "b.mp4", "run": "r2"},  # removed and added again since
+        "live": {"uri": "rtsp://cam/x", "run": "r3"},  # a live stream resumes at the live edge
+    }
+    store.progress_of = {sid: {"run": "r1", "at_s": 12.5} for sid in ("same", "other_run", "live")}
+    await worker.step()
+    options = {spec.id: spec.options for spec in local.added}
+    assert options == {"same": {"loop": True, "start_s": 12.5}, "other_run": {}, "live": {}}
+    assert store.catalog["same"]["options"] == {"loop": True}  # the catalog keeps what was asked
+    resumed = {sid: event.get("resume_s") for sid, event in events}
+    assert resumed == {"same": 12.5, "other_run": None, "live": None}
+    assert worker.stats.stream("same").run == "r1"  # its results carry the catalog's run
+
+
+async def test_a_stream_that_ended_has_its_checkpoint_forgotten() -> None:
+    worker, store, local, _, _ = make_worker()
+    store.catalog = {"a": {"uri": "a.mp4", "run": "r1"}}
+    await worker.step()
+    worker.stats.stream("a").published_to = Fraction(2)
+    await worker.step()
+    local.running.clear()
+    await worker.step()
+    assert store.catalog["a"][ENDED]["state"] == "ended" and store.progress_of == {}

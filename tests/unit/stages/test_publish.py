@@ -188,6 +188,29 @@ async def test_results_and_events_reach_their_subjects_in_order(make_ctx, bus, s
     assert counters.ended
 
 
+async def test_in_a_cluster_a_file_stream_s_results_are_identified_by_position(make_ctx, bus, subscriber, prefix):
+    """Under every owner the catalog's run; a file's frame keeps one id whoever publishes it (a
+    resumed stream's duplicates are dropped by JetStream), while a live stream's results and every
+    event are numbered per owner (the epoch in the id). Sent results move ``published_to``."""
+    publish = await started_publish(make_ctx, bus)
+    stats = publish.ctx.stats
+    for stream_id in ("file", "live"):
+        stats.stream(stream_id).run, stats.stream(stream_id).lease = "r1", ("w1", 7)
+    await publish.on_stream_added(StreamInfo("file", "/x.mp4", live=False, seekable=True))
+    await publish.on_stream_added(StreamInfo("live", "rtsp://cam/1", live=True))
+    for seq in (0, 2, 1):  # sent in this order: published_to is the furthest media time sent
+        await publish.process(frame_item("file", seq))
+    await publish.process(frame_item("live", 5))
+    await finish(subscriber, bus, f"{prefix}.sentinel")
+
+    file_results = subscriber.on(f"{prefix}.unit.file")
+    assert [m.msg_id for m in file_results] == ["unit.file.r1.v0", "unit.file.r1.v1024", "unit.file.r1.v512"]
+    assert {(m.body["run"], m.body["owner"], m.body["epoch"]) for m in file_results} == {("r1", "w1", 7)}
+    assert [m.msg_id for m in subscriber.on(f"{prefix}.unit.live")] == ["unit.live.r1.7.5"]
+    assert [m.msg_id for m in subscriber.on(f"{prefix}.unit.file.events")] == ["unit.file.r1.7.e0"]
+    assert stats.stream("file").published_to == Fraction(2 * 512, 12800)
+
+
 async def test_published_counts_per_stream(make_ctx, bus, subscriber, prefix):
     publish = await started_publish(make_ctx, bus, events=False)
     for seq in range(4):
