@@ -99,7 +99,9 @@ class Publish(Stage):
         return run
 
     async def on_stream_added(self, info: StreamInfo) -> None:
-        self._runs[info.stream_id] = _StreamRun.of(self.ctx.stats.stream(info.stream_id), info)
+        counters = self.ctx.stats.stream(info.stream_id)
+        counters.ended = False  # an id added again after it ended runs again (its counts go on)
+        self._runs[info.stream_id] = _StreamRun.of(counters, info)
         self._event(info.stream_id, "started")
 
     async def on_stream_status(self, status: StreamStatus) -> None:

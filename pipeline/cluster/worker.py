@@ -120,8 +120,10 @@ class ClusterWorker:
             while not self._stopping.is_set():
                 try:
                     await self.step()
-                except Exception:  # NATS unreachable, a bucket busy: the next tick tries again
-                    log.exception("cluster worker %s: this round failed", self.worker_id)
+                except Exception as exc:  # NATS unreachable, a bucket busy: the next tick tries again
+                    # One line a tick while NATS is away; the traceback only when debugging.
+                    debugging = log.isEnabledFor(logging.DEBUG)
+                    log.warning("cluster worker %s: this round failed: %r", self.worker_id, exc, exc_info=debugging)
                 self._poked.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._poked.wait(), self.tick_s)

@@ -61,6 +61,25 @@ stages:
 class Worker:
     port: int
     process: asyncio.subprocess.Process
+    log: list[str] = field(default_factory=list)
+    """Its stderr lines so far (read all along: a full pipe would block a chatty worker)."""
+    reading: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def read_output(self) -> None:
+        async def keep(stream: asyncio.StreamReader | None, into: list[str] | None) -> None:
+            while stream is not None and (line := await stream.readline()):
+                if into is not None:
+                    into.append(line.decode(errors="replace"))
+
+        self.reading = [
+            asyncio.ensure_future(keep(self.process.stderr, self.log)),
+            asyncio.ensure_future(keep(self.process.stdout, None)),
+        ]
+
+    async def ended(self) -> None:
+        """Wait for the process to end and its output to be read."""
+        await self.process.wait()
+        await asyncio.gather(*self.reading, return_exceptions=True)
 
     @property
     def base(self) -> str:
@@ -119,10 +138,12 @@ class Cluster:
         self.jetstream: str | None = None
         """The JetStream stream the workers publish into (``nats.jetstream``), if any."""
 
-    async def start_worker(self) -> Worker:
+    async def start_worker(self, nats_url: str | None = None) -> Worker:
+        """A worker against ``nats_url`` (default: the cluster's seeds)."""
         port = free_port()
         config = worker_config(self.folder, port, self.name, self.prefix, self.lease_s, self.jetstream)
-        process = await start_cli("run", str(config), "--nats-url", self.nats_url, "--no-progress", env=self.env)
+        url = nats_url or self.nats_url
+        process = await start_cli("run", str(config), "--nats-url", url, "--no-progress", env=self.env)
         worker = Worker(port, process)
         self.workers.append(worker)
         assert self.http is not None
@@ -137,6 +158,7 @@ class Cluster:
             assert process.stderr is not None
             stderr = (await process.stderr.read()).decode()
             raise AssertionError(f"worker on port {port} never served its API:\n{stderr[-3000:]}")
+        worker.read_output()
         return worker
 
     async def streams(self, worker: Worker) -> dict[str, dict[str, Any]]:
@@ -191,4 +213,4 @@ async def cluster(nats_server: Any, tmp_path: Path, cli_env: dict[str, str]) -> 
                 if worker.process.returncode is None:
                     worker.process.kill()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(worker.process.communicate(), GUARD_S)
+                    await asyncio.wait_for(worker.ended(), GUARD_S)

@@ -142,4 +142,4 @@ async def _stop_all(cluster: Cluster) -> None:
         if worker.process.returncode is None:
             worker.process.kill()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(worker.process.communicate(), GUARD_S)
+            await asyncio.wait_for(worker.ended(), GUARD_S)

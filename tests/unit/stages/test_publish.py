@@ -211,6 +211,16 @@ async def test_in_a_cluster_a_file_stream_s_results_are_identified_by_position(m
     assert stats.stream("file").published_to == Fraction(2 * 512, 12800)
 
 
+async def test_a_stream_added_again_after_it_ended_counts_as_running_again(make_ctx, bus, subscriber, prefix):
+    publish = await started_publish(make_ctx, bus)
+    counters = publish.ctx.stats.stream("cam")
+    await publish.on_stream_added(StreamInfo("cam", "/x.mp4", live=False))
+    await publish.on_stream_ended(EndOfStream("cam", "stopped"))
+    assert counters.ended
+    await publish.on_stream_added(StreamInfo("cam", "/x.mp4", live=False))
+    assert not counters.ended  # running (``streamgraph_streams_running``), never retired as ended
+
+
 async def test_published_counts_per_stream(make_ctx, bus, subscriber, prefix):
     publish = await started_publish(make_ctx, bus, events=False)
     for seq in range(4):
