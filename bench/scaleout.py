@@ -66,6 +66,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.clips: the tests' clip writer
+
 import aiohttp
 from batching import cpu_model
 from scaleout_cluster import BenchError, Cluster, say, tiny_clip

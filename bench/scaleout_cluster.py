@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
 import nats
-import numpy as np
 from scaleout_figures import (
     Join,
     KvRates,
@@ -31,6 +29,7 @@ from scaleout_figures import (
 
 from pipeline.bus import free_port
 from pipeline.cluster.store import bucket_names
+from tests.clips import flat_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = "scaleout"
@@ -45,16 +44,7 @@ class BenchError(Exception):
 
 def tiny_clip(path: Path, fps: int) -> Path:
     """``CLIP_S`` of 96x64 H.264 at ``fps``: cheap to decode many times over on two cores."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for index in range(round(CLIP_S * fps)):
-            picture = np.full((64, 96, 3), (index * 5) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return flat_clip(path, frames=round(CLIP_S * fps), rate=fps)
 
 
 # --------------------------------------------------------------------------- what is received

@@ -102,24 +102,26 @@ class KvRates:
 
     @property
     def reads_per_s(self) -> float:
-        return kv_load(self.workers, self.streams, self.period_s).reads_per_s
+        return kv_load(self.workers, self.streams, self.period_s, self.streams).reads_per_s
 
 
 @dataclass(frozen=True)
 class KvLoad:
     """The control plane's key-value operations per second, from the worker's algorithm
     (``pipeline/cluster/worker.py``, ``store.py``): every tick each of W workers puts its heartbeat
-    (1 write) and renews each lease it holds (S writes over all workers), lists the keys of the
-    catalog, the owners and the workers (3 listings: a stream info with a subjects filter each)
-    and gets every key it listed (S + S + W gets)."""
+    (1 write), renews each lease it holds (S writes over all workers) and checkpoints each file
+    stream that moved on (F writes: the bench's streams are all looping files; cameras have none),
+    lists the keys of the catalog, the owners and the workers (3 listings: a stream info with a
+    subjects filter each) and gets every key it listed (S + S + W gets)."""
 
     workers: int
     streams: int
     period_s: float
+    file_streams: int = 0
 
     @property
     def writes_per_s(self) -> float:
-        return (self.workers + self.streams) / self.period_s
+        return (self.workers + self.streams + self.file_streams) / self.period_s
 
     @property
     def gets_per_s(self) -> float:
@@ -146,8 +148,8 @@ class KvLoad:
         return 2 * self.streams + self.workers
 
 
-def kv_load(workers: int, streams: int, period_s: float) -> KvLoad:
-    return KvLoad(workers, streams, period_s)
+def kv_load(workers: int, streams: int, period_s: float, file_streams: int = 0) -> KvLoad:
+    return KvLoad(workers, streams, period_s, file_streams)
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -288,7 +290,7 @@ def print_joins(by_lease: dict[float, list[Join]], *, markdown: bool) -> None:
 def print_kv(by_lease: dict[float, KvRates], *, markdown: bool) -> None:
     rows = []
     for lease_s, kv in by_lease.items():
-        formula = kv_load(kv.workers, kv.streams, kv.period_s)
+        formula = kv_load(kv.workers, kv.streams, kv.period_s, kv.streams)
         writes = " ".join(f"{b.rsplit('-', 1)[-1]}:{n / kv.window_s:.1f}" for b, n in kv.writes.items())
         rows.append(
             [
@@ -318,7 +320,7 @@ def print_kv(by_lease: dict[float, KvRates], *, markdown: bool) -> None:
             "reads/s est.",
             "reads/s/stream est.",
             "JS API req/s (per worker tick)",
-            "consumers catalog/workers/owners",
+            "consumers catalog/workers/owners/progress",
             "moves",
         ],
         rows,
@@ -344,7 +346,7 @@ def print_estimate(by_lease: dict[float, KvRates], workers: int, streams: int, *
                 f"{load.gets_per_step:,}",
             ]
         )
-    print(f"the same algorithm at {streams} streams on {workers} workers:")
+    print(f"the same algorithm at {streams} cameras (live streams: no checkpoints) on {workers} workers:")
     print_table(
         [
             "lease_s",

@@ -3,16 +3,19 @@ leases, and gives them up.
 
 Every ``tick_s`` (a quarter of ``lease_s``) the worker:
 
-1. puts its heartbeat (``workers`` bucket) and renews each of its leases. A renewal that finds
-   the lease changed (``LeaseLost``) stops that stream here at once. A renewal that cannot reach
+1. renews each of its leases (all at once, each for at most a tick). A renewal that finds the
+   lease changed (``LeaseLost``) stops that stream here at once. A renewal that cannot reach
    NATS is retried next tick, but once the last good renewal is older than ``lease_s`` minus a
-   tick the lease may have expired for the others, so the stream stops here too: two workers
-   never run one stream for longer than about one tick;
-2. reads the catalog, the leases and the live workers (``ClusterView``, also what
+   tick the lease may have expired for the others, so the stream stops here too (checked by a
+   task of its own, the fence, so a round waiting on an unreachable NATS never delays it): two
+   workers never run one stream for longer than about one tick;
+2. checkpoints its file streams (``progress``: where a new owner resumes them) and puts its
+   heartbeat (``workers`` bucket);
+3. reads the catalog, the leases and the live workers (``ClusterView``, also what
    ``ClusterControl`` lists);
-3. stops streams removed from the catalog, and records in the catalog the end of a stream that
+4. stops streams removed from the catalog, and records in the catalog the end of a stream that
    ended here by itself (its file ended, or it failed), so no worker starts it again;
-4. claims what ``placement.plan`` says (the lease first, then the stream starts here under it,
+5. claims what ``placement.plan`` says (the lease first, then the stream starts here under it,
    its results stamped with this worker's id and the lease's epoch, and an ``owner_changed``
    event says who had it and why it moved: ``new``, ``released`` or ``expired``) or gives one
    stream up.
@@ -31,14 +34,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from ..control import StreamControl, StreamControlError, StreamSpec
-from ..errors import ConfigError
-from ..stage import source_class_for_uri
 from ..stats import StreamStats
 from .placement import plan
+from .progress import Checkpoints
 from .store import ENDED, ClusterStore, Lease, LeaseLost
 
 log = logging.getLogger("streamgraph.cluster")
@@ -87,8 +88,7 @@ class ClusterWorker:
         self.announce = announce
         self._notify = notify
         self._clock = clock
-        self._checkpointed: dict[str, Fraction] = {}
-        """Each stream's media time last checkpointed here: put again only once it moved on."""
+        self.checkpoints = Checkpoints(store, stats, worker_id, self.tick_s)
         self._last_owner: dict[str, str] = {}
         """Each stream's owner when last seen, kept after its lease is gone: who had it."""
         self.lock = asyncio.Lock()
@@ -140,7 +140,7 @@ class ClusterWorker:
 
     async def step(self) -> None:
         await self._renew_all()
-        await self._checkpoint_all()
+        await self.checkpoints.put_all(self.leases, self.view.catalog)
         await self.store.heartbeat(self.worker_id, {"streams": sorted(self.leases)})
         if not self._claiming:
             return  # draining: its streams end because the run stops, not by themselves
@@ -214,7 +214,7 @@ class ClusterWorker:
 
     async def _start(self, stream_id: str, spec: dict[str, Any], lease: Lease) -> None:
         options = dict(spec.get("options", {}))
-        resume_s = await self._resume_point(stream_id, spec)
+        resume_s = await self.checkpoints.resume_point(stream_id, spec)
         if resume_s is not None:
             options["start_s"] = resume_s
         request = StreamSpec(id=stream_id, uri=spec["uri"], options=options, source=spec.get("source"))
@@ -251,30 +251,6 @@ class ClusterWorker:
         if resume_s is not None:
             event["resume_s"] = resume_s
         self.announce(stream_id, event)
-
-    async def _resume_point(self, stream_id: str, spec: dict[str, Any]) -> float | None:
-        """Where a file stream of this run was checkpointed (its latest result sent), if anywhere."""
-        if spec.get("run") is None or not _resumable(spec["uri"]):
-            return None
-        try:
-            progress = await self.store.progress(stream_id)
-        except Exception as exc:  # NATS away: from the start (duplicates, never a gap)
-            log.warning("cluster worker %s: stream %s: no checkpoint read (%s)", self.worker_id, stream_id, exc)
-            return None
-        if progress is None or progress.get("run") != spec["run"] or not progress.get("at_s"):
-            return None
-        return float(progress["at_s"])
-
-    async def _checkpoint_all(self) -> None:
-        """Put where each file stream run here got to (its latest result sent), if it moved on."""
-        for stream_id, lease in self.leases.items():
-            spec = self.view.catalog.get(stream_id, {})
-            at = self.stats.stream(stream_id).published_to
-            if at is None or self._checkpointed.get(stream_id) == at or spec.get("run") is None:
-                continue
-            record = {"run": spec["run"], "at_s": float(at), "owner": self.worker_id, "epoch": lease.epoch}
-            await self.store.checkpoint(stream_id, {**record, "time": round(time.time(), 3)})
-            self._checkpointed[stream_id] = at
 
     async def _why_moved(self, previous: str | None) -> str:
         if previous is None:
@@ -358,12 +334,4 @@ class ClusterWorker:
     def _forget(self, stream_id: str) -> None:
         self.leases.pop(stream_id, None)
         self._renewed_at.pop(stream_id, None)
-        self._checkpointed.pop(stream_id, None)
-
-
-def _resumable(uri: str) -> bool:
-    """Whether a stream of ``uri`` can start part-way (a file: ``start_s``)."""
-    try:
-        return source_class_for_uri(uri).resumable
-    except ConfigError:
-        return False
+        self.checkpoints.forget(stream_id)

@@ -14,27 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
-import numpy as np
 import pytest
 
 from pipeline.bus import free_port
+from tests.clips import flat_clip
 
 from .support import EVENT_VALIDATOR, GUARD_S, RESULT_VALIDATOR, start_cli, wait_listening
 
 
 def tiny_clip(path: Path, frames: int = 50) -> Path:
     """2 s of 96x64 video at 25 fps: cheap to decode six times over on two cores."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for index in range(frames):
-            picture = np.full((64, 96, 3), (index * 5) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return flat_clip(path, frames=frames, rate=25)
 
 
 def worker_config(

@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import av
 import nats
-import numpy as np
+
+from tests.clips import flat_clip
 
 from . import clusterworkers
 from .clusterworkers import Cluster, Results, until, worker_of
@@ -26,19 +26,6 @@ cluster = clusterworkers.cluster
 """The fixture: workers of one cluster against the session's nats-server."""
 
 FRAMES, RATE, GOP = 120, 10, 10  # 12 s at 10 frames/s, a keyframe every second
-
-
-def gop_clip(path: Path) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=RATE, options={"g": str(GOP), "keyint_min": str(GOP)})
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for index in range(FRAMES):
-            picture = np.full((64, 96, 3), (index * 2) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 class Seen(Results):
@@ -72,7 +59,7 @@ async def stored_results(js: Any, stream: str, subject: str) -> list[dict[str, A
 async def test_a_file_stream_resumes_from_its_checkpoint_and_jetstream_holds_each_frame_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    clip = gop_clip(tmp_path / "gop.mp4")
+    clip = flat_clip(tmp_path / "gop.mp4", frames=FRAMES, rate=RATE, gop=GOP)
     cluster.jetstream = f"R{uuid.uuid4().hex[:10]}"
     first = await cluster.start_worker()
     await cluster.start_worker()

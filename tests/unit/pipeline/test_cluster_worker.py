@@ -237,11 +237,13 @@ async def test_draining_it_renews_but_claims_nothing_and_records_nothing() -> No
 
 async def test_it_checkpoints_where_a_file_stream_got_to_once_it_moves_on() -> None:
     worker, store, _, _, _ = make_worker()
-    store.catalog = {"a": {"uri": "a.mp4", "run": "r1"}}
+    store.catalog = {"a": {"uri": "a.mp4", "run": "r1"}, "live": {"uri": "rtsp://cam/1", "run": "r2"}}
     await worker.step()
     assert store.progress_of == {}  # nothing sent yet: nothing to resume from
     worker.stats.stream("a").published_to = Fraction(51, 25)
+    worker.stats.stream("live").published_to = Fraction(9)
     await worker.step()
+    assert set(store.progress_of) == {"a"}  # a live stream resumes at the live edge
     assert store.progress_of["a"] | {"time": 0} == {"run": "r1", "at_s": 2.04, "owner": "me", "epoch": 1, "time": 0}
     await worker.step()
     assert store.checkpoints == 1  # not put again while it stands still

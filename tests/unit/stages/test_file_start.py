@@ -7,10 +7,8 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
-
 from pipeline.media import EncodedPacket, EndOfStream
+from tests.clips import flat_clip
 from tests.fakes import EmitRecorder
 
 from .test_sources import assert_one_end_last, run_source, started_source
@@ -19,17 +17,7 @@ CLIP_FRAMES, GOP = 60, 10  # 2.4 s at 25 frames/s, a keyframe every 10 frames
 
 
 def write_clip(path: Path, **open_options: str) -> Path:
-    with av.open(str(path), "w", **open_options) as container:
-        stream = container.add_stream("libx264", rate=25, options={"g": str(GOP), "keyint_min": str(GOP)})
-        stream.width = stream.height = 64
-        stream.pix_fmt = "yuv420p"
-        for index in range(CLIP_FRAMES):
-            image = np.full((64, 64, 3), index * 4, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return flat_clip(path, frames=CLIP_FRAMES, rate=25, width=64, height=64, gop=GOP, **open_options)
 
 
 def placed(packets: list[EncodedPacket]) -> list[tuple[str, int]]:
