@@ -118,13 +118,15 @@ class ClusterWorker:
         fence = asyncio.create_task(self._fence(), name=f"fence:{self.worker_id}")
         try:
             while not self._stopping.is_set():
+                # Cleared before the round, not after: a poke (or a stop) while the round runs
+                # starts the next one at once instead of a tick later.
+                self._poked.clear()
                 try:
                     await self.step()
                 except Exception as exc:  # NATS unreachable, a bucket busy: the next tick tries again
                     # One line a tick while NATS is away; the traceback only when debugging.
                     debugging = log.isEnabledFor(logging.DEBUG)
                     log.warning("cluster worker %s: this round failed: %r", self.worker_id, exc, exc_info=debugging)
-                self._poked.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._poked.wait(), self.tick_s)
         finally:

@@ -190,6 +190,21 @@ async def test_a_renewal_that_never_answers_does_not_keep_the_stream_past_its_le
     assert store.leases == {}  # and given up: another worker may take the stream at once
 
 
+async def test_a_stop_asked_while_a_round_runs_is_not_lost() -> None:
+    """It was: the poke was cleared after the round, so leaving (SIGTERM) waited a whole tick
+    before the leases were given up."""
+    worker, store, _, _, _ = make_worker()
+    worker.tick_s = 3600.0  # a lost poke would wait this long: the hang guard below fails first
+    heartbeat = store.heartbeat
+
+    async def stop_during_the_round(worker_id: str, info: dict[str, Any]) -> None:
+        worker.stop()  # as Membership.leave does, while a round is under way
+        await heartbeat(worker_id, info)
+
+    store.heartbeat = stop_during_the_round  # type: ignore[method-assign]
+    await asyncio.wait_for(worker.run(), 10.0)
+
+
 async def test_a_stream_removed_from_the_catalog_stops_and_its_lease_goes() -> None:
     worker, store, local, _, _ = make_worker()
     store.catalog = {"a": {"uri": "a.mp4"}}
