@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The last file make_samples.py writes (after text.mp4): it stands for all of them.
 SAMPLE := samples/av.mp4
+# The last object sample photos.py writes (from Darknet's photos, Debian's darknet package).
+OBJECT_SAMPLE := samples/crossing.mp4
 
 .PHONY: install samples models demo test lint clean servers triton kserve
 
@@ -15,7 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-samples: $(SAMPLE)
+samples: $(SAMPLE) $(OBJECT_SAMPLE)
+
+$(OBJECT_SAMPLE): samples/photos.py | $(VENV)/.installed
+	$(BIN)/python samples/photos.py
 
 $(SAMPLE): samples/make_samples.py samples/speech.flac samples/speech.json | $(VENV)/.installed
 	$(BIN)/python samples/make_samples.py

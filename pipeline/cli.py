@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
+        "--source",
+        action="append",
+        metavar="URI",
+        help="run the pipeline on this instead of its own source (repeatable, one stream each): "
+        "a file, rtsp://..., or an http(s) URL FFmpeg opens",
+    )
+    run.add_argument(
         "--show",
         type=non_negative_int,
         default=0,
@@ -165,8 +172,11 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .service import build, run_pipeline
     from .showresults import ResultPrinter
+    from .sources import with_sources
 
     config = load_config(args.config)
+    if args.source:
+        config = with_sources(config, args.source)
     graph = build(config, source=args.config)  # every config error surfaces before the bus starts
     progress = _Progress(enabled=not args.no_progress)
     printer = None

@@ -101,6 +101,8 @@ def describe_result(result: Any) -> str:
         return _texts(result.get("lines") or [])
     if kind == "speech_segments":
         return _segments(result)
+    if kind == "object_detection":
+        return _objects(result.get("objects") or [])
     if kind == "join":
         items = result.get("items") or []
         return f"{result.get('branch', '?')} {result.get('status', '?')}, {_count(items, 'item', 'items')}"
@@ -124,6 +126,21 @@ def _boxes(boxes: list[Any]) -> str:
         return found
     low, high = min(scores), max(scores)
     return f"{found}, score {low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{found}, score {low:.2f}-{high:.2f}"
+
+
+def _objects(objects: list[Any]) -> str:
+    """``dog 0.87, truck 0.82, bicycle 0.61`` (a track's id after its label: ``dog#3``)."""
+    named = []
+    for found in objects:
+        if not isinstance(found, dict):
+            continue
+        track = f"#{found['track_id']}" if "track_id" in found else ""
+        score = found.get("score")
+        named.append(f"{found.get('label', '?')}{track} {score:.2f}" if isinstance(score, int | float) else "?")
+    if not named:
+        return "no objects"
+    more = f" and {len(named) - MAX_TEXTS} more" if len(named) > MAX_TEXTS else ""
+    return ", ".join(named[:MAX_TEXTS]) + more
 
 
 def _texts(lines: list[Any]) -> str:

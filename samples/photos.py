@@ -1,8 +1,9 @@
 """Real photos for the object detector's tests: Darknet's own sample images, as Debian packages
 them (``/usr/share/darknet/data/*.jpg`` in the ``darknet`` package; Debian's copyright file gives
 them as GPL-3.0+ or MIT or WTFPL). The package is downloaded and unpacked, never installed:
-``apt-get download darknet`` and ``dpkg-deb -x``. Run ``python samples/photos.py [OUT_DIR]``
-(default: ``samples/photos``)."""
+``apt-get download darknet`` and ``dpkg-deb -x``. From them, the object samples: ``dog.mp4`` and
+``person.mp4`` (a slow zoom into each photo) and ``crossing.mp4`` (two dogs crossing). Run
+``python samples/photos.py [OUT_DIR]`` (default: ``samples/``; the photos go to ``samples/photos``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,87 @@ def darknet_photos(into: Path = HERE / "photos") -> dict[str, Path]:
     return wanted
 
 
+def pan_video(photo: Path, out: Path, *, seconds: float = 4.0, fps: int = 10, width: int = 640) -> Path:
+    """A slow zoom into the middle of ``photo`` (the whole photo to 85% of it), ``width`` pixels
+    wide at the photo's aspect, H.264: every object of the photo stays in view, moving a little
+    from frame to frame, as under a camera that zooms."""
+    import av
+    import cv2
+
+    image = cv2.imread(str(photo))
+    rows, cols = image.shape[:2]
+    height = round(width * rows / cols / 2) * 2
+    frames = round(seconds * fps)
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            keep = 1.0 - 0.15 * index / max(1, frames - 1)
+            w, h = cols * keep, rows * keep
+            x0, y0 = (cols - w) / 2, (rows - h) / 2
+            crop = image[round(y0) : round(y0 + h), round(x0) : round(x0 + w)]
+            frame = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+            video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), format="rgb24")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out
+
+
+CROSSING = (
+    ("dog", (136, 205, 319, 541), 0.6),  # the dog of dog.jpg (its box as YOLOv4-tiny finds it), scaled
+    ("person", (62, 260, 200, 350), 1.2),  # the dog of person.jpg
+)
+"""The two objects of ``crossing_video``: the photo, the patch (x0, y0, x1, y1), its scale."""
+
+
+def crossing_video(photos: dict[str, Path], out: Path, *, seconds: float = 5.0, fps: int = 10) -> Path:
+    """Two dogs (patches of two photos) crossing on a plain 640x360 background, one left to right,
+    the other right to left, the second in front where they overlap: a tracker must not swap them."""
+    import av
+    import cv2
+    import numpy as np
+
+    width, height = 640, 360
+    patches = []
+    for photo, (x0, y0, x1, y1), scale in CROSSING:
+        patch = cv2.imread(str(photos[photo]))[y0:y1, x0:x1]
+        patches.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+    frames = round(seconds * fps)
+    tops = (60, 150)
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            t = index / max(1, frames - 1)
+            canvas = np.full((height, width, 3), 128, np.uint8)
+            for number, (patch, top) in enumerate(zip(patches, tops, strict=True)):
+                rows, cols = patch.shape[:2]
+                span = width - cols - 40
+                left = round(20 + span * (t if number == 0 else 1 - t))
+                canvas[top : top + rows, left : left + cols] = patch
+            video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), format="rgb24")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out
+
+
+def object_samples(into: Path = HERE) -> dict[str, Path]:
+    """The object detector's sample videos, made from the photos if missing: ``dog.mp4`` and
+    ``person.mp4`` (a slow zoom into each photo) and ``crossing.mp4`` (two dogs crossing)."""
+    photos = darknet_photos()
+    made = {name: into / f"{name}.mp4" for name in ("dog", "person", "crossing")}
+    for name in ("dog", "person"):
+        if not made[name].is_file():
+            pan_video(photos[name], made[name])
+    if not made["crossing"].is_file():
+        crossing_video(photos, made["crossing"])
+    return made
+
+
 if __name__ == "__main__":
-    for name, path in darknet_photos(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "photos").items():
+    for name, path in object_samples(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE).items():
         print(f"{name}: {path}")

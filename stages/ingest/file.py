@@ -108,11 +108,13 @@ class FileParams(TrackSelection):
 class FileSource(Source):
     Params = FileParams
     params: FileParams
-    uri_schemes = ("", "file")
+    uri_schemes = ("", "file", "http", "https")
     resumable = True
 
     @classmethod
     def params_for_uri(cls, stream_id: str, uri: str, options: dict[str, Any]) -> dict[str, Any]:
+        if uri.startswith(("http://", "https://")):
+            return {**options, "path": uri, "id": stream_id}  # a URL FFmpeg opens (a file, HLS)
         path = uri.removeprefix("file://")
         if _PROTOCOL.match(path):  # file://http://...: a stream's URI names a local file, nothing else
             raise ConfigError("uri", f"{uri[:300]!r}: a file:// URI names a path on this machine, not another URL")

@@ -104,11 +104,12 @@ async def run_to_end(
     *,
     env: dict[str, str],
     timeout_s: float = 240,
+    args: tuple[str, ...] = (),
 ) -> Recording:
-    """``streamgraph run CONFIG`` against ``url`` until it exits, recording what it published
-    until every stream in ``streams`` has sent its ``ended`` event."""
+    """``streamgraph run CONFIG [ARGS]`` against ``url`` until it exits, recording what it
+    published until every stream in ``streams`` has sent its ``ended`` event."""
     async with Recorder(url, pipeline) as recorder:
-        process = await start_cli("run", config, "--nats-url", url, "--no-progress", env=env)
+        process = await start_cli("run", config, "--nats-url", url, "--no-progress", *args, env=env)
         await finish(process, recorder.recording, timeout_s=timeout_s)
         for stream_id in streams:
             await asyncio.wait_for(recorder.ended(stream_id).wait(), timeout=30)
