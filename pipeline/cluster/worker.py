@@ -180,7 +180,7 @@ class ClusterWorker:
             lease = await self.store.take_over(handed)
             if lease is not None:
                 self._last_owner[stream_id] = handed.handed_by
-                await self._start(stream_id, self.view.catalog[stream_id], lease)
+                await self._start(stream_id, self.view.catalog[stream_id], lease, handed=True)
 
     async def _hand_over(self, stream_id: str, to: str) -> None:
         await self._stop_here(stream_id, f"handed over to {to} (fewer streams)", to=to)
@@ -214,7 +214,7 @@ class ClusterWorker:
             self._forget(stream_id)
         await self.notify()  # the others take the streams over now, not at their next tick
 
-    async def _start(self, stream_id: str, spec: dict[str, Any], lease: Lease) -> None:
+    async def _start(self, stream_id: str, spec: dict[str, Any], lease: Lease, *, handed: bool = False) -> None:
         options = dict(spec.get("options", {}))
         resume_s = await self.checkpoints.resume_point(stream_id, spec)
         if resume_s is not None:
@@ -233,7 +233,7 @@ class ClusterWorker:
             await self._release(stream_id)
             return
         previous = self._last_owner.get(stream_id)
-        reason = await self._why_moved(previous)
+        reason = await self._why_moved(previous, handed=handed)
         self._last_owner[stream_id] = self.worker_id
         log.info(
             "cluster worker %s: runs stream %s (epoch %d; before: %s, %s)",
@@ -254,11 +254,14 @@ class ClusterWorker:
             event["resume_s"] = resume_s
         self.announce(stream_id, event)
 
-    async def _why_moved(self, previous: str | None) -> str:
+    async def _why_moved(self, previous: str | None, *, handed: bool) -> str:
         if previous is None:
             return "new"
-        if previous == self.worker_id or previous in self.view.live:
-            return "released"  # alive: it gave the stream up (a rebalance)
+        if handed or previous == self.worker_id:
+            return "released"  # it gave the stream up (a rebalance)
+        # A free lease claimed: its owner released it on leaving (SIGTERM), or it expired. Not
+        # "the owner is still listed live": a dead worker's heartbeat outlives its last lease
+        # renewal by the moment between the two writes.
         try:
             return "released" if await self.store.left_cleanly(previous) else "expired"
         except Exception:  # not known for sure: the lease did expire for the others
