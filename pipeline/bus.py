@@ -179,7 +179,8 @@ class Bus:
         server: NatsServer | None = None
         auth = NatsAuth.of(config)
         if given == "embedded":
-            server = NatsServer(jetstream=config.jetstream is not None)
+            # JetStream on, always: results may go to a stream, crops to an object store.
+            server = NatsServer(jetstream=True)
             await asyncio.to_thread(server.start)
             given, auth = server.url, NO_AUTH  # a loopback server of our own: no login, no TLS
             log.info("embedded nats-server listening on %s", given)

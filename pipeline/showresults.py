@@ -183,4 +183,7 @@ def event_line(body: dict[str, Any]) -> str:
         details.append(f"{body['reconnects']} reconnects")
     if body.get("message"):
         details.append(str(body["message"]))
+    if "track_id" in body:  # an object event: which object, and where
+        where = [str(body[key]) for key in ("zone", "line", "direction") if key in body]
+        details.append(" ".join([f"{body.get('label', '?')}#{body['track_id']}", *where]))
     return f"{head}: {', '.join(details)}" if details else head

@@ -6,11 +6,15 @@ The objects of the detection stage's result are replaced by the tracked ones, ea
 ``age_s`` (media seconds since its track began) and ``velocity`` (its center's, pixels per second
 of media time). A low-score detection that continues no track is dropped, as ByteTrack does. A
 stream's tracks live as long as the stream: its end releases them.
+
+The ids of the tracks that ended on a frame go to the stages after this one (``object_events``)
+in ``item.tensors[<this stage>]`` (a ``TracksEnded``), never into the published message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,13 @@ from pipeline.media import EndOfStream, Item
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 from .bytetrack import ByteTracker, Track
+
+
+@dataclass(frozen=True)
+class TracksEnded:
+    """The tracks that ended on this frame (missed for longer than ``lost_frames``)."""
+
+    track_ids: list[int]
 
 
 class TrackParams(StageParams):
@@ -76,6 +87,7 @@ class ObjectTracking(Stage):
         result["objects"] = [
             _tracked(found, track, at_s) for found, track in zip(objects, update.tracked, strict=True) if track
         ]
+        item.tensors[self.name] = TracksEnded([track.track_id for track in update.ended])
         return (item,)
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
