@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("script", ["batching.py", "gpu.py", "remote.py", "soak.py"])
+@pytest.mark.parametrize("script", ["batching.py", "gpu.py", "objects.py", "remote.py", "soak.py"])
 def test_the_bench_script_loads_and_describes_its_options(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True, cwd=ROOT
