@@ -28,7 +28,7 @@ $(SAMPLE): samples/make_samples.py samples/speech.flac samples/speech.json | $(V
 models: install
 	$(BIN)/streamgraph models pull
 
-demo: install samples
+demo: install $(SAMPLE)
 	$(BIN)/streamgraph run configs/text-detect.yaml --show 5
 
 test: install samples servers

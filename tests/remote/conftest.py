@@ -31,6 +31,8 @@ from tests.remote.servers import (
 
 DET_CARD = "pp-ocrv4-det"
 DET_NAME = "pp_ocrv4_det"
+YOLO_NAME = "yolov4_tiny"
+"""Triton serves the object detector too (tests/remote/test_objects_triton.py)."""
 
 # The session's servers that were started, for _servers_left_running.
 _STARTED: list[ServerProcess] = []
@@ -70,7 +72,7 @@ def triton_server(det_model: ReferenceModel, tmp_path_factory: pytest.TempPathFa
         kind="Triton",
         python=python,
         script=TRITON_SCRIPT,
-        models={det_model.name: det_model.path},
+        models={det_model.name: det_model.path, YOLO_NAME: model_path(load_card("yolov4-tiny"), pull=False)},
         ports={"--http-port": free_port(), "--grpc-port": free_port(), "--metrics-port": free_port()},
         log_path=tmp / "triton.log",
         # PyTriton's workspace (a copy of tritonserver, sockets): in the test's tmp, not ~/.cache,
