@@ -123,7 +123,7 @@ def test_load_card_with_a_local_path(tmp_path):
             "  path: tiny.onnx\n",
             "  path: tiny.onnx\n  wheel: {package: p, version: '1', member: m}\n",
             "source",
-            "exactly one of 'path' or 'wheel'",
+            "exactly one of 'path', 'wheel' or 'darknet'",
         ),
     ],
 )
@@ -140,7 +140,7 @@ def test_card_source_needs_exactly_one_of_path_and_wheel(tmp_path):
     file = write_card(tmp_path, text=CARD.replace("source:\n  path: tiny.onnx\n", "source: {}\n"))
     with pytest.raises(ConfigError) as info:
         load_card(str(file))
-    assert "exactly one of 'path' or 'wheel'" in info.value.message
+    assert "exactly one of 'path', 'wheel' or 'darknet'" in info.value.message
 
 
 def test_load_card_rejects_non_mappings_and_bad_yaml(tmp_path):
