@@ -11,7 +11,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 PHOTOS = ("dog", "person", "horses", "giraffe", "kite", "eagle")
 HERE = Path(__file__).resolve().parent
@@ -39,22 +41,32 @@ def pan_video(photo: Path, out: Path, *, seconds: float = 4.0, fps: int = 10, wi
     """A slow zoom into the middle of ``photo`` (the whole photo to 85% of it), ``width`` pixels
     wide at the photo's aspect, H.264: every object of the photo stays in view, moving a little
     from frame to frame, as under a camera that zooms."""
-    import av
     import cv2
 
     image = cv2.imread(str(photo))
     rows, cols = image.shape[:2]
     height = round(width * rows / cols / 2) * 2
     frames = round(seconds * fps)
+
+    def zoomed(index: int) -> Any:
+        keep = 1.0 - 0.15 * index / max(1, frames - 1)
+        w, h = cols * keep, rows * keep
+        x0, y0 = (cols - w) / 2, (rows - h) / 2
+        crop = image[round(y0) : round(y0 + h), round(x0) : round(x0 + w)]
+        return cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+
+    return _write_video(out, (zoomed(index) for index in range(frames)), fps, width, height)
+
+
+def _write_video(out: Path, frames: Iterable[Any], fps: int, width: int, height: int) -> Path:
+    """BGR frames to an H.264 file (a high quality: the detector sees the photo, not the codec)."""
+    import av
+    import cv2
+
     with av.open(str(out), "w") as container:
         stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index in range(frames):
-            keep = 1.0 - 0.15 * index / max(1, frames - 1)
-            w, h = cols * keep, rows * keep
-            x0, y0 = (cols - w) / 2, (rows - h) / 2
-            crop = image[round(y0) : round(y0 + h), round(x0) : round(x0 + w)]
-            frame = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+        for frame in frames:
             video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), format="rgb24")
             for packet in stream.encode(video_frame):
                 container.mux(packet)
@@ -73,7 +85,6 @@ CROSSING = (
 def crossing_video(photos: dict[str, Path], out: Path, *, seconds: float = 5.0, fps: int = 10) -> Path:
     """Two dogs (patches of two photos) crossing on a plain 640x360 background, one left to right,
     the other right to left, the second in front where they overlap: a tracker must not swap them."""
-    import av
     import cv2
     import numpy as np
 
@@ -84,23 +95,17 @@ def crossing_video(photos: dict[str, Path], out: Path, *, seconds: float = 5.0, 
         patches.append(cv2.resize(patch, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
     frames = round(seconds * fps)
     tops = (60, 150)
-    with av.open(str(out), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index in range(frames):
-            t = index / max(1, frames - 1)
-            canvas = np.full((height, width, 3), 128, np.uint8)
-            for number, (patch, top) in enumerate(zip(patches, tops, strict=True)):
-                rows, cols = patch.shape[:2]
-                span = width - cols - 40
-                left = round(20 + span * (t if number == 0 else 1 - t))
-                canvas[top : top + rows, left : left + cols] = patch
-            video_frame = av.VideoFrame.from_ndarray(cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), format="rgb24")
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out
+
+    def scene(index: int) -> Any:
+        t = index / max(1, frames - 1)
+        canvas = np.full((height, width, 3), 128, np.uint8)
+        for number, (patch, top) in enumerate(zip(patches, tops, strict=True)):
+            rows, cols = patch.shape[:2]
+            left = round(20 + (width - cols - 40) * (t if number == 0 else 1 - t))
+            canvas[top : top + rows, left : left + cols] = patch
+        return canvas
+
+    return _write_video(out, (scene(index) for index in range(frames)), fps, width, height)
 
 
 def object_samples(into: Path = HERE) -> dict[str, Path]:

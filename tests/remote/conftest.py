@@ -32,7 +32,7 @@ from tests.remote.servers import (
 DET_CARD = "pp-ocrv4-det"
 DET_NAME = "pp_ocrv4_det"
 YOLO_NAME = "yolov4_tiny"
-"""Triton serves the object detector too (tests/remote/test_objects_triton.py)."""
+"""Triton and KServe serve the object detector too (tests/remote/test_objects_remote.py)."""
 
 # The session's servers that were started, for _servers_left_running.
 _STARTED: list[ServerProcess] = []
@@ -92,7 +92,7 @@ def kserve_server(det_model: ReferenceModel, tmp_path_factory: pytest.TempPathFa
         kind="KServe",
         python=python,
         script=KSERVE_SCRIPT,
-        models={det_model.name: det_model.path},
+        models={det_model.name: det_model.path, YOLO_NAME: model_path(load_card("yolov4-tiny"), pull=False)},
         ports={"--http-port": free_port(), "--grpc-port": free_port()},
         log_path=tmp / "kserve.log",
     )
