@@ -29,12 +29,17 @@ def with_sources(config: PipelineConfig, uris: Sequence[str]) -> PipelineConfig:
     (old,) = sources
     options = {key: old.params[key] for key in KEPT_PARAMS if key in old.params}
     streams = [
-        {"id": stream_id, "uri": _absolute(uri), "options": options}
+        {"id": stream_id, "uri": _absolute(uri), "options": {**options, **device_options(uri)}}
         for stream_id, uri in zip(stream_ids(uris), uris, strict=True)
     ]
     new = StageConfig(name=old.name, type="streams", params={"streams": streams, "stay_open": False})
     stages = [new if stage is old else stage for stage in config.stages]
     return config.model_copy(update={"stages": stages})
+
+
+def device_options(uri: str) -> dict[str, str]:
+    """A Linux camera (``/dev/video0``) opens with FFmpeg's ``v4l2`` format, and is live."""
+    return {"format": "v4l2", "rate": "native"} if re.fullmatch(r"/dev/video\d+", uri) else {}
 
 
 def _absolute(uri: str) -> str:

@@ -16,11 +16,12 @@ class Demuxer:
     """A blocking packet reader for one file's first video and/or audio track (runs in the stream's
     own thread: ``pipeline.sourcethread``)."""
 
-    def __init__(self, path: Path, tracks: Sequence[TrackKind]) -> None:
+    def __init__(self, path: Path, tracks: Sequence[TrackKind], input_format: str | None = None) -> None:
         self.path = path
+        self.input_format = input_format
         if path.is_file() and path.stat().st_size == 0:
             raise ValueError("the file is empty (0 bytes)")
-        self.container: Any = av.open(str(path), mode="r")
+        self.container: Any = av.open(str(path), mode="r", format=input_format)
         self.streams: dict[TrackKind, Any] = {}
         for kind in tracks:
             found = self.container.streams.video if kind == "video" else self.container.streams.audio
@@ -69,7 +70,7 @@ class Demuxer:
         # Reopened rather than seeked: a seek lands on the first keyframe at or after 0 for some
         # tracks, skipping an AAC track's priming packet (pts < 0) that the first pass had.
         self.container.close()
-        self.container = av.open(str(self.path), mode="r")
+        self.container = av.open(str(self.path), mode="r", format=self.input_format)
         reopened = list(self.container.streams)
         self.streams = {kind: reopened[index] for index, kind in self.kinds.items()}
         self._packets = self.container.demux(list(self.streams.values()))

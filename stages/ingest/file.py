@@ -96,6 +96,10 @@ class FileParams(TrackSelection):
     read_timeout_s: float = Field(default=10.0, gt=0)
     """How long one read may wait for data before the stream fails (a pipe whose writer went
     quiet, say)."""
+    format: str | None = None
+    """FFmpeg's input format, where it cannot tell from the file: ``v4l2`` for a camera at
+    ``/dev/video0`` (``run --source /dev/video0`` sets it), ``h264`` for a raw stream with an odd
+    name. Default: FFmpeg probes."""
     start_s: float = Field(default=0.0, ge=0)
     """Start at this media time (seconds) instead of the beginning: at the keyframe at or before
     it, so nothing from it on is missed. With ``loop`` it counts across passes, as the stream's
@@ -175,6 +179,7 @@ class FileSource(Source):
                 Demuxer,
                 path,
                 self.params.tracks,
+                self.params.format,
                 what=f"the open{_fifo_hint(path)}",
                 timeout=self.params.open_timeout_s,
                 halt=self._halt,

@@ -42,3 +42,13 @@ def test_ids_stay_distinct() -> None:
 def test_a_pipeline_with_two_sources_is_refused_with_their_names() -> None:
     with pytest.raises(ConfigError, match="this one has 2: a, b"):
         with_sources(parse_config(config("a", "b"), base_dir=Path(".")), ["x.mp4"])
+
+
+def test_a_camera_device_opens_as_v4l2_and_is_paced_live() -> None:
+    parsed = parse_config(config("video"), base_dir=Path("."))
+    (stream,) = with_sources(parsed, ["/dev/video0"]).stages[0].params["streams"]
+    assert stream == {
+        "id": "video0",
+        "uri": "/dev/video0",
+        "options": {"tracks": ["video", "audio"], "format": "v4l2", "rate": "native"},
+    }
