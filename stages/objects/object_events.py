@@ -49,6 +49,9 @@ class ObjectEventsParams(StageParams):
     """Named segments, two points each, in source pixels."""
     anchor: Anchor = "bottom"
     """Which point of a box is where the object is: its ``bottom`` center or its ``center``."""
+    min_frames: int = Field(default=2, ge=1)
+    """Frames a track must be seen on before it enters the scene (``object_entered``): a
+    detection that flickers for fewer frames makes no events at all."""
     crops: bool = True
     crop_bucket: str | None = None
     """The object store bucket (default ``sg-<pipeline>-crops``)."""
@@ -105,7 +108,10 @@ class ObjectEvents(Stage):
         result = self._objects_result(item)
         ended = item.tensors.pop(self.tracks_key, None)
         objects = result["objects"] if result is not None else []
-        scene = self.scenes.setdefault(item.stream_id, Scene(self.params.zones, self.params.lines, self.params.anchor))
+        scene = self.scenes.get(item.stream_id)
+        if scene is None:
+            p = self.params
+            scene = self.scenes[item.stream_id] = Scene(p.zones, p.lines, p.anchor, p.min_frames)
         events = scene.update(objects, ended.track_ids if isinstance(ended, TracksEnded) else [])
         if self.store is not None and objects and isinstance(item.media, VideoFrame):
             await self._keep_best_crops(item, objects, events)

@@ -60,8 +60,12 @@ class Scene:
         zones: dict[str, list[list[float]]],
         lines: dict[str, list[list[float]]],
         anchor: Anchor = "bottom",
+        min_frames: int = 1,
     ) -> None:
         self.zones = {name: np.asarray(polygon, np.float32) for name, polygon in zones.items()}
+        self.min_frames = min_frames
+        self.sightings: Counter[int] = Counter()
+        """Frames each track not yet in the scene was seen on: it enters on its ``min_frames``-th."""
         self.lines = {name: ((p[0][0], p[0][1]), (p[1][0], p[1][1])) for name, p in lines.items()}
         self.anchor = anchor
         self.seen: dict[int, _Seen] = {}
@@ -78,6 +82,10 @@ class Scene:
             point = anchor_point(obj["box"], self.anchor)
             seen = self.seen.get(track_id)
             if seen is None:
+                self.sightings[track_id] += 1
+                if self.sightings[track_id] < self.min_frames:
+                    continue  # not in the scene yet: a flicker that ends before this is never news
+                del self.sightings[track_id]
                 seen = self.seen[track_id] = _Seen(label, point)
                 events.append({"event": "object_entered", **_who(obj)})
             for name, line in self.lines.items():
@@ -96,11 +104,13 @@ class Scene:
             for name in sorted(left):
                 events.append({"event": "zone_left", "zone": name, **_who(obj), "counts": self.zone_counts(name)})
         for track_id in ended:
+            self.sightings.pop(track_id, None)
             events.extend(self._gone(track_id))
         return events
 
     def end(self) -> list[dict[str, Any]]:
         """The stream ended: every object still in the scene leaves it."""
+        self.sightings.clear()
         return [event for track_id in list(self.seen) for event in self._gone(track_id)]
 
     def _gone(self, track_id: int) -> list[dict[str, Any]]:

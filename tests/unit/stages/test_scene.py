@@ -47,3 +47,15 @@ def test_an_object_enters_crosses_a_line_enters_a_zone_and_leaves() -> None:
     ]
     assert [(e["event"], e["track_id"]) for e in scene.end()] == [("zone_left", 2), ("object_left", 2)]
     assert scene.seen == {}
+
+
+def test_a_flicker_shorter_than_min_frames_makes_no_events() -> None:
+    scene = Scene(zones={}, lines={}, min_frames=3)
+    assert scene.update([dog(1, 50, 100)], []) == []
+    assert scene.update([dog(1, 52, 100)], []) == []
+    assert scene.update([], [1]) == []  # it ended before its third frame: never in the scene
+    scene.update([dog(2, 50, 100)], [])
+    scene.update([dog(2, 50, 100)], [])
+    assert [e["event"] for e in scene.update([dog(2, 50, 100)], [])] == ["object_entered"]
+    assert [e["event"] for e in scene.update([], [2])] == ["object_left"]
+    assert scene.sightings == {}
