@@ -108,8 +108,10 @@ async def test_workers_on_a_nats_cluster(nats_cluster: NatsCluster, tmp_path: Pa
             assert took < LEASE_S + 5.0 + MARGIN_S, f"its streams produced results elsewhere after {took:.1f} s"
 
             # A worker is stopped (SIGTERM): it drains, hands its leases back and tells the others,
-            # so its streams resume elsewhere at once, not after a lease period.
-            owners = await cluster.owners_of(first)
+            # so its streams resume elsewhere at once, not after a lease period. (Asked of a worker
+            # still alive: the killed one may have been the first.)
+            survivor = next(w for w in cluster.workers if w is not victim and w.process.returncode is None)
+            owners = await cluster.owners_of(survivor)
             leaving_owner = next(o for o in owners.values() if o is not None and o != victim_owner)
             leaving = worker_of(cluster, leaving_owner)
             handed = {sid for sid, owner in owners.items() if owner == leaving_owner}
