@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,10 @@ def build_event(
     message: str | None = None,
     counters: StreamCounters | None = None,
     run: str | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """An event's message; ``fields``: the rest of an event of its own kind (``owner_changed``'s
+    owners and epoch, an object event's track and zone)."""
     body: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "pipeline": pipeline,
@@ -137,6 +140,8 @@ def build_event(
             body["frames"]["packets_dropped"] = counters.packets_dropped
         if counters.reconnects:
             body["reconnects"] = counters.reconnects
+    if fields is not None:
+        body.update(fields)
     return body
 
 

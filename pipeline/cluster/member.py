@@ -63,8 +63,8 @@ async def join(cluster: ClusterConfig, bus: Bus, runner: Runner) -> Membership:
 
     def announce(stream_id: str, fields: dict[str, Any]) -> None:
         """An event of the stream, on its events subject (``owner_changed``)."""
-        body = build_event(pipeline, stream_id, fields["event"], reason=fields.get("reason"))
-        body.update({key: value for key, value in fields.items() if key not in ("event", "reason")})
+        rest = {key: value for key, value in fields.items() if key not in ("event", "reason")}
+        body = build_event(pipeline, stream_id, fields["event"], reason=fields.get("reason"), fields=rest)
         subject = events_subject(bus.prefix, pipeline, stream_id)
         bus.put(subject, encode(body), msg_id=f"{pipeline}.{stream_id}.owner.{fields.get('epoch')}")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ from pydantic import Field
 from pipeline.bus import Bus
 from pipeline.errors import ConfigError
 from pipeline.media import EndOfStream, Item, VideoFrame
-from pipeline.results import encode, events_subject, new_run_id
+from pipeline.results import build_event, encode, events_subject, new_run_id
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
 from .scene import Anchor, Scene
@@ -188,14 +187,10 @@ class ObjectEvents(Stage):
             event.pop("crop", None)
         token, count = self.runs.get(stream_id) or (new_run_id(), 0)
         self.runs[stream_id] = (token, count + 1)
-        body = {
-            "schema_version": 1,
-            "pipeline": self.ctx.pipeline,
-            "stream_id": stream_id,
-            "time": round(time.time(), 6),
-            **({"media_time_s": round(at_s, 6)} if at_s is not None else {}),
-            **event,
-        }
+        rest = {key: value for key, value in event.items() if key != "event"}
+        if at_s is not None:
+            rest["media_time_s"] = round(at_s, 6)
+        body = build_event(self.ctx.pipeline, stream_id, event["event"], fields=rest)
         subject = events_subject(self.bus.prefix, self.ctx.pipeline, stream_id)
         self.bus.put(subject, encode(body), msg_id=f"{self.ctx.pipeline}.{stream_id}.{token}.o{count}")
 
