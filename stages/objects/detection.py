@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import cv2
 import numpy as np
 from pydantic import Field
 
@@ -24,10 +23,8 @@ from pipeline.modelstore import labels_path, model_path
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 from pipeline.tensors import ModelOutput
 
+from .scene import Polygon, is_inside
 from .yolo import Detections, decode, nms
-
-Point = Annotated[list[float], Field(min_length=2, max_length=2)]
-Polygon = list[Point]
 
 
 class YoloParams(StageParams):
@@ -61,9 +58,6 @@ class YoloDetection(Stage):
 
     def check(self, base_dir: Path) -> None:
         self._spec(load_model_card(self.params.model, base_dir))
-        for index, polygon in enumerate(self.params.roi):
-            if len(polygon) < 3:
-                raise ConfigError(f"params.roi[{index}]", f"a polygon needs 3 points or more, got {len(polygon)}")
 
     def _spec(self, card: ModelCard) -> YoloSpec:
         if card.yolo is None or card.preprocess is None:
@@ -136,17 +130,14 @@ class YoloDetection(Stage):
         return corners.reshape(-1, 4)
 
     def _sized(self, boxes: np.ndarray) -> np.ndarray:
-        sides = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
-        keep = sides.min(axis=1, initial=np.inf) >= self.params.min_size if len(boxes) else np.zeros(0, bool)
-        if self.params.max_size is not None and len(boxes):
-            keep &= sides.max(axis=1) <= self.params.max_size
-        return np.asarray(keep, bool)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep: np.ndarray = np.minimum(widths, heights) >= self.params.min_size
+        if self.params.max_size is not None:
+            keep &= np.maximum(widths, heights) <= self.params.max_size
+        return keep
 
     def _inside_roi(self, boxes: np.ndarray) -> np.ndarray:
         if not self.roi:
             return np.ones(len(boxes), bool)
         centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-        return np.array(
-            [any(cv2.pointPolygonTest(p, (float(x), float(y)), False) >= 0 for p in self.roi) for x, y in centers],
-            bool,
-        )
+        return np.array([any(is_inside(p, (float(x), float(y))) for p in self.roi) for x, y in centers], bool)

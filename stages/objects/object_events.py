@@ -28,12 +28,10 @@ from pipeline.media import EndOfStream, Item, VideoFrame
 from pipeline.results import build_event, encode, events_subject, new_run_id
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-from .scene import Anchor, Scene
+from .scene import Anchor, Polygon, Scene, Segment
 from .tracking import TracksEnded
 
 log = logging.getLogger("streamgraph.objects")
-
-Point = list[float]
 
 
 class ObjectEventsParams(StageParams):
@@ -42,9 +40,9 @@ class ObjectEventsParams(StageParams):
     result on the item)."""
     tracks: str | None = None
     """The ``track`` stage (default: this stage's first input)."""
-    zones: dict[str, list[Point]] = Field(default_factory=dict)
+    zones: dict[str, Polygon] = Field(default_factory=dict)
     """Named polygons in source pixels."""
-    lines: dict[str, list[Point]] = Field(default_factory=dict)
+    lines: dict[str, Segment] = Field(default_factory=dict)
     """Named segments, two points each, in source pixels."""
     anchor: Anchor = "bottom"
     """Which point of a box is where the object is: its ``bottom`` center or its ``center``."""
@@ -67,19 +65,10 @@ class ObjectEvents(Stage):
     params: ObjectEventsParams
     latency_key = "events"
 
-    def check(self, base_dir: Any) -> None:
-        for name, polygon in self.params.zones.items():
-            if len(polygon) < 3 or any(len(p) != 2 for p in polygon):
-                raise ConfigError(f"params.zones.{name}", "a zone is a polygon: 3 or more [x, y] points")
-        for name, line in self.params.lines.items():
-            if len(line) != 2 or any(len(p) != 2 for p in line):
-                raise ConfigError(f"params.lines.{name}", "a line is 2 [x, y] points")
-
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         if ctx.bus is None:
             raise ConfigError(f"stage {self.name}", "object_events needs a NATS connection (nats.url)")
-        self.check(ctx.base_dir)
         self.bus: Bus = ctx.bus
         self.tracks_key = self.params.tracks or ctx.input_stages[0]
         self.scenes: dict[str, Scene] = {}

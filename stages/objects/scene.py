@@ -15,12 +15,18 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 Anchor = Literal["bottom", "center"]
+
+Point = Annotated[list[float], Field(min_length=2, max_length=2)]
+"""``[x, y]`` in source-frame pixels."""
+Polygon = Annotated[list[Point], Field(min_length=3)]
+Segment = Annotated[list[Point], Field(min_length=2, max_length=2)]
 
 
 @dataclass
@@ -96,7 +102,7 @@ class Scene:
                         {"event": "line_crossed", "line": name, "direction": direction, **_who(obj),
                          "counts": dict(self.crossed[name])}
                     )  # fmt: skip
-            inside = {name for name, polygon in self.zones.items() if _inside(polygon, point)}
+            inside = {name for name, polygon in self.zones.items() if is_inside(polygon, point)}
             entered, left = inside - seen.zones, seen.zones - inside
             seen.point, seen.zones = point, inside
             for name in sorted(entered):
@@ -124,7 +130,8 @@ class Scene:
         return [*events, {"event": "object_left", **who}]
 
 
-def _inside(polygon: np.ndarray, point: tuple[float, float]) -> bool:
+def is_inside(polygon: np.ndarray, point: tuple[float, float]) -> bool:
+    """Whether ``point`` is in ``polygon`` (``float32`` ``[n, 2]``) or on its edge."""
     return cv2.pointPolygonTest(polygon, (float(point[0]), float(point[1])), False) >= 0
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.stage import build_stage
+from stages.objects.detection import YoloDetection
+from stages.objects.object_events import ObjectEvents
 from stages.objects.scene import Scene, crossing
 
 
@@ -59,3 +65,20 @@ def test_a_flicker_shorter_than_min_frames_makes_no_events() -> None:
     assert [e["event"] for e in scene.update([dog(2, 50, 100)], [])] == ["object_entered"]
     assert [e["event"] for e in scene.update([], [2])] == ["object_left"]
     assert scene.sightings == {}
+
+
+@pytest.mark.parametrize(
+    ("cls", "params", "path"),
+    [
+        (ObjectEvents, {"zones": {"yard": [[0, 0], [10, 0]]}}, "params.zones.yard"),  # two points: no polygon
+        (ObjectEvents, {"lines": {"gate": [[0, 0], [10, 0], [10, 10]]}}, "params.lines.gate"),  # a line has two
+        (ObjectEvents, {"zones": {"yard": [[0, 0], [10], [10, 10]]}}, "params.zones.yard[1]"),  # a point is [x, y]
+        (YoloDetection, {"model": "yolov4-tiny", "roi": [[[0, 0], [10, 0]]]}, "params.roi[0]"),
+    ],
+)
+def test_zones_lines_and_regions_that_are_not_shapes_are_config_errors_naming_them(
+    cls: type, params: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_stage(cls, "stage", params)
+    assert info.value.path == path, info.value
