@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import cv2
+from nats.js.errors import BucketNotFoundError
 from pydantic import Field
 
 from pipeline.bus import Bus
@@ -86,7 +87,7 @@ class ObjectEvents(Stage):
         try:
             try:
                 return await js.object_store(self.bucket)
-            except Exception:
+            except BucketNotFoundError:
                 return await js.create_object_store(bucket=self.bucket, ttl=self.params.crop_ttl_s)
         except Exception as exc:
             log.warning("stage %s: no crops (the object store %s: %s)", self.name, self.bucket, exc)
@@ -194,4 +195,7 @@ class ObjectEvents(Stage):
     async def stop(self) -> None:
         if self.pending:
             await asyncio.wait(self.pending, timeout=5.0)
+        if self.crops_skipped:
+            limit = self.params.max_pending_crops
+            log.warning("stage %s: %d crops skipped (max_pending_crops=%d)", self.name, self.crops_skipped, limit)
         await super().stop()
