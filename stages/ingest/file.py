@@ -58,10 +58,6 @@ SCAN_TIMEOUT_S = 120.0
 each pass begins is measured, without decoding)."""
 
 
-def start_s_text(start: Fraction) -> str:
-    return f"{float(start):.3f} s"
-
-
 CLOSE_TIMEOUT_S = 5.0
 """Closing a file that does not close in this long leaves it to its abandoned thread."""
 
@@ -241,6 +237,7 @@ class FileSource(Source):
         """``start_s``: shift the timestamps as the pass of a looped file that holds it had them,
         then seek to the keyframe at or before it. False if the stream has ended with an error."""
         start = Fraction(self.params.start_s)
+        where = f"{self.params.start_s:.3f} s"
         kind: TrackKind = "video" if "video" in demuxer.streams else next(iter(demuxer.streams))
         late = lambda _: demuxer.close()  # noqa: E731 - what an abandoned call leaves behind
         try:
@@ -260,17 +257,17 @@ class FileSource(Source):
             )
         except SourceStuck as exc:
             self._abandoned = True
-            await self._fail(emit, stream_id, f"{path}: stuck starting at {start_s_text(start)}: {exc}")
+            await self._fail(emit, stream_id, f"{path}: stuck starting at {where}: {exc}")
             return False
         except (OSError, av.FFmpegError) as exc:
-            await self._fail(emit, stream_id, f"{path}: cannot start at {start_s_text(start)}: {media_error(exc)}")
+            await self._fail(emit, stream_id, f"{path}: cannot start at {where}: {media_error(exc)}")
             return False
         if not seeked:
             self.ctx.logger.warning(
                 "stream %s: %s cannot seek (no timestamps): starts at its beginning, not at %s",
                 stream_id,
                 path,
-                start_s_text(start),
+                where,
             )
         return True
 
