@@ -48,13 +48,12 @@ def _absolute(uri: str) -> str:
 
 
 def stream_ids(uris: Sequence[str]) -> list[str]:
-    """One distinct stream id per URI: a file's name without its extension, a URL's last path
-    segment (``rtsp://cam/live/front`` -> ``front``); ``-2``, ``-3``... where two would clash."""
+    """One distinct stream id per URI: its last path segment without the extension (``cam.mp4``
+    -> ``cam``, ``rtsp://cam/live/front`` -> ``front``); ``-2``, ``-3``... where two would clash."""
     ids: list[str] = []
     for uri in uris:
         path = _SCHEME.sub("", uri).split("?", 1)[0].rstrip("/")
-        name = PurePosixPath(path).name if _SCHEME.match(uri) else PurePosixPath(path).stem
-        base = stream_id_from(PurePosixPath(name).stem if "." in name else name, "stream")
+        base = stream_id_from(PurePosixPath(path).stem, "stream")
         stream_id, n = base, 2
         while stream_id in ids:
             stream_id, n = f"{base}-{n}", n + 1
