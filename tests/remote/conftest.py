@@ -1,5 +1,6 @@
 """Fixtures for the remote-engine tests: a real Triton and a real KServe ModelServer per test session,
-both serving PP-OCRv4 det as ``pp_ocrv4_det``, and that model run here for reference.
+both serving PP-OCRv4 det as ``pp_ocrv4_det`` (and YOLOv4-tiny as ``yolov4_tiny``), and that model run
+here for reference; ``torchserve`` (session scope, tests/remote/torchserve.py) serves the same two.
 
 ``triton_server`` / ``kserve_server`` (session scope) give a ``ServerProcess`` (tests/remote/servers.py):
 ``.http_url`` (``http://127.0.0.1:<port>``), ``.grpc_url`` (``grpc://127.0.0.1:<port>``), ``.model``,
@@ -28,6 +29,7 @@ from tests.remote.servers import (
     free_port,
     venv_python,
 )
+from tests.remote.torchserve import TORCHSERVE_VENV, TorchServe
 
 DET_CARD = "pp-ocrv4-det"
 DET_NAME = "pp_ocrv4_det"
@@ -97,6 +99,21 @@ def kserve_server(det_model: ReferenceModel, tmp_path_factory: pytest.TempPathFa
         log_path=tmp / "kserve.log",
     )
     yield from _serve(server)
+
+
+@pytest.fixture(scope="session")
+def torchserve(det_model: ReferenceModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """TorchServe serving pp_ocrv4_det and yolov4_tiny with the tensor handler."""
+    venv_python(TORCHSERVE_VENV, "TorchServe")
+    server = TorchServe(
+        TORCHSERVE_VENV,
+        {det_model.name: det_model.path, YOLO_NAME: model_path(load_card("yolov4-tiny"), pull=False)},
+        tmp_path_factory.mktemp("torchserve"),
+    )
+    server.archive()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """configs/objects.yaml with its detector on real inference servers, through each remote engine
-(Triton over HTTP and gRPC, a KServe model server over v2 HTTP and in TF Serving's REST format):
+(Triton over HTTP and gRPC, a KServe model server over v2 HTTP and in TF Serving's REST format,
+TorchServe with the tensor handler):
 the same objects, boxes and tracks as the model in this process, frame by frame."""
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ async def in_process(nats_url: str, env: dict[str, str]) -> dict[int, list[tuple
         ("triton_server", "triton", "grpc_url", "KServe v2 gRPC"),
         ("kserve_server", "kserve", "http_url", "KServe v2 HTTP"),
         ("kserve_server", "tfserving", "http_url", "TF Serving"),
+        ("torchserve", "torchserve", "url", "TorchServe"),
     ],
 )
 async def test_objects_on_a_server_match_the_model_in_process(
@@ -75,7 +77,7 @@ async def test_objects_on_a_server_match_the_model_in_process(
     assert remote.returncode == 0, remote.stderr[-2000:]
     assert protocol in remote.stderr
     theirs = objects_by_seq(remote.results["person"])
-    assert sorted(mine) == sorted(theirs) and len(mine) == 40
+    assert sorted(mine) == sorted(theirs) and len(mine) == 40, remote.stderr[-3000:]
     assert {label for objects in mine.values() for label, _, _ in objects} >= {"person", "dog", "horse"}
     for seq, objects in mine.items():
         assert [(label, track) for label, track, _ in objects] == [(label, track) for label, track, _ in theirs[seq]]
