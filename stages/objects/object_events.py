@@ -95,7 +95,7 @@ class ObjectEvents(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         result = self._objects_result(item)
-        ended = item.tensors.pop(self.tracks_key, None)
+        ended = item.tensors.get(self.tracks_key)  # left for the stages after this one
         objects = result["objects"] if result is not None else []
         scene = self.scenes.get(item.stream_id)
         if scene is None:

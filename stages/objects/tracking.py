@@ -1,5 +1,6 @@
 """``track``: multi-object tracking per stream (ByteTrack's association over a Kalman filter per
-track, ``bytetrack.py``) on a detection stage's objects.
+track, ``bytetrack.py``) on a detection stage's objects (``yolo``) or boxes (``text_detection``:
+one class, no labels).
 
 The objects of the detection stage's result are replaced by the tracked ones, each with
 ``track_id`` (an integer, stable while the object stays in view; unique within the stream),
@@ -8,7 +9,8 @@ of media time). A low-score detection that continues no track is dropped, as Byt
 stream's tracks live as long as the stream: its end releases them.
 
 The ids of the tracks that ended on a frame go to the stages after this one (``object_events``)
-in ``item.tensors[<this stage>]`` (a ``TracksEnded``), never into the published message.
+in ``item.tensors[<this stage>]`` (a ``TracksEnded``, which also names where the tracked objects
+are: ``tracked_objects``), never into the published message.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class TracksEnded:
     """The tracks that ended on this frame (missed for longer than ``lost_frames``)."""
 
     track_ids: list[int]
+    source: str = ""
+    """The detection stage whose result holds the tracked objects (``tracked_objects``)."""
 
 
 class TrackParams(StageParams):
@@ -76,18 +80,22 @@ class ObjectTracking(Stage):
 
     async def process(self, item: Item) -> Sequence[Item]:
         result = item.results.get(self.source_key)
-        if not isinstance(result, dict) or not isinstance(result.get("objects"), list):
-            raise ValueError(f"no objects from stage {self.source_key!r} on this item (is it a detection stage?)")
-        objects: list[dict[str, Any]] = result["objects"]
+        key = tracked_key(result)
+        if result is None or key is None:
+            raise ValueError(
+                f"no objects or boxes from stage {self.source_key!r} on this item (is it a detection stage?)"
+            )
+        objects: list[dict[str, Any]] = result[key]
         boxes = np.array([o["box"] for o in objects], np.float64).reshape(-1, 4)
         scores = np.array([o["score"] for o in objects], np.float64)
         media = item.media
         at_s = float(media.pts * media.time_base) if media.pts is not None else float(item.seq)
-        update = self._tracker(item.stream_id).update(boxes, scores, [o["label"] for o in objects], at_s)
-        result["objects"] = [
+        labels = [o.get("label", "") for o in objects]  # text boxes have none: one class
+        update = self._tracker(item.stream_id).update(boxes, scores, labels, at_s)
+        result[key] = [
             _tracked(found, track, at_s) for found, track in zip(objects, update.tracked, strict=True) if track
         ]
-        item.tensors[self.name] = TracksEnded([track.track_id for track in update.ended])
+        item.tensors[self.name] = TracksEnded([track.track_id for track in update.ended], self.source_key)
         return (item,)
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
@@ -95,6 +103,27 @@ class ObjectTracking(Stage):
         if tracker is not None:
             tracker.end_all()
         return ()
+
+
+def tracked_objects(item: Item, tracks_key: str) -> tuple[TracksEnded, list[dict[str, Any]]]:
+    """For a stage after ``track``: the track stage's ended tracks and the tracked objects (or
+    text boxes) of this item, each with its ``track_id``."""
+    update = item.tensors.get(tracks_key)
+    if not isinstance(update, TracksEnded):
+        raise ValueError(f"no tracks from stage {tracks_key!r} on this item (is it a track stage?)")
+    result = item.results.get(update.source)
+    key = tracked_key(result)
+    assert result is not None and key is not None, "the track stage checked it"
+    objects: list[dict[str, Any]] = result[key]
+    return update, objects
+
+
+def tracked_key(result: Any) -> str | None:
+    """Where a detection result keeps what ``track`` tracks: ``objects`` (``yolo``) or ``boxes``
+    (``text_detection``); None when it has neither."""
+    if not isinstance(result, dict):
+        return None
+    return next((key for key in ("objects", "boxes") if isinstance(result.get(key), list)), None)
 
 
 def _tracked(found: dict[str, Any], track: Track, at_s: float) -> dict[str, Any]:

@@ -1,9 +1,6 @@
-"""``text_crops``: cut each detected text box out of the frame as a recognizer input.
-
-PaddleOCR's recognition preprocessing: the box's quad is warped upright into a rectangle
-(perspective transform, border pixels replicated), a crop at least 1.5 times taller than wide is
-turned 90° (vertical text), then it is resized to the model's height keeping its aspect ratio,
-normalized, and right-padded with zeros (in normalized space) up to its padded width.
+"""``text_crops``: cut each detected text box out of the frame as a recognizer input, as
+PaddleOCR prepares them (``pipeline/crops.py``: the quad warped upright, resized to the model's
+height keeping its aspect ratio, normalized, right-padded).
 
 The padded width is a property of the crop alone: its resized width rounded up to a multiple of
 ``width_bucket``, capped at ``max_width`` (wider crops are squeezed to fit, as PaddleOCR does).
@@ -14,23 +11,18 @@ recognized text is the same at any batch size.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from pydantic import Field
 
-from pipeline.imaging import prepare_image
+from pipeline.crops import crop_quad, prepare_crop
 from pipeline.media import Item, VideoFrame
-from pipeline.modelcard import Preprocess, load_preprocess
+from pipeline.modelcard import load_preprocess
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 from pipeline.tensors import PreparedTensor, to_host
-
-VERTICAL_RATIO = 1.5
-"""A crop this many times taller than wide is vertical text: PaddleOCR turns it 90° first."""
 
 
 class TextCropsParams(StageParams):
@@ -91,50 +83,3 @@ class TextCrops(Stage):
             )
             for quad in quads
         ]
-
-
-def crop_quad(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """The 4x2 quad (clockwise from top-left, image pixels) warped into an upright rectangle.
-
-    Its size is the longer of each pair of opposite sides, as in PaddleOCR's
-    ``get_rotate_crop_image``; a crop at least ``VERTICAL_RATIO`` times taller than wide is turned
-    90° counter-clockwise so that the recognizer reads it as a horizontal line.
-    """
-    quad = np.asarray(quad, dtype=np.float32)
-    width = max(1, int(max(np.linalg.norm(quad[0] - quad[1]), np.linalg.norm(quad[2] - quad[3]))))
-    height = max(1, int(max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2]))))
-    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
-    transform = cv2.getPerspectiveTransform(quad, target)
-    # Replicated borders: a box that reaches past the frame edge gets edge pixels, not black bars
-    # the recognizer could read as a character.
-    crop = cv2.warpPerspective(
-        image, transform, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
-    )
-    if height / width >= VERTICAL_RATIO:
-        crop = np.ascontiguousarray(np.rot90(crop))
-    return crop
-
-
-def padded_width(
-    crop_width: int, crop_height: int, *, height: int, max_width: int, width_bucket: int
-) -> tuple[int, int]:
-    """(resized width, padded width) of a crop scaled to ``height``: a function of the crop alone."""
-    resized = min(max_width, max(1, math.ceil(height * crop_width / crop_height)))
-    padded = min(max_width, math.ceil(resized / width_bucket) * width_bucket)
-    return resized, padded
-
-
-def prepare_crop(
-    crop: np.ndarray, *, height: int, max_width: int, width_bucket: int, spec: Preprocess
-) -> PreparedTensor:
-    """BGR uint8 crop -> float32 tensor ``height`` high, zero-padded on the right to its bucket."""
-    crop_height, crop_width = crop.shape[:2]
-    resized, padded = padded_width(
-        crop_width, crop_height, height=height, max_width=max_width, width_bucket=width_bucket
-    )
-    tensor = prepare_image(crop, (height, resized), "stretch", spec).data
-    # Zeros in normalized space, as PaddleOCR pads (mid-grey under PP-OCR's normalization).
-    width_axis = 2 if spec.layout == "NCHW" else 1
-    pad = [(0, 0)] * tensor.ndim
-    pad[width_axis] = (0, padded - resized)
-    return PreparedTensor(np.pad(tensor, pad), geometry=None)

@@ -1,4 +1,5 @@
-"""``text_recognition``: CTC decoding for PP-OCR recognizers, joined with the detected boxes.
+"""``text_recognition``: CTC decoding for PP-OCR recognizers, joined with the detected boxes (or
+the tracked ones ``track_crops`` chose).
 
 The recognizer gives, per time step, a probability over its classes: index 0 is the CTC blank,
 then the character dictionary (stored in the ONNX file's metadata under ``character``), then a
@@ -24,6 +25,8 @@ from pipeline.stage import Stage, StageContext, StageParams, register_stage
 from pipeline.tensors import ModelOutput
 
 BLANK = 0
+CROPPED_FROM = ("text_detection", "track_crops")
+"""Results whose ``boxes`` a recognizer's crops may be of: every box, or the tracks ``track_crops`` chose."""
 DICTIONARY_KEY = "character"
 
 
@@ -33,7 +36,8 @@ class TextRecognitionParams(StageParams):
     input: str | None = None
     """The ``infer`` stage whose outputs (one per crop) to decode; defaults to this stage's first input."""
     detections: str | None = None
-    """The ``text_detection`` stage the crops came from; default: the one text_detection result on the item."""
+    """The stage whose boxes the crops are of: a ``text_detection`` stage (default: the one on the
+    item) or a ``track_crops`` stage (its lines then carry the ``track_id``)."""
     min_score: float = Field(default=0.5, ge=0, le=1)
     """Lines whose recognition score is lower are left out."""
 
@@ -69,6 +73,7 @@ class TextRecognition(Stage):
         decoded = await self.ctx.run_blocking(self._decode_all, outputs)
         lines = [
             {
+                **({"track_id": box["track_id"]} if "track_id" in box else {}),
                 "box": box["box"],
                 "quad": box["quad"],
                 "det_score": box["score"],
@@ -82,12 +87,12 @@ class TextRecognition(Stage):
         return (item,)
 
     def _detections(self, item: Item) -> tuple[str, list[dict[str, Any]]]:
-        """The text_detection result the crops were cut from: the named one, or the only one."""
+        """The boxes the crops were cut from: the named result, or the only text_detection one."""
         if self.params.detections is not None:
             key = self.params.detections
             result = item.results.get(key)
-            if not (isinstance(result, dict) and result.get("type") == "text_detection"):
-                raise ValueError(f"no text_detection result from stage {key!r} on this item")
+            if not (isinstance(result, dict) and result.get("type") in CROPPED_FROM):
+                raise ValueError(f"no text_detection or track_crops result from stage {key!r} on this item")
         else:
             found = [k for k, r in item.results.items() if isinstance(r, dict) and r.get("type") == "text_detection"]
             if len(found) != 1:

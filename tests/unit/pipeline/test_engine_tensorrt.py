@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.crops import padded_width
 from pipeline.engines.base import is_contiguous
 from pipeline.engines.tensorrt import (
     TENSORRT_FIX,
@@ -20,7 +21,7 @@ from pipeline.engines.tensorrt import (
 )
 from pipeline.errors import ModelError
 from pipeline.modelcard import load_card
-from stages.text.text_crops import TextCropsParams, padded_width
+from stages.text.text_crops import TextCropsParams
 
 
 def fake_tensorrt(version: str, *, fp16_flag: bool) -> Any:

@@ -11,13 +11,14 @@ from pydantic import ValidationError
 
 import stages  # noqa: F401  (registers the built-in stage types)
 from pipeline.config import parse_config
+from pipeline.crops import crop_quad, padded_width, prepare_crop
 from pipeline.errors import ConfigError
 from pipeline.graph import build_graph
 from pipeline.imaging import prepare_image
 from pipeline.media import EncodedPacket, Item, VideoFrame
 from pipeline.modelcard import Preprocess, load_card
 from pipeline.tensors import PreparedTensor
-from stages.text.text_crops import TextCrops, TextCropsParams, crop_quad, padded_width, prepare_crop
+from stages.text.text_crops import TextCrops, TextCropsParams
 from stages.text.text_detection import order_clockwise
 
 MODEL = "pp-ocrv4-rec"

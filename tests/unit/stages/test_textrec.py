@@ -196,7 +196,7 @@ async def test_detections_are_found_by_type_or_named(make_ctx):
     item = item_with(outputs_reading("a", "b"), two)
     await named.process(item)
     assert [line["box"] for line in item.results["ocr"]["lines"]] == [b["box"] for b in two["b"]["boxes"]]
-    with pytest.raises(ValueError, match="no text_detection result from stage 'b'"):
+    with pytest.raises(ValueError, match="no text_detection or track_crops result from stage 'b'"):
         await named.process(item_with(outputs_reading("a"), {"a": det_result(1)}))
 
 
