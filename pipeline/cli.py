@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
-from .config import load_config
+from .config import PipelineConfig, load_config
 from .errors import PipelineError
 from .logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 from .runner import Runner, RunSummary
+from .sinks.config import JsonlSinkConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -91,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URI",
         help="run the pipeline on this instead of its own source (repeatable, one stream each): "
         "a file, rtsp://..., or an http(s) URL FFmpeg opens",
+    )
+    run.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_results",
+        help="also write each result message to stdout, one JSON object per line (logs, the summary and "
+        "--show go to stderr); a jsonl sink on '-'",
     )
     run.add_argument(
         "--show",
@@ -177,8 +185,12 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.source:
         config = with_sources(config, args.source)
+    if args.print_results:
+        config = with_printed_results(config)
     graph = build(config, source=args.config)  # every config error surfaces before the bus starts
-    progress = _Progress(enabled=not args.no_progress)
+    # With --print, stdout carries the results and nothing else.
+    out = sys.stderr if args.print_results else sys.stdout
+    progress = _Progress(enabled=not args.no_progress, out=out)
     printer = None
     if args.show:
         printer = ResultPrinter(config.nats.prefix, config.pipeline, per_stream=args.show, write=progress.write)
@@ -205,11 +217,17 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         progress.close()
-    print(_summary_line(summary))
+    print(_summary_line(summary), file=out)
     for stream_id, error in summary.failed_streams:
         added = " (added at run time)" if summary.stats.stream(stream_id).added_at_run_time else ""
         print(f"stream {stream_id}{added} failed: {error}", file=sys.stderr)
     return run_exit_code(summary)
+
+
+def with_printed_results(config: PipelineConfig) -> PipelineConfig:
+    """``run --print``: the config with a ``jsonl`` sink of its results on stdout."""
+    printed = JsonlSinkConfig(type="jsonl", path="-", name="print", events=False)
+    return config.model_copy(update={"sinks": [*config.sinks, printed]})
 
 
 def run_exit_code(summary: RunSummary) -> int:
@@ -259,8 +277,9 @@ def _summary_line(summary: RunSummary) -> str:
 class _Progress:
     """A progress bar over published frames, for finite sources; refreshed from the event loop."""
 
-    def __init__(self, *, enabled: bool) -> None:
+    def __init__(self, *, enabled: bool, out: TextIO = sys.stdout) -> None:
         self._enabled = enabled and sys.stderr.isatty()
+        self._out = out
         self._bar: Any = None
         self._runner: Runner | None = None
         self._task: asyncio.Task[None] | None = None
@@ -289,14 +308,14 @@ class _Progress:
         self._bar.refresh()
 
     def write(self, line: str) -> None:
-        """A line on stdout that does not tear the bar (it is redrawn below the line)."""
+        """A line on the output that does not tear the bar (it is redrawn below the line)."""
         if self._bar is not None:
             from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stdout)
-            sys.stdout.flush()
+            tqdm.write(line, file=self._out)
+            self._out.flush()
         else:
-            print(line, flush=True)
+            print(line, file=self._out, flush=True)
 
     def close(self) -> None:
         if self._task is not None:

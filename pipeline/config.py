@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
+from .sinks.config import SinkConfig
+from .strict import StrictModel as StrictModel  # the base of every config model, here as ever
 from .urls import nats_url_problem
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -57,12 +59,6 @@ def did_you_mean(name: str, known: Collection[str]) -> str:
     """`` (did you mean 'x'?)`` for the known name closest to a misspelled ``name``, or ``""``."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors, values are not coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class JetStreamConfig(StrictModel):
@@ -208,6 +204,8 @@ class PipelineConfig(StrictModel):
     cluster: ClusterConfig | None = None
     """Makes this process a worker of a cluster (docs/cluster.md); off unless given."""
     stages: list[StageConfig] = Field(min_length=1)
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    """Where results and events go besides NATS (``pipeline.sinks``)."""
     base_dir: Path = Field(default=Path("."), exclude=True)
     """Directory relative paths in params resolve against (the YAML file's own)."""
 
@@ -297,7 +295,9 @@ def config_error_from(
 ) -> ConfigError:
     """Turn pydantic's first error into one line: the YAML path, what was expected, what was got."""
     error = exc.errors()[0]
-    loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+    loc = _yaml_loc(error["loc"])
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append(error["ctx"]["discriminator"].strip("'"))  # the key at fault: ``sinks[0].type``
     path = prefix
     for part in loc:
         if isinstance(part, int):
@@ -309,10 +309,28 @@ def config_error_from(
     return ConfigError(path, _describe(error, loc, model), source=source)
 
 
+def _yaml_loc(loc: tuple[Any, ...]) -> list[Any]:
+    """Pydantic's location as YAML keys: without validator names (``function-...``) or the tag
+    a discriminated union puts after a list index (``sinks[0].mqtt.url`` is ``sinks[0].url``)."""
+    parts: list[Any] = []
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        if index >= 2 and loc[index - 2] == "sinks" and isinstance(loc[index - 1], int):
+            continue
+        parts.append(part)
+    return parts
+
+
 def _describe(error: Any, loc: list[Any], model: type[BaseModel] | None) -> str:
     kind = error["type"]
     got = error.get("input")
     ctx = error.get("ctx") or {}
+    if kind == "union_tag_invalid":
+        known = [tag.strip(" '") for tag in str(ctx.get("expected_tags", "")).split(",")]
+        return f"unknown type {ctx.get('tag')!r}{did_you_mean(str(ctx.get('tag')), known)}; known: {', '.join(known)}"
+    if kind == "union_tag_not_found":
+        return "required key is missing"
     if kind == "extra_forbidden":
         known = _known_keys(model, loc[:-1]) if model else []
         hint = did_you_mean(str(loc[-1]), known)

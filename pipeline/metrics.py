@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from . import sourcethread
 from .edges import Edge
 from .outbox import Outbox
+from .sinks import Sinks
 from .stats import StreamStats
 from .threadpool import WatchedPool
 
@@ -51,6 +52,7 @@ class Metrics:
         stats: StreamStats | None = None,
         edges: EdgesView | None = None,
         outbox: Callable[[], Outbox | None] = lambda: None,
+        sinks: Callable[[], Sinks | None] = lambda: None,
         pool: Callable[[], WatchedPool | None] = lambda: None,
         fps_window_s: float = FPS_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
@@ -59,6 +61,7 @@ class Metrics:
         self.stats = stats if stats is not None else StreamStats()
         self._edges: EdgesView = edges if edges is not None else dict
         self._outbox = outbox
+        self._sinks = sinks
         self._pool = pool
         self._fps_window_s = fps_window_s
         self._clock = clock
@@ -193,6 +196,7 @@ class _RuntimeCollector(Collector):
         outbox = metrics._outbox()
         if outbox is not None:
             yield from _outbox_families(pipeline, outbox)
+        yield from _sink_families(pipeline, metrics._sinks())
         yield from _thread_families(pipeline, metrics._pool())
 
 
@@ -218,6 +222,23 @@ def _outbox_families(pipeline: str, outbox: Outbox) -> Iterator[Metric]:
     for family, value in ((waiting, outbox.depth), (size, outbox.depth_bytes), (retries, outbox.retries)):
         family.add_metric([pipeline], value)
         yield family
+
+
+def _sink_families(pipeline: str, sinks: Sinks | None) -> Iterator[Metric]:
+    if not sinks:
+        return
+    labels = ["pipeline", "sink"]
+    waiting = _gauge("streamgraph_sink_pending", "Messages waiting in a sink's outbox", labels)
+    sent = _counter("streamgraph_sink_sent", "Messages a sink delivered", labels)
+    dropped = _counter("streamgraph_sink_dropped", "Messages a sink dropped, by reason", [*labels, "reason"])
+    down = _gauge("streamgraph_sink_up", "1 while a sink delivers, 0 while it is down and retrying", labels)
+    for sink in sinks:
+        waiting.add_metric([pipeline, sink.name], sink.pending)
+        sent.add_metric([pipeline, sink.name], sink.sent)
+        down.add_metric([pipeline, sink.name], 0 if sink.down_since is not None else 1)
+        for reason, count in sorted(sink.dropped.items()):
+            dropped.add_metric([pipeline, sink.name, reason], count)
+    yield from (waiting, sent, dropped, down)
 
 
 def _thread_families(pipeline: str, pool: WatchedPool | None) -> Iterator[Metric]:

@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .graph import Graph, Node
 from .media import EndOfStream, Item, Message, StreamStarted
 from .metrics import Metrics
+from .sinks import Sinks
 from .sourcerun import run_source
 from .stage import Source, StageContext
 from .stagerun import StageRun, fan_out
@@ -53,6 +54,7 @@ class Runner:
         *,
         base_dir: Path,
         bus: Bus | None = None,
+        sinks: Sinks | None = None,
         threads: int = 4,
         drain_timeout_s: float = 3.0,
         stall_s: float = 10.0,
@@ -65,11 +67,13 @@ class Runner:
             stats=self.stats,
             edges=lambda: self._edges,
             outbox=lambda: self._bus.outbox if self._bus is not None else None,
+            sinks=lambda: self._sinks,
             pool=lambda: self._pool,
         )
         """What ``GET /metrics`` serves: this runner's own registry, never the process-wide one."""
         self._base_dir = base_dir
         self._bus = bus
+        self._sinks = sinks if sinks is not None else Sinks()
         self._threads = threads
         self._drain_timeout_s = drain_timeout_s
         self._stall_s = stall_s
@@ -188,6 +192,7 @@ class Runner:
                 stats=self.stats,
                 executor=executor,
                 bus=self._bus,
+                sinks=self._sinks,
                 input_stages=node.inputs,
                 consumers=tuple(self.graph.nodes[c].stage for c in self.graph.consumers(name)),
                 latency_keys=self.graph.latency_keys,

@@ -22,6 +22,7 @@ from .graph import Graph, build_graph
 from .natsconnect import NatsAuth, nats_target
 from .runner import Runner, RunSummary
 from .server import ApiServer, build_app
+from .sinks import Sinks
 from .tls import api_server_context
 
 log = logging.getLogger("streamgraph")
@@ -38,6 +39,7 @@ def build(config: PipelineConfig, *, source: str | None = None) -> Graph:
     try:
         check_connection_files(config)
         config.media_roots()  # a missing folder is a config error before anything starts
+        Sinks.from_config(config.sinks, config.base_dir)  # two sinks of one name
     except ConfigError as exc:
         raise ConfigError(exc.path, exc.message, source=source) from None
     return graph
@@ -70,10 +72,12 @@ async def run_pipeline(
     api_tls = check_connection_files(config)
     bus = await Bus.connect(config.nats, pipeline=config.pipeline, url=nats_url, base_dir=config.base_dir)
     log.info("pipeline %s publishing to %s (prefix %s)", config.pipeline, bus.url, config.nats.prefix)
+    sinks = Sinks.from_config(config.sinks, config.base_dir)
     runner = Runner(
         graph,
         base_dir=config.base_dir,
         bus=bus,
+        sinks=sinks,
         threads=config.runtime.threads,
         drain_timeout_s=config.runtime.drain_timeout_s,
         stall_s=config.runtime.stall_s,
@@ -97,6 +101,7 @@ async def run_pipeline(
     queue = f"sg-{config.pipeline}-{config.cluster.name}" if config.cluster is not None else ""
     control = NatsControl(bus, runner, token=config.api.token if config.api is not None else "", queue=queue)
     try:
+        await sinks.start()
         if on_bus is not None:
             await on_bus(bus)
         if config.cluster is not None:
@@ -122,4 +127,5 @@ async def run_pipeline(
         if api is not None:
             await api.stop()
         await control.close()
+        await sinks.close(config.nats.outbox.flush_timeout_s)
         await bus.close()

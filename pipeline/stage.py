@@ -24,6 +24,7 @@ from .config import StrictModel, config_error_from, did_you_mean, join_path
 from .errors import ConfigError
 from .media import EndOfStream, Item, Message, StreamInfo, StreamStatus, TrackKind
 from .metrics import Metrics
+from .sinks import Sinks
 from .stats import StreamStats
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class StageContext:
     stats: StreamStats
     executor: Executor
     bus: Bus | None = None
+    sinks: Sinks = field(default_factory=Sinks)
+    """The run's sinks besides NATS: ``publish`` offers them each result and event."""
     input_stages: tuple[str, ...] = ()
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("streamgraph"))
     stop_stream: Callable[[str, str], None] = lambda stream_id, reason: None

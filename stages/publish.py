@@ -1,5 +1,6 @@
 """``publish``: one JSON result per item to NATS, and stream lifecycle events (``started``,
-a live source's ``connecting``/``connected``/``stalled``/``reconnecting``, ``error``, ``ended``).
+a live source's ``connecting``/``connected``/``stalled``/``reconnecting``, ``error``, ``ended``);
+both also to the pipeline's ``sinks:`` (``pipeline.sinks``), which never make it wait.
 
 Both go through the bus's outbox (``pipeline.outbox``). A result counts as ``published`` when the
 outbox has sent it (JetStream: acknowledged), and as dropped (``error:<stage>:<why>``, or
@@ -133,9 +134,11 @@ class Publish(Stage):
             run.settled()
 
         run.unsettled += 1
+        payload = encode(message)
+        self.ctx.sinks.result(stream_id, message, payload)  # never waits: each sink has its own outbox
         self.bus.put(
             result_subject(self.bus.prefix, self.ctx.pipeline, stream_id),
-            encode(message),
+            payload,
             msg_id=run.result_id(self.ctx.pipeline, item),
             on_sent=sent,
             on_lost=lost,
@@ -174,8 +177,10 @@ class Publish(Stage):
         body = build_event(
             self.ctx.pipeline, stream_id, event, reason=reason, message=message, counters=counters, run=run.run
         )
+        payload = encode(body)
+        self.ctx.sinks.event(stream_id, body, payload)
         self.bus.put(
             events_subject(self.bus.prefix, self.ctx.pipeline, stream_id),
-            encode(body),
+            payload,
             msg_id=event_id(self.ctx.pipeline, stream_id, run.ids, next(run.events)),
         )

@@ -182,7 +182,9 @@ class ObjectEvents(Stage):
             rest["media_time_s"] = round(at_s, 6)
         body = build_event(self.ctx.pipeline, stream_id, event["event"], fields=rest)
         subject = events_subject(self.bus.prefix, self.ctx.pipeline, stream_id)
-        self.bus.put(subject, encode(body), msg_id=f"{self.ctx.pipeline}.{stream_id}.{token}.o{count}")
+        payload = encode(body)
+        self.bus.put(subject, payload, msg_id=f"{self.ctx.pipeline}.{stream_id}.{token}.o{count}")
+        self.ctx.sinks.event(stream_id, body, payload)
 
     async def on_stream_ended(self, eos: EndOfStream) -> Sequence[Item]:
         scene = self.scenes.pop(eos.stream_id, None)

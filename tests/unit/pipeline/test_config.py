@@ -70,7 +70,7 @@ def test_unknown_top_level_key_lists_allowed_keys_but_not_base_dir():
     error = config_error(minimal(runtme={"threads": 2}))
     assert error.path == "runtme"
     assert "did you mean 'runtime'?" in str(error)
-    assert "allowed: api, cluster, nats, pipeline, runtime, stages" in str(error)
+    assert "allowed: api, cluster, nats, pipeline, runtime, sinks, stages" in str(error)
     assert "base_dir" not in str(error)
 
 
