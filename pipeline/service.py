@@ -11,7 +11,7 @@ import importlib
 import logging
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from .bus import Bus
 from .cluster.member import Membership, join
@@ -22,7 +22,7 @@ from .graph import Graph, build_graph
 from .natsconnect import NatsAuth, nats_target
 from .runner import Runner, RunSummary
 from .server import ApiServer, build_app
-from .sinks import Sinks
+from .sinks import Sink, Sinks
 from .tls import api_server_context
 
 log = logging.getLogger("streamgraph")
@@ -63,16 +63,18 @@ async def run_pipeline(
     handle_signals: bool = True,
     graph: Graph | None = None,
     on_bus: Callable[[Bus], Awaitable[None]] | None = None,
+    extra_sinks: Sequence[Sink] = (),
 ) -> RunSummary:
     """Run until every finite stream ends or SIGINT/SIGTERM asks to stop (then drain). ``graph``:
     the config's, built already (the CLI builds it first, so config errors come before the bus).
     ``on_bus``: awaited once the bus is connected, before any stage starts (``run --show``
-    subscribes there, so it sees every message the pipeline publishes)."""
+    subscribes there, so it sees every message the pipeline publishes). ``extra_sinks``: sinks
+    besides the config's (the Python API's)."""
     graph = graph if graph is not None else build(config, source=source)
     api_tls = check_connection_files(config)
     bus = await Bus.connect(config.nats, pipeline=config.pipeline, url=nats_url, base_dir=config.base_dir)
     log.info("pipeline %s publishing to %s (prefix %s)", config.pipeline, bus.url, config.nats.prefix)
-    sinks = Sinks.from_config(config.sinks, config.base_dir)
+    sinks = Sinks([*Sinks.from_config(config.sinks, config.base_dir), *extra_sinks])
     runner = Runner(
         graph,
         base_dir=config.base_dir,

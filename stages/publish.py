@@ -135,7 +135,7 @@ class Publish(Stage):
 
         run.unsettled += 1
         payload = encode(message)
-        self.ctx.sinks.result(stream_id, message, payload)  # never waits: each sink has its own outbox
+        self.ctx.sinks.result(stream_id, message, payload, item.media)  # never waits: each has its own outbox
         self.bus.put(
             result_subject(self.bus.prefix, self.ctx.pipeline, stream_id),
             payload,

@@ -58,11 +58,11 @@ class Sinks:
     def __bool__(self) -> bool:
         return bool(self.sinks)
 
-    def result(self, stream_id: str, body: dict[str, Any], payload: bytes) -> None:
+    def result(self, stream_id: str, body: dict[str, Any], payload: bytes, frame: Any = None) -> None:
         message = SinkMessage("result", stream_id, body, payload)
         for sink in self.sinks:
             if sink.results:
-                sink.offer(message)
+                sink.offer(SinkMessage("result", stream_id, body, payload, frame) if sink.wants_frames else message)
 
     def event(self, stream_id: str, body: dict[str, Any], payload: bytes) -> None:
         message = SinkMessage("event", stream_id, body, payload)

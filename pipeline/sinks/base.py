@@ -33,6 +33,8 @@ class SinkMessage:
     stream_id: str
     body: dict[str, Any]
     payload: bytes
+    frame: Any = None
+    """The result's media (a ``VideoFrame``), only for a sink that ``wants_frames``."""
 
 
 class SinkDown(Exception):
@@ -56,6 +58,9 @@ class Sink(ABC):
         self.batch_delay_s = batch_delay_s
         self.results = True
         self.events = True
+        self.wants_frames = False
+        """Whether its results carry their frame (the Python API's): frames held in an outbox
+        cost memory, so only a sink that asks gets them."""
         """Which messages ``Sinks`` offers it (the config's ``results`` and ``events``)."""
         self.sent = 0
         self.dropped: Counter[str] = Counter()

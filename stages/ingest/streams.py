@@ -16,6 +16,7 @@ that does not exist, say), so the request is refused with the reason. A stream t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -55,6 +56,9 @@ from pipeline.stage import (
 )
 
 from .whip import WhipSource
+
+START_WAIT_S = 5.0
+"""How long a stream added as the pipeline starts waits for this source to begin running."""
 
 Emit = Callable[[Message], Awaitable[None]]
 
@@ -128,6 +132,8 @@ class StreamSet(StreamHost):
         self._children: dict[str, _Child] = {}
         self._emit: Emit | None = None
         self._group: asyncio.TaskGroup | None = None
+        self._running = asyncio.Event()
+        """Set once ``run`` has begun: a stream added just before waits for it (START_WAIT_S)."""
         self._changed = asyncio.Event()
         self._ended = False
         self._failed: deque[_Failed] = deque(maxlen=params.keep_failed)
@@ -163,6 +169,7 @@ class StreamSet(StreamHost):
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
+                self._running.set()
                 for index, entry in enumerate(self.params.streams):
                     source = self._child_source(entry.id, entry.uri, entry.options, f"params.streams[{index}]")
                     await self._launch(entry.id, entry.uri, source)
@@ -188,6 +195,11 @@ class StreamSet(StreamHost):
             child.source.stop_stream(stream_id, reason)
 
     async def add_stream(self, spec: StreamSpec) -> Source:
+        if self._group is None and not (self.stopping.is_set() or self._ended):
+            # Asked for as the pipeline starts (the Python API right after start(), a POST as the
+            # server comes up): the source's task is about to run.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._running.wait(), timeout=START_WAIT_S)
         if self.stopping.is_set() or self._ended or self._group is None:
             raise StreamHostUnavailable(f"source {self.name} is not taking streams (stopping or not started)")
         if spec.id in self._children:
