@@ -4,6 +4,6 @@ A stage module imports the runtime (``pipeline``) and modules of its own family,
 family's: what flows between stages lives in the runtime (``pipeline.media``, ``pipeline.tensors``).
 """
 
-from . import audio, decode, infer, ingest, join, objects, publish, text, vision
+from . import audio, decode, infer, ingest, join, objects, out, publish, text, vision
 
-__all__ = ["audio", "decode", "infer", "ingest", "join", "objects", "publish", "text", "vision"]
+__all__ = ["audio", "decode", "infer", "ingest", "join", "objects", "out", "publish", "text", "vision"]

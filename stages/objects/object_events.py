@@ -102,6 +102,8 @@ class ObjectEvents(Stage):
             p = self.params
             scene = self.scenes[item.stream_id] = Scene(p.zones, p.lines, p.anchor, p.min_frames)
         events = scene.update(objects, ended.track_ids if isinstance(ended, TracksEnded) else [])
+        if scene.zones or scene.lines:
+            item.tensors[self.name] = scene.geometry()  # for an overlay to draw
         if self.store is not None and objects and isinstance(item.media, VideoFrame):
             await self._keep_best_crops(item, objects, events)
         at_s = item.media.time_s if isinstance(item.media, VideoFrame) else None

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from pipeline.pictures import SceneGeometry
+
 Anchor = Literal["bottom", "center"]
 
 Point = Annotated[list[float], Field(min_length=2, max_length=2)]
@@ -76,6 +78,15 @@ class Scene:
         self.anchor = anchor
         self.seen: dict[int, _Seen] = {}
         self.crossed: dict[str, Counter[str]] = {name: Counter() for name in lines}
+
+    def geometry(self) -> SceneGeometry:
+        """The zones and lines with their counts now, as ``overlay`` draws them."""
+        return SceneGeometry(
+            zones={name: [(float(x), float(y)) for x, y in polygon] for name, polygon in self.zones.items()},
+            zone_counts={name: self.zone_counts(name) for name in self.zones},
+            lines=dict(self.lines),
+            line_counts={name: dict(counts) for name, counts in self.crossed.items()},
+        )
 
     def zone_counts(self, zone: str) -> dict[str, int]:
         return dict(Counter(s.label for s in self.seen.values() if zone in s.zones))
