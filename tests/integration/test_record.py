@@ -68,7 +68,7 @@ async def test_the_recording_plays_has_every_frame_and_shows_the_boxes(
     for message in recording.results["person"][::10]:
         seq = message["seq"]
         person = next(o for o in message["results"]["objects"]["objects"] if o["label"] == "person")
-        x0, y0, x1, y1 = (round(v) for v in person["box"])
+        x0, y0, _, y1 = (round(v) for v in person["box"])
         drawn, plain = frames[seq].astype(np.int16), raw[seq].astype(np.int16)
         # The left edge, below the label tag.
         edge = np.abs(drawn[y0 + 30 : y1 - 10, x0] - plain[y0 + 30 : y1 - 10, x0]).mean()
