@@ -43,6 +43,21 @@ class PictureConsumer(Protocol):
     def wants_pictures(self, stream_id: str) -> bool: ...
 
 
+@runtime_checkable
+class ViewHost(Protocol):
+    """A stage that sends pictures to viewers over WebRTC (``view``): what WHEP asks of it."""
+
+    def shows(self, stream_id: str) -> bool: ...
+
+    async def answer(self, stream_id: str, offer_sdp: str) -> tuple[str, str]: ...
+
+    async def close_viewer(self, session: str) -> bool: ...
+
+
+class NoViewerRoom(Exception):
+    """A stream has as many viewers as its ``view`` stage takes (``max_viewers``)."""
+
+
 def anyone_wants(consumers: Sequence[Any], stream_id: str) -> bool:
     """Whether a stage among ``consumers`` (a stage's ``ctx.consumers``) wants the stream's pictures."""
     return any(isinstance(c, PictureConsumer) and c.wants_pictures(stream_id) for c in consumers)

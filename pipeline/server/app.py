@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..errors import PipelineError
-from . import events, metrics, streams, whip
+from . import events, metrics, streams, whep, whip
 from .auth import bearer_token
 from .errors import errors_as_json
 from .origin import same_origin_only
@@ -44,6 +44,7 @@ def build_app(runner: Runner, *, bus: Bus | None = None, token: str = "") -> web
     streams.add_routes(app, runner)
     metrics.add_routes(app, runner)
     whip.add_routes(app, runner)
+    whep.add_routes(app, runner)
     events.add_routes(app, runner, bus)
     return app
 

@@ -3,3 +3,4 @@ MP4 segments, ``view`` sends them to browsers over WebRTC (WHEP)."""
 
 from . import overlay as overlay
 from . import record as record
+from . import view as view

@@ -72,7 +72,7 @@ def draw_objects(image: np.ndarray, objects: list[dict[str, Any]], scale: float)
         label = str(obj.get("label", ""))
         color = color_of(label)
         x0, y0, x1, y1 = (round(v) for v in box)
-        cv2.rectangle(image, (x0, y0), (x1, y1), color, thickness=max(1, round(2 * scale)))
+        cv2.rectangle(image, (x0, y0), (x1, y1), color, thickness=max(2, round(3 * scale)))
         tag = label
         if isinstance(obj.get("score"), int | float):
             tag += f" {obj['score']:.2f}"
@@ -93,7 +93,7 @@ def draw_text_regions(image: np.ndarray, entries: list[dict[str, Any]], scale: f
             points = np.round(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])).astype(np.int32)
         else:
             continue
-        cv2.polylines(image, [points], isClosed=True, color=TEXT_BOX_COLOR, thickness=max(1, round(2 * scale)))
+        cv2.polylines(image, [points], isClosed=True, color=TEXT_BOX_COLOR, thickness=max(2, round(3 * scale)))
         text = str(entry.get("text") or _attribute_text(entry))
         if "track_id" in entry:
             text = f"#{entry['track_id']} {text}".strip()
@@ -104,13 +104,13 @@ def draw_text_regions(image: np.ndarray, entries: list[dict[str, Any]], scale: f
 def draw_scene(image: np.ndarray, scene: SceneGeometry, scale: float) -> None:
     for name, polygon in scene.zones.items():
         points = np.round(np.asarray(polygon, np.float64)).astype(np.int32)
-        cv2.polylines(image, [points], isClosed=True, color=ZONE_COLOR, thickness=max(1, round(2 * scale)))
+        cv2.polylines(image, [points], isClosed=True, color=ZONE_COLOR, thickness=max(2, round(3 * scale)))
         counts = ", ".join(f"{k} {v}" for k, v in sorted(scene.zone_counts.get(name, {}).items()))
         label_at(image, f"{name}: {counts or 'empty'}", int(points[:, 0].min()), int(points[:, 1].min()),
                  ZONE_COLOR, scale)  # fmt: skip
     for name, (a, b) in scene.lines.items():
         start, end = (round(a[0]), round(a[1])), (round(b[0]), round(b[1]))
-        cv2.line(image, start, end, LINE_COLOR, thickness=max(1, round(2 * scale)))
+        cv2.line(image, start, end, LINE_COLOR, thickness=max(2, round(3 * scale)))
         counts = ", ".join(f"{k} {v}" for k, v in sorted(scene.line_counts.get(name, {}).items()))
         label_at(image, f"{name}: {counts or '0'}", min(start[0], end[0]), min(start[1], end[1]), LINE_COLOR, scale)
 

@@ -72,19 +72,21 @@ async def chromium(url: str, profile: Path) -> AsyncIterator[int]:
 
 
 class Page:
-    """The publish page, over the DevTools protocol (Runtime.evaluate)."""
+    """A page of ours (the publish page by default), over the DevTools protocol (Runtime.evaluate)."""
 
-    def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
+    def __init__(self, http: aiohttp.ClientSession, port: int, path: str = "/publish") -> None:
         self.http = http
         self.port = port
+        self.path = path
         self._ids = 0
 
     async def evaluate(self, expression: str) -> Any:
         async with self.http.get(f"http://127.0.0.1:{self.port}/json/list") as response:
             targets = await response.json()
-        page = next(t for t in targets if t["type"] == "page" and "/publish" in t["url"])
+        page = next(t for t in targets if t["type"] == "page" and self.path in t["url"])
         self._ids += 1
-        request = {"id": self._ids, "method": "Runtime.evaluate", "params": {"expression": expression}}
+        params = {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        request = {"id": self._ids, "method": "Runtime.evaluate", "params": params}
         async with self.http.ws_connect(page["webSocketDebuggerUrl"]) as ws:
             await ws.send_json(request)
             async for message in ws:
@@ -134,6 +136,8 @@ async def test_chromium_publishes_camera_and_microphone(nats_server: Any, tmp_pa
         page = Page(http, devtools)
         await page.wait_for_title("results")
         assert int(await page.evaluate("document.getElementById('count').textContent")) > 0
+        # Each result's boxes are drawn over the camera (none here: nothing detects on this pipeline).
+        assert await page.evaluate("state.drawn") == 0
         assert "  started" in str(await page.evaluate("document.getElementById('events').textContent"))
 
         # Its Stop button ends the WHIP session (DELETE), and the page sees the stream end.
