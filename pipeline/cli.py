@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -135,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     subscribe.set_defaults(func=_subscribe)
 
+    top = commands.add_parser("top", help="a live table of the streams on a bus: fps, latency, drops, last found")
+    top.add_argument("subject", nargs="?", default="streamgraph.>")
+    top.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="as for subscribe")
+    top.add_argument(
+        "--for", dest="seconds", type=non_negative_float, metavar="S", help="gather S seconds, print the table once"
+    )
+    top.set_defaults(func=_top)
+
     models = commands.add_parser("models", help="model cards and their files")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     pull = model_commands.add_parser("pull", help="fetch and verify model files (all cards if none named)")
@@ -181,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     from .service import build, run_pipeline
     from .showresults import ResultPrinter
     from .sources import with_sources
+    from .top import StreamTable, print_table
 
     config = load_config(args.config)
     if args.source:
@@ -194,6 +204,8 @@ def _run(args: argparse.Namespace) -> int:
     printer = None
     if args.show:
         printer = ResultPrinter(config.nats.prefix, config.pipeline, per_stream=args.show, write=progress.write)
+        streams = StreamTable()  # the table the run ends with, as streamgraph top shows it
+        printer.also = streams.handle
     try:
         summary = asyncio.run(
             run_pipeline(
@@ -217,6 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         progress.close()
+    if printer is not None:
+        print_table(streams.table(title=f"{config.pipeline}: every stream"), file=out)
     print(_summary_line(summary), file=out)
     for stream_id, error in summary.failed_streams:
         added = " (added at run time)" if summary.stats.stream(stream_id).added_at_run_time else ""
@@ -337,6 +351,14 @@ def _subscribe(args: argparse.Namespace) -> int:
 
     run = subscribe(args.nats_url, args.subject, count=args.count, reconnect_s=args.reconnect_s, auth=auth, key=key)
     asyncio.run(run)
+    return EXIT_OK
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_top(args.nats_url, args.subject, seconds=args.seconds))
     return EXIT_OK
 
 

@@ -32,6 +32,8 @@ class ResultPrinter:
         """result subject -> results seen on it (one subject per stream)."""
         self._stream_ids: dict[str, str] = {}
         """result subject -> the stream id its messages carry (a subject token may differ)."""
+        self.also: Callable[[str, bytes], None] | None = None
+        """Given every message too (``run --show``'s stream table)."""
         self._result_tokens = len(self.subjects.split(".")) + 1
         """Tokens of a result's subject; an event's has one more (``.events``)."""
 
@@ -49,6 +51,8 @@ class ResultPrinter:
 
     def handle(self, subject: str, data: bytes) -> None:
         """One message as it came off the bus."""
+        if self.also is not None:
+            self.also(subject, data)
         if len(subject.split(".")) > self._result_tokens:  # <prefix>.<pipeline>.<stream>.events
             self._write(event_line(_decode(data)))
             return

@@ -52,5 +52,12 @@ async def test_make_demo_prints_the_results_a_subscriber_receives(
     frames = recording.events["sample"][-1]["frames"]
     counts = f"{frames['decoded']} decoded, {frames['published']} published, {frames['dropped']} dropped"
     assert lines[3 + shown] == f"[sample] ended (eof): {counts}"
-    assert lines[4 + shown].startswith(f"text-detect done: 1 stream(s), {frames['decoded']} frames decoded")
-    assert len(lines) == 5 + shown
+    # Then the table streamgraph top shows: one row per stream, from the messages received.
+    table = lines[4 + shown : -1]
+    assert table[0].strip() == "text-detect: every stream"
+    assert "fps" in table[2] and "p99 ms" in table[2]
+    row = [cell.strip() for cell in table[4].split("│")[1:-1]]
+    assert row[:4] == ["text-detect", "sample", "ended", str(frames["published"])] and row[7] == "0"
+    assert row[8].startswith("text: ")
+    assert lines[-1].startswith(f"text-detect done: 1 stream(s), {frames['decoded']} frames decoded")
+    assert len(table) == 6  # title, three rules, the header, one row
