@@ -42,6 +42,8 @@ class MqttSink(Sink):
         self.prefix = config.prefix.rstrip("/")
         self._client: aiomqtt.Client | None = None
         self._counts: dict[str, Counter[str]] = {}  # stream -> label -> objects on its latest frame
+        self._planned: tuple[list[SinkMessage], list[tuple[str, bytes, bool]]] | None = None
+        """The batch being delivered and its publishes not yet sent."""
 
     @property
     def where(self) -> str:
@@ -80,12 +82,19 @@ class MqttSink(Sink):
             await _quietly_close(client)
 
     async def deliver(self, batch: list[SinkMessage]) -> None:
+        # A batch tried again is the same list: its publishes are planned once, so the count
+        # changes it carries (which update ``_counts``) are sent, not found unchanged the second time.
+        if self._planned is None or self._planned[0] is not batch:
+            self._planned = (batch, [publish for message in batch for publish in self.topics(message)])
+        publishes = self._planned[1]
         await self.connect()
         assert self._client is not None
         try:
-            for message in batch:
-                for topic, payload, retain in self.topics(message):
-                    await self._client.publish(topic, payload, qos=self.config.qos, retain=retain, timeout=10)
+            while publishes:
+                topic, payload, retain = publishes[0]
+                await self._client.publish(topic, payload, qos=self.config.qos, retain=retain, timeout=10)
+                publishes.pop(0)  # sent: a retry goes on from the next
+            self._planned = None
         except aiomqtt.MqttError as exc:
             client, self._client = self._client, None
             await _quietly_close(client)

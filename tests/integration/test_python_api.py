@@ -73,11 +73,13 @@ async def test_callback_with_frames_and_a_stream_added_from_code(nats_server: An
     )
     await pipeline.start()
     await pipeline.add_stream("second", str(videos["dog"]))
-    assert {s["id"] for s in pipeline.streams()} >= {"second"}
+    await pipeline.add_stream("third", str(videos["dog"]), rate="native")
+    assert {s["id"] for s in pipeline.streams()} >= {"second", "third"}
+    await pipeline.remove_stream("third")  # stopped from code: it ends, the others go on
     summary = await pipeline.wait()
-    assert summary.stats.published == 2 * FRAMES
     for stream in ("person", "second"):
         assert [seq for sid, seq, _ in got if sid == stream] == list(range(FRAMES))
+    assert summary.stats.stream("third").ended
     assert pipeline.dropped == 0
 
 

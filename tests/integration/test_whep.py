@@ -168,6 +168,19 @@ async def test_a_viewer_gets_the_overlaid_pictures_and_leaving_frees_its_place(n
             await until(lambda: len(again.pictures) >= 1, "pictures at a second viewer")
 
 
+@pytest.mark.timeout(300)
+async def test_several_viewers_of_one_stream_each_get_the_pictures(nats_server: Any) -> None:
+    async with running_pipeline(nats_server.url, view_config()) as running, aiohttp.ClientSession() as http:
+        await until(lambda: view_stage(running).shows(STREAM), "the stream at the view stage")
+        async with watching(http, running.url) as first, watching(http, running.url) as second:
+            await until(lambda: len(first.pictures) >= 3 and len(second.pictures) >= 3, "pictures at both viewers")
+            assert view_stage(running).viewer_count(STREAM) == 2
+            await second.pc.close()  # gone without a DELETE: its connection closes, its place is freed
+            await until(lambda: view_stage(running).viewer_count(STREAM) == 1, "the closed viewer let go")
+            count = len(first.pictures)
+            await until(lambda: len(first.pictures) > count, "pictures still at the other viewer")
+
+
 async def test_whep_refuses_what_it_cannot_serve(nats_server: Any) -> None:
     async with running_pipeline(nats_server.url, view_config()) as running, aiohttp.ClientSession() as http:
         base = running.url
