@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..pictures import NoViewerRoom, ViewHost
 from .errors import HttpError
-from .whip import SDP
+from .whip import SDP, read_offer
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -46,15 +46,8 @@ class _Whep:
         return [node.stage for node in self._runner.graph.nodes.values() if isinstance(node.stage, ViewHost)]
 
     async def offer(self, request: web.Request) -> web.Response:
-        if request.content_type != SDP:
-            raise HttpError(415, f"a WHEP offer is Content-Type: {SDP}, got {request.content_type!r}")
+        offer = await read_offer(request, "WHEP")
         stream_id = request.match_info["stream_id"]
-        try:
-            offer = (await request.read()).decode()
-        except UnicodeDecodeError as exc:
-            raise HttpError(400, f"the body is not UTF-8 text: expected an SDP offer ({exc.reason})") from None
-        if not offer.strip():
-            raise HttpError(400, "the body is empty: expected an SDP offer")
         hosts = self._hosts()
         if not hosts:
             raise HttpError(409, "this pipeline has no view stage: add one (type: view) to watch its streams")

@@ -55,15 +55,8 @@ class _Whip:
         """stream id -> its WHIP session: ``DELETE`` must name the current one."""
 
     async def offer(self, request: web.Request) -> web.Response:
-        if request.content_type != SDP:
-            raise HttpError(415, f"a WHIP offer is Content-Type: {SDP}, got {request.content_type!r}")
+        offer = await read_offer(request, "WHIP")
         stream_id = request.match_info["stream_id"]
-        try:
-            offer = (await request.read()).decode()
-        except UnicodeDecodeError as exc:
-            raise HttpError(400, f"the body is not UTF-8 text: expected an SDP offer ({exc.reason})") from None
-        if not offer.strip():
-            raise HttpError(400, "the body is empty: expected an SDP offer")
         control = self._runner.local_control  # a publisher's stream runs where it connects
         spec = control.parse({"id": stream_id, "uri": "whip:", "options": {"tracks": _tracks(request)}})
         source = await control.add(spec)
@@ -95,6 +88,19 @@ class _Whip:
             raise HttpError(404, f"WHIP session {session!r}: stream {stream_id!r} has ended already")
         await self._runner.local_control.remove(stream_id)
         return web.json_response({"id": stream_id, "removed": True})
+
+
+async def read_offer(request: web.Request, protocol: str) -> str:
+    """The SDP offer a WHIP or WHEP ``POST`` carries; a 415 or 400 saying what is wrong with it."""
+    if request.content_type != SDP:
+        raise HttpError(415, f"a {protocol} offer is Content-Type: {SDP}, got {request.content_type!r}")
+    try:
+        offer = (await request.read()).decode()
+    except UnicodeDecodeError as exc:
+        raise HttpError(400, f"the body is not UTF-8 text: expected an SDP offer ({exc.reason})") from None
+    if not offer.strip():
+        raise HttpError(400, "the body is empty: expected an SDP offer")
+    return offer
 
 
 def _tracks(request: web.Request) -> list[str]:

@@ -20,6 +20,13 @@ from ..strict import StrictModel
 _NAME = r"^[A-Za-z0-9_-]+$"
 
 
+def _url_of(url: str, schemes: tuple[str, ...], expected: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"expected {expected}, got {url!r}")
+    return url
+
+
 class SinkCommon(StrictModel):
     name: str | None = Field(default=None, pattern=_NAME)
     """What logs and ``/metrics`` call it (default: its type, numbered when there are several)."""
@@ -62,10 +69,7 @@ class MqttSinkConfig(SinkCommon):
     @field_validator("url")
     @classmethod
     def _mqtt_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {url!r}")
-        return url
+        return _url_of(url, ("mqtt", "mqtts"), "mqtt://host:port or mqtts://host:port")
 
 
 class WebhookSinkConfig(SinkCommon):
@@ -86,10 +90,7 @@ class WebhookSinkConfig(SinkCommon):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
-        return url
+        return _url_of(url, ("http", "https"), "an http:// or https:// URL")
 
 
 SinkConfig = Annotated[JsonlSinkConfig | MqttSinkConfig | WebhookSinkConfig, Field(discriminator="type")]
