@@ -11,13 +11,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
 
 from . import __version__
 from .config import PipelineConfig, load_config
 from .errors import PipelineError
 from .logs import LOG_FORMATS, LOG_LEVELS, setup_logging
-from .runner import Runner, RunSummary
+from .runner import RunSummary
 from .sinks.config import JsonlSinkConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -187,6 +186,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .progress import Progress
     from .service import build, run_pipeline
     from .showresults import ResultPrinter
     from .sources import with_sources
@@ -200,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     graph = build(config, source=args.config)  # every config error surfaces before the bus starts
     # With --print, stdout carries the results and nothing else.
     out = sys.stderr if args.print_results else sys.stdout
-    progress = _Progress(enabled=not args.no_progress, out=out)
+    progress = Progress(enabled=not args.no_progress, out=out)
     printer = None
     if args.show:
         printer = ResultPrinter(config.nats.prefix, config.pipeline, per_stream=args.show, write=progress.write)
@@ -286,57 +286,6 @@ def _summary_line(summary: RunSummary) -> str:
         f"{summary.elapsed_s:.1f} s ({stats.decoded / seconds:.1f} frames decoded/s, "
         f"{stats.published / seconds:.1f} messages/s)"
     )
-
-
-class _Progress:
-    """A progress bar over published frames, for finite sources; refreshed from the event loop."""
-
-    def __init__(self, *, enabled: bool, out: TextIO = sys.stdout) -> None:
-        self._enabled = enabled and sys.stderr.isatty()
-        self._out = out
-        self._bar: Any = None
-        self._runner: Runner | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def attach(self, runner: Runner) -> None:
-        if self._enabled:
-            self._runner = runner
-            self._task = asyncio.get_running_loop().create_task(self._follow(runner))
-
-    async def _follow(self, runner: Runner) -> None:
-        from tqdm import tqdm
-
-        await runner.started.wait()
-        self._bar = tqdm(unit="frame", dynamic_ncols=True, file=sys.stderr)
-        while True:
-            self._update()
-            await asyncio.sleep(0.25)
-
-    def _update(self) -> None:
-        assert self._runner is not None
-        stats = self._runner.stats
-        counts = [c.frame_count for _, c in stats.items()]
-        self._bar.total = sum(c for c in counts if c) if counts and all(counts) else None
-        self._bar.n = stats.published
-        self._bar.set_postfix(decoded=stats.decoded, dropped=stats.dropped, refresh=False)
-        self._bar.refresh()
-
-    def write(self, line: str) -> None:
-        """A line on the output that does not tear the bar (it is redrawn below the line)."""
-        if self._bar is not None:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=self._out)
-            self._out.flush()
-        else:
-            print(line, file=self._out, flush=True)
-
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._bar is not None:
-            self._update()  # the final count, not the last periodic one
-            self._bar.close()
 
 
 def _subscribe(args: argparse.Namespace) -> int:
