@@ -1,4 +1,4 @@
-"""What the stages that show video (``overlay``, ``record``, ``view``) hand each other: the
+"""What the stages that show video (``overlay``, ``mp4``, ``view``) hand each other: the
 picture of a frame, annotated or not, and the scene geometry an ``object_events`` stage draws.
 
 A stage that shows frames (a ``PictureConsumer``) says, per stream, whether it wants pictures

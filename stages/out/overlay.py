@@ -1,5 +1,5 @@
 """``overlay``: what the stages before it found, drawn on a copy of the frame, for the stages
-after it that show video (``record``, ``view``; ``pipeline.pictures``).
+after it that show video (``mp4``, ``view``; ``pipeline.pictures``).
 
 It draws from the item's results, as they will be published (``draw.py``), with each
 ``object_events`` stage's zones and lines, and a status line (stream, frames per second over the

@@ -1,4 +1,4 @@
-"""``record``: each stream's pictures (``overlay``'s drawing, or the frames as decoded) to MP4
+"""``mp4``: each stream's pictures (``overlay``'s drawing, or the frames as decoded) to MP4
 files of ``segment_s`` media seconds, H.264 (libx264) at the frames' own timestamps.
 
 ``<path>/<stream>/<stream>-<start, UTC>-<n>.mp4``: a segment is written as ``.mp4.part`` and
@@ -31,10 +31,10 @@ from pipeline.media import EndOfStream, Item, VideoFrame
 from pipeline.pictures import picture_of
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 
-log = logging.getLogger("streamgraph.record")
+log = logging.getLogger("streamgraph.mp4")
 
 
-class RecordParams(StageParams):
+class Mp4Params(StageParams):
     path: str
     """The folder (relative to the config file); each stream records into a folder of its own."""
     segment_s: float = Field(default=60.0, gt=0)
@@ -113,10 +113,10 @@ class _Stream:
     started: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
 
 
-@register_stage("record")
-class Record(Stage):
-    Params = RecordParams
-    params: RecordParams
+@register_stage("mp4")
+class Mp4(Stage):
+    Params = Mp4Params
+    params: Mp4Params
     latency_key = None  # nothing waits here: the frames are encoded apart from the results
 
     async def start(self, ctx: StageContext) -> None:
@@ -136,7 +136,7 @@ class Record(Stage):
             state = self.streams.get(item.stream_id)
             if state is None:
                 state = self.streams[item.stream_id] = _Stream(self.folder / item.stream_id)
-                state.task = asyncio.create_task(self._encode(item.stream_id, state), name=f"record {item.stream_id}")
+                state.task = asyncio.create_task(self._encode(item.stream_id, state), name=f"mp4 {item.stream_id}")
             if len(state.queue) >= self.params.max_pending:
                 state.queue.popleft()
                 state.dropped += 1
@@ -161,7 +161,7 @@ class Record(Stage):
         if state.task is not None:
             await state.task
         if state.dropped:
-            log.warning("record %s: %d frame(s) left out of the recording (the encoder fell behind)", stream_id,
+            log.warning("mp4 %s: %d frame(s) left out of the recording (the encoder fell behind)", stream_id,
                         state.dropped)  # fmt: skip
 
     async def _encode(self, stream_id: str, state: _Stream) -> None:
@@ -176,7 +176,7 @@ class Record(Stage):
                 picture = state.queue.popleft()
                 await self.ctx.run_blocking(self._write, stream_id, state, picture)
         except Exception:
-            log.exception("record %s: writing failed; the stream goes on without a recording", stream_id)
+            log.exception("mp4 %s: writing failed; the stream goes on without a recording", stream_id)
         finally:
             if state.segment is not None:
                 segment, state.segment = state.segment, None

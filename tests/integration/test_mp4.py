@@ -1,4 +1,4 @@
-"""``overlay`` + ``record`` end to end (real YOLOv4-tiny, real nats-server, the real CLI): the
+"""``overlay`` + ``mp4`` end to end (real YOLOv4-tiny, real nats-server, the real CLI): the
 MP4 segments play (PyAV), hold every frame, and show the boxes drawn where the results say the
 objects are; a run stopped part-way leaves whole files too."""
 
@@ -31,7 +31,7 @@ def config_with_recording(folder: Path, rate: str = "max") -> str:
     publish = stages.pop()
     stages += [
         {"name": "overlay", "type": "overlay", "inputs": ["events"]},
-        {"name": "record", "type": "record", "inputs": ["overlay"],
+        {"name": "record", "type": "mp4", "inputs": ["overlay"],
          "params": {"path": str(folder / "recordings"), "segment_s": 2.0}},
         {**publish, "inputs": ["record"]},
     ]  # fmt: skip
