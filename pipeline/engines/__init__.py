@@ -1,6 +1,6 @@
 """Inference engines behind one interface, registered by name (``registry``).
 
-Built in: ``onnxruntime``, ``tensorrt`` and ``auto`` (the best of them usable here), and the
+Built in: ``onnxruntime``, ``openvino``, ``tensorrt`` and ``auto`` (the best of them usable here), and the
 inference servers (``remote``): ``triton``, ``kserve``, ``tfserving``, ``torchserve``. The GPU
 stacks are imported only when an engine that needs them loads a model, so the CPU path needs no
 CUDA; gRPC only when a stage uses a ``grpc://`` server.
@@ -17,6 +17,7 @@ from .auto import (
     tensorrt_unusable,
 )
 from .base import Engine, EngineMetadata, EngineOptions, RunSettings, TensorInfo
+from .openvino import OpenVinoEngine, OpenVinoOptions
 from .registry import (
     UnknownEngine,
     check_engine,
@@ -34,6 +35,8 @@ __all__ = [
     "EngineChoice",
     "EngineMetadata",
     "EngineOptions",
+    "OpenVinoEngine",
+    "OpenVinoOptions",
     "RemoteEngine",
     "RemoteOptions",
     "RunSettings",

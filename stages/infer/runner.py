@@ -70,9 +70,11 @@ class ModelRunner:
         """The seq of each stream's item that ran last: a later one that does not follow it resets the state."""
         # The model gets a thread of its own: in the shared pool a batch would queue behind the
         # demuxing, decoding and preparing of every stream, and wait there longer than it runs.
-        # One thread is enough: the batcher runs one batch at a time, and the engine uses the cores.
-        # A remote engine runs on the event loop, several batches at once.
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+        # One thread per batch the engine runs at once: one for most (the batcher runs one batch at
+        # a time, and the engine uses the cores); OpenVINO's ``throughput`` hint runs several, each
+        # on an infer request of its own. A remote engine runs on the event loop, several at once.
+        threads = 1 if engine.remote else max(1, engine.max_in_flight)
+        self._model_thread = ThreadPoolExecutor(threads, thread_name_prefix=f"model-{name}")
 
     def reset(self, stream_id: str) -> None:
         """The stream starts over (it started or ended): its state is zeros again."""
