@@ -105,6 +105,16 @@ class YoloSpec(StrictModel):
     scale_x_y: float = Field(default=1.0, gt=0)
 
 
+class CalibrationSpec(StrictModel):
+    """Frames a reduced precision is made from and checked on (``pipeline.precision``)."""
+
+    media: list[str] = Field(min_length=1)
+    """Video files, relative to the card."""
+    frames: int = Field(default=32, ge=2)
+    """Frames taken, spread evenly over the files: every other one quantizes an int8 model, the
+    rest are held out to check it (and bf16) against f32."""
+
+
 class ModelCard(StrictModel):
     name: str
     description: str = ""
@@ -118,6 +128,8 @@ class ModelCard(StrictModel):
     state: list[StateSpec] = Field(default_factory=list)
     constants: dict[str, int | float] = Field(default_factory=dict)
     """Inputs fed the same value on every run (a sample rate, say)."""
+    calibration: CalibrationSpec | None = None
+    """Frames to quantize the model on and to check a reduced precision against f32 with."""
     yolo: YoloSpec | None = None
     """A YOLO detector's heads (``task: object_detection``); its class names are the Darknet
     source's ``names`` file."""

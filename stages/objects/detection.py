@@ -24,7 +24,7 @@ from pipeline.stage import Stage, StageContext, StageParams, register_stage
 from pipeline.tensors import ModelOutput
 
 from .scene import Polygon, is_inside
-from .yolo import Detections, decode, nms
+from .yolo import DEFAULT_IOU, DEFAULT_THRESHOLD, Detections, decode, nms
 
 
 class YoloParams(StageParams):
@@ -32,13 +32,13 @@ class YoloParams(StageParams):
     """The detector's model card (its ``yolo`` section and class names)."""
     input: str | None = None
     """The ``infer`` stage whose output to read; defaults to this stage's first input."""
-    threshold: float = Field(default=0.25, gt=0, lt=1)
+    threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, lt=1)
     """Score (objectness x class) below which a detection is dropped."""
     thresholds: dict[str, float] = Field(default_factory=dict)
     """Per class name, a threshold of its own (``{person: 0.5}``)."""
     classes: list[str] | None = None
     """Keep only these class names (all when not given)."""
-    iou: float = Field(default=0.45, gt=0, le=1)
+    iou: float = Field(default=DEFAULT_IOU, gt=0, le=1)
     """Within a class, a box overlapping a better one by more than this is dropped (NMS)."""
     min_size: float = Field(default=0, ge=0)
     """Boxes whose shorter side is smaller (source pixels) are dropped."""

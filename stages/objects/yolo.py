@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.modelcard import YoloSpec
+from pipeline.accuracy import Boxes, register_boxes
+from pipeline.errors import ModelError
+from pipeline.modelcard import ModelCard, YoloSpec
+
+DEFAULT_THRESHOLD = 0.25
+"""Score (objectness x class) below which a detection is dropped, unless a stage says otherwise."""
+DEFAULT_IOU = 0.45
+"""NMS overlap above which the weaker of two boxes of a class is dropped, unless a stage says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -90,3 +97,14 @@ def nms(found: Detections, iou_threshold: float) -> Detections:
         iou = overlap / np.maximum(areas[index] + areas[rest] - overlap, 1e-12)
         suppressed[rest[iou > iou_threshold]] = True
     return found.take(np.asarray(keep, np.int64))
+
+
+@register_boxes("object_detection")
+def detected_boxes(card: ModelCard, outputs: Mapping[str, np.ndarray]) -> Boxes:
+    """What the ``yolo`` stage reports of one image at its default thresholds: the accuracy gate's
+    reading of a detector (``pipeline.accuracy``)."""
+    if card.yolo is None or card.preprocess is None:
+        raise ModelError(f"model {card.name!r}: an object detector's card needs its yolo and preprocess sections")
+    height, width = card.preprocess.size
+    found = nms(decode(outputs, card.yolo, (height, width), DEFAULT_THRESHOLD), DEFAULT_IOU)
+    return Boxes(found.boxes * np.array([width, height, width, height], np.float32), found.scores, found.classes)

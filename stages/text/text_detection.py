@@ -7,7 +7,7 @@ mean probability -> unclip (DB predicts shrunk text regions; grow each box back 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from pipeline.accuracy import Boxes, register_boxes
 from pipeline.media import Item
+from pipeline.modelcard import ModelCard
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 from pipeline.tensors import ModelOutput
 
@@ -31,6 +33,9 @@ class TextDetectionParams(StageParams):
     max_candidates: int = Field(default=1000, ge=1)
     min_size: float = Field(default=3.0, ge=0)
     """Boxes whose short side (in model pixels) is smaller are discarded."""
+
+
+DEFAULT_PARAMS = TextDetectionParams()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,16 @@ def db_boxes(probability: np.ndarray, params: TextDetectionParams) -> list[TextB
         boxes.append(TextBox(order_clockwise(cv2.boxPoints(grown)), score))
     boxes.sort(key=lambda b: (float(b.quad[:, 1].min()), float(b.quad[:, 0].min())))
     return boxes
+
+
+@register_boxes("text_detection")
+def text_boxes(card: ModelCard, outputs: Mapping[str, np.ndarray]) -> Boxes:
+    """What ``text_detection`` finds in one image's probability map at its default params, as
+    upright boxes: the accuracy gate's reading of a text detector (``pipeline.accuracy``)."""
+    probability = np.asarray(next(iter(outputs.values())))[0]
+    found = db_boxes(probability, DEFAULT_PARAMS)
+    boxes = np.array([[*box.quad.min(axis=0), *box.quad.max(axis=0)] for box in found], np.float32).reshape(-1, 4)
+    return Boxes(boxes, np.array([box.score for box in found], np.float32), np.zeros(len(found), np.int64))
 
 
 def order_clockwise(points: np.ndarray) -> np.ndarray:
