@@ -284,14 +284,22 @@ class OpenVinoEngine(Engine):
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         return self._model.infer(feeds)
 
+    def settle(self, feeds: dict[str, Any]) -> None:
+        """Compile for inputs shaped like ``feeds`` now (blocking), instead of after a few runs."""
+        self._model.settle(feeds)
+
     async def close(self) -> None:
+        self.close_now()
+
+    def close_now(self) -> None:
+        """Stop compiling in the background (a model set aside)."""
         self._model.close()
 
 
 def port_name(port: Any, names: set[str]) -> str:
     """The port's name the card uses: a port can have several (a converted model's output is
     named by the layer that makes it and by the name it was given), and ``get_any_name`` picks one."""
-    return next(iter(sorted(set(port.get_names()) & names)), port.get_any_name())
+    return str(next(iter(sorted(set(port.get_names()) & names)), port.get_any_name()))
 
 
 def port_info(port: Any, names: set[str]) -> TensorInfo:

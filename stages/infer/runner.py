@@ -19,13 +19,13 @@ import numpy as np
 
 from pipeline.batching import Request
 from pipeline.engines import Engine
+from pipeline.engines.warmup import warm_up_feeds
 from pipeline.modelcard import ModelCard
 from pipeline.stage import StageContext
 from pipeline.tensors import DeferredTensor, ModelInput
 
 from .arrays import device_module, stack_batch
 from .state import StreamStates
-from .warmup import warm_up_feeds
 
 
 @dataclass(slots=True)

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.modelcard import ModelCard
+from ..modelcard import ModelCard
 
 
-def warm_up_feeds(card: ModelCard, xp: Any = np) -> dict[str, Any] | None:
-    """Zeros for a batch of one at the card's input size, or None where that size is not known
+def warm_up_feeds(card: ModelCard, xp: Any = np, *, batch: int = 1) -> dict[str, Any] | None:
+    """Zeros for a batch (of one by default) at the card's input size, or None where that size is not known
     (an axis other than batch, height and width) or the model keeps state between runs. ``xp``
     makes them: CuPy for a model on a GPU, so the warm-up takes the path real device frames take
     and counts no host copy."""
@@ -18,7 +18,7 @@ def warm_up_feeds(card: ModelCard, xp: Any = np) -> dict[str, Any] | None:
         return None
     spec = card.data_inputs[0]
     height, width = card.preprocess.size
-    named = {"batch": 1, "height": height, "width": width}
+    named = {"batch": batch, "height": height, "width": width}
     if not all(isinstance(dim, int) or dim in named for dim in spec.shape):
         return None
     shape = [dim if isinstance(dim, int) else named[dim] for dim in spec.shape]
