@@ -79,12 +79,16 @@ def openvino_module() -> Any:
 
 
 def device_capabilities(core: Any, device: str) -> list[str]:
-    """What OpenVINO says ``device`` can run fast (``FP32``, ``BF16``, ``INT8``, ...)."""
+    """What OpenVINO says ``device`` can run fast (``FP32``, ``BF16``, ``INT8``, ...); a
+    ``ModelError`` naming the devices there are for one OpenVINO does not have."""
+    available = list(core.available_devices)
+    if device not in available and device.split(".")[0] not in {name.split(".")[0] for name in available}:
+        raise ModelError(f"OpenVINO has no device {device!r} here; available: {', '.join(available) or 'none'}")
     try:
         return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
-    except RuntimeError as exc:
-        available = ", ".join(core.available_devices) or "none"
-        raise ModelError(f"OpenVINO has no device {device!r} here ({exc}); available: {available}") from None
+    except RuntimeError as exc:  # OpenVINO's message ends with the line that says what is wrong
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise ModelError(f"OpenVINO device {device!r}: {lines[-1] if lines else exc}") from None
 
 
 def precision_unsupported(precision: Precision, capabilities: list[str]) -> str | None:

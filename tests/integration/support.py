@@ -192,3 +192,24 @@ async def running_pipeline(nats_url: str, config: PipelineConfig | dict[str, Any
     finally:
         runner.request_stop()
         running.summary = await asyncio.wait_for(task, GUARD_S)
+
+
+TrackedObjects = dict[int, list[tuple[str, int, list[float]]]]
+"""Each frame's objects by seq: (label, track id, box), sorted."""
+
+
+def objects_by_seq(results: list[dict[str, Any]], stage: str = "objects") -> TrackedObjects:
+    return {
+        r["seq"]: sorted((o["label"], o["track_id"], o["box"]) for o in r["results"][stage]["objects"]) for r in results
+    }
+
+
+def assert_same_objects(mine: TrackedObjects, theirs: TrackedObjects, *, frames: int, labels: set[str]) -> None:
+    """Two runs of a detector + tracker found the same objects with the same tracks in every frame,
+    boxes within a pixel, among them ``labels``."""
+    assert sorted(mine) == sorted(theirs) and len(mine) == frames
+    assert {label for objects in mine.values() for label, _, _ in objects} >= labels
+    for seq, objects in mine.items():
+        assert [(label, track) for label, track, _ in objects] == [(label, track) for label, track, _ in theirs[seq]]
+        for (_, _, a), (_, _, b) in zip(objects, theirs[seq], strict=True):
+            assert max(abs(p - q) for p, q in zip(a, b, strict=True)) <= 1.0, f"frame {seq}: {a} vs {b}"

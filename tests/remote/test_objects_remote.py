@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from samples.photos import object_samples
-from tests.integration.support import ROOT, run_to_end
+from tests.integration.support import ROOT, TrackedObjects, assert_same_objects, objects_by_seq, run_to_end
 
 from .conftest import YOLO_NAME
 
@@ -28,18 +28,11 @@ def on_server(folder: Path, engine: str, url: str) -> str:
     return str(path)
 
 
-def objects_by_seq(results: list[dict[str, Any]]) -> dict[int, list[tuple[str, int, list[float]]]]:
-    return {
-        r["seq"]: sorted((o["label"], o["track_id"], o["box"]) for o in r["results"]["objects"]["objects"])
-        for r in results
-    }
-
-
-_IN_PROCESS: dict[str, dict[int, list[tuple[str, int, list[float]]]]] = {}
+_IN_PROCESS: dict[str, TrackedObjects] = {}
 """The run with the model in this process, made once for every server's test."""
 
 
-async def in_process(nats_url: str, env: dict[str, str]) -> dict[int, list[tuple[str, int, list[float]]]]:
+async def in_process(nats_url: str, env: dict[str, str]) -> TrackedObjects:
     if "person" not in _IN_PROCESS:
         video = str(object_samples()["person"])
         local = await run_to_end(nats_url, str(CONFIG), "objects", ("person",), env=env, args=("--source", video))
@@ -76,10 +69,4 @@ async def test_objects_on_a_server_match_the_model_in_process(
     )  # fmt: skip
     assert remote.returncode == 0, remote.stderr[-2000:]
     assert protocol in remote.stderr
-    theirs = objects_by_seq(remote.results["person"])
-    assert sorted(mine) == sorted(theirs) and len(mine) == 40, remote.stderr[-3000:]
-    assert {label for objects in mine.values() for label, _, _ in objects} >= {"person", "dog", "horse"}
-    for seq, objects in mine.items():
-        assert [(label, track) for label, track, _ in objects] == [(label, track) for label, track, _ in theirs[seq]]
-        for (_, _, a), (_, _, b) in zip(objects, theirs[seq], strict=True):
-            assert max(abs(p - q) for p, q in zip(a, b, strict=True)) <= 1.0, f"frame {seq}: {a} vs {b}"
+    assert_same_objects(mine, objects_by_seq(remote.results["person"]), frames=40, labels={"person", "dog", "horse"})

@@ -96,7 +96,7 @@ def test_engine_follows_the_input_size(engine):
 
 def test_create_engine_auto_is_onnxruntime(card):
     assert isinstance(create_engine("auto", card, AutoOptions(providers=CPU)), OnnxRuntimeEngine)
-    available = "auto, kserve, onnxruntime, tensorrt, tfserving, torchserve, triton"
+    available = "auto, kserve, onnxruntime, openvino, tensorrt, tfserving, torchserve, triton"
     with pytest.raises(UnknownEngine, match=rf"unknown engine 'nosuch'; available: {available}"):
         create_engine("nosuch", card)
     close = r"\(did you mean 'tensorrt'\?\)"

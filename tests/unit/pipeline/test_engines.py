@@ -39,14 +39,27 @@ def test_auto_ends_on_the_cpu_naming_both_reasons():
 def test_engines_are_registered_by_name_each_with_its_strict_options():
     from pipeline.engines import engine_entry, engine_names
     from pipeline.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
+    from pipeline.engines.openvino import OpenVinoEngine, OpenVinoOptions
     from pipeline.engines.tensorrt import TensorRtEngine, TensorRtOptions
 
-    assert engine_names() == ["auto", "kserve", "onnxruntime", "tensorrt", "tfserving", "torchserve", "triton"]
+    assert engine_names() == [
+        "auto",
+        "kserve",
+        "onnxruntime",
+        "openvino",
+        "tensorrt",
+        "tfserving",
+        "torchserve",
+        "triton",
+    ]
     assert (engine_entry("onnxruntime").load, engine_entry("onnxruntime").options) == (
         OnnxRuntimeEngine,
         OnnxRuntimeOptions,
     )
     assert (engine_entry("tensorrt").load, engine_entry("tensorrt").options) == (TensorRtEngine, TensorRtOptions)
+    assert (engine_entry("openvino").load, engine_entry("openvino").options) == (OpenVinoEngine, OpenVinoOptions)
+    with pytest.raises(ValidationError, match="providers"):
+        OpenVinoOptions.model_validate({"providers": ["CPUExecutionProvider"]})  # ONNX Runtime's, not OpenVINO's
     with pytest.raises(ValidationError, match="intra_op_threads"):
         TensorRtOptions.model_validate({"intra_op_threads": 2})  # an ONNX Runtime key: not TensorRT's
 
@@ -66,7 +79,7 @@ def test_auto_with_providers_named_is_onnxruntime_with_those_providers():
 def test_on_this_machine_auto_loads_a_working_engine():
     card = load_card("pp-ocrv4-det")
     engine = create_engine("auto", card)
-    assert engine.description.startswith(("onnxruntime", "tensorrt"))
+    assert engine.description.startswith(("onnxruntime", "openvino", "tensorrt"))
 
 
 def test_the_cpu_path_imports_nothing_from_the_gpu_stack():
