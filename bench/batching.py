@@ -280,6 +280,8 @@ class Setup:
     max_delay_ms: float
     decode_device: str = "auto"
     """``decode``'s ``device``: ``auto`` (NVDEC where usable), ``cpu`` or ``gpu``."""
+    engine: tuple[tuple[str, Any], ...] = (("engine", "onnxruntime"),)
+    """The infer stage's engine keys: ONNX Runtime, as the baseline runs, unless a bench compares engines."""
 
 
 def pipeline_dict(
@@ -312,7 +314,7 @@ def pipeline_dict(
         "name": "det",
         "type": "infer",
         "inputs": ["decode" if native else "prep"],
-        "params": {"model": MODEL, "intra_op_threads": setup.intra_op_threads, "batch": batch},
+        "params": {"model": MODEL, "intra_op_threads": setup.intra_op_threads, "batch": batch, **dict(setup.engine)},
     }
     decode: dict[str, Any] = {
         "name": "decode",

@@ -72,7 +72,8 @@ def pipeline_dict(name: str, clip: Path, streams: int, batch: int, nats_url: str
                 "name": "det",
                 "type": "infer",
                 "inputs": ["decode"],
-                "params": {"model": MODEL, "batch": {"max_size": batch, "max_delay_ms": 10}},
+                # ONNX Runtime, as the baseline runs: the comparison is of the pipeline, not the engine.
+                "params": {"model": MODEL, "engine": "onnxruntime", "batch": {"max_size": batch, "max_delay_ms": 10}},
             },
             {"name": "objects", "type": "yolo", "inputs": ["det"], "params": {"model": MODEL, "threshold": 0.1}},
             {"name": "tracks", "type": "track", "inputs": ["objects"]},

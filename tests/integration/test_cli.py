@@ -73,7 +73,7 @@ def test_validate_accepts_the_demo_config() -> None:
                 "      model: pp-ocrv4-det\n      engine: onnxruntim\n  - name: text",
             ),
             "stages[3].params.engine: unknown engine 'onnxruntim' (did you mean 'onnxruntime'?); "
-            "available: auto, kserve, onnxruntime, tensorrt, tfserving, torchserve, triton",
+            "available: auto, kserve, onnxruntime, openvino, tensorrt, tfserving, torchserve, triton",
         ),
         (
             (
