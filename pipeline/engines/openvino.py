@@ -86,9 +86,15 @@ def device_capabilities(core: Any, device: str) -> list[str]:
         raise ModelError(f"OpenVINO has no device {device!r} here; available: {', '.join(available) or 'none'}")
     try:
         return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
-    except RuntimeError as exc:  # OpenVINO's message ends with the line that says what is wrong
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise ModelError(f"OpenVINO device {device!r}: {lines[-1] if lines else exc}") from None
+    except RuntimeError as exc:
+        raise ModelError(f"OpenVINO device {device!r}: {last_line(exc)}") from None
+
+
+def last_line(exc: BaseException) -> str:
+    """OpenVINO's messages run to many lines of source locations; the last says what is wrong
+    (``Conversion is failed for: Conv-16, ReduceMean-16``)."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def precision_unsupported(precision: Precision, capabilities: list[str]) -> str | None:
@@ -269,7 +275,10 @@ class OpenVinoEngine(Engine):
             config = compile_config(self.options, precision)
             return ShapeModels(self._core, model_file, self.options.device, config, self.tensor_names)
         except RuntimeError as exc:  # OpenVINO's errors for a file or device it cannot take
-            raise ModelError(f"model {self.card.name!r}: OpenVINO cannot compile {model_file}: {exc}") from None
+            log.debug("OpenVINO cannot compile %s: %s", model_file, exc)
+            raise ModelError(
+                f"model {self.card.name!r}: OpenVINO cannot compile {model_file}: {last_line(exc)}"
+            ) from None
 
     @property
     def description(self) -> str:
