@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def measure(base: Path, streams: int, seconds: float, decode_threads: int | None, work: Path) -> float:
+def measure(base: Path, streams: int, seconds: float, decode_threads: int | None, work: Path) -> tuple[float, float]:
+    """The run's steady resident MB, and the results it published a second (all streams)."""
     path = work / f"memory-{streams}.yaml"
     path.write_text(yaml.safe_dump(config_for(base, streams, decode_threads)))
     env = {**os.environ, "STREAMGRAPH_NATS_URL": "embedded"}
@@ -71,7 +73,9 @@ def measure(base: Path, streams: int, seconds: float, decode_threads: int | None
         [sys.executable, "-m", "pipeline.cli", "--log-level", "WARNING", "run", str(path), "--no-progress"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # the run's summary line: how many results it published
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     samples: list[tuple[float, float]] = []
     began = time.monotonic()
@@ -85,9 +89,10 @@ def measure(base: Path, streams: int, seconds: float, decode_threads: int | None
                 samples.append((elapsed, mb))
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        summary, _ = process.communicate(timeout=60)
     steady = [mb for at, mb in samples if at >= seconds / 2]
-    return statistics.median(steady)
+    published = re.search(r"(\d+) messages published", summary)
+    return statistics.median(steady), int(published.group(1)) / seconds if published else float("nan")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -103,17 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     counts = [int(n) for n in args.streams.split(",")]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {Path(args.config).name}")
-    rows: list[tuple[int, float]] = []
+    rows: list[tuple[int, float, float]] = []
     with tempfile.TemporaryDirectory() as work:
         for streams in counts:
-            mb = measure(Path(args.config), streams, args.seconds, args.decode_threads, Path(work))
-            rows.append((streams, mb))
-            print(f"  {streams} stream(s): {mb:.0f} MB resident", flush=True)
-    base_streams, base_mb = rows[0]
-    print(f"{'streams':>7} {'RSS MB':>8} {'MB per stream beyond the first':>31}")
-    for streams, mb in rows:
+            mb, rate = measure(Path(args.config), streams, args.seconds, args.decode_threads, Path(work))
+            rows.append((streams, mb, rate))
+            print(f"  {streams} stream(s): {mb:.0f} MB resident, {rate:.1f} results/s", flush=True)
+    base_streams, base_mb, _ = rows[0]
+    print(f"{'streams':>7} {'RSS MB':>8} {'MB per stream beyond the first':>31} {'results/s':>10}")
+    for streams, mb, rate in rows:
         per = (mb - base_mb) / (streams - base_streams) if streams > base_streams else float("nan")
-        print(f"{streams:>7} {mb:>8.0f} {per:>31.1f}")
+        print(f"{streams:>7} {mb:>8.0f} {per:>31.1f} {rate:>10.1f}")
     return 0
 
 
