@@ -297,6 +297,11 @@ class OpenVinoEngine(Engine):
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         return self._model.infer(feeds)
 
+    @property
+    def static_shapes(self) -> list[ShapeKey]:
+        """The input shapes with a model compiled for them (the rest run on the dynamic one)."""
+        return self._model.static_shapes
+
     def settle(self, feeds: dict[str, Any]) -> None:
         """Compile for inputs shaped like ``feeds`` now (blocking), instead of after a few runs."""
         self._model.settle(feeds)
