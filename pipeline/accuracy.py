@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .boxes import iou_matrix
 from .errors import ModelError
 from .modelcard import ModelCard
 
@@ -92,7 +93,7 @@ def _average_precision(truth: list[Boxes], found: list[Boxes], cls: int) -> floa
         boxes, scores = got.boxes[mine], got.scores[mine]
         taken = np.zeros(len(targets), bool)
         for index in np.argsort(-scores, kind="stable"):
-            overlaps = iou(boxes[index], targets) if len(targets) else np.zeros(0)
+            overlaps = iou_matrix(boxes[index][None], targets)[0]
             overlaps[taken] = 0.0
             best = int(np.argmax(overlaps)) if overlaps.size else -1
             hit = best >= 0 and overlaps[best] >= MATCH_IOU
@@ -107,14 +108,3 @@ def _average_precision(truth: list[Boxes], found: list[Boxes], cls: int) -> floa
     envelope = np.maximum.accumulate(precision[::-1])[::-1] if ranked else np.zeros(0)
     steps = np.diff(np.concatenate([[0.0], recall]))
     return float(np.sum(steps * envelope))
-
-
-def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], others[:, 0])
-    y0 = np.maximum(box[1], others[:, 1])
-    x1 = np.minimum(box[2], others[:, 2])
-    y1 = np.minimum(box[3], others[:, 3])
-    overlap = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return np.asarray(overlap / np.maximum(area + areas - overlap, 1e-12))

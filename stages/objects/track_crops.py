@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from pipeline.boxes import iou_matrix
 from pipeline.crops import crop_box, crop_quad, prepare_crop
 from pipeline.imaging import prepare_image
 from pipeline.media import EndOfStream, Item, VideoFrame
@@ -33,7 +34,6 @@ from pipeline.modelcard import load_preprocess
 from pipeline.stage import Stage, StageContext, StageParams, register_stage
 from pipeline.tensors import PreparedTensor, to_host
 
-from .bytetrack import iou_matrix
 from .tracking import tracked_objects
 
 CROP_KEYS = ("track_id", "label", "box", "quad", "score")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.objects.bytetrack import ByteTracker, iou_matrix
+from pipeline.boxes import iou_matrix
+from stages.objects.bytetrack import ByteTracker
 
 FPS = 10
 
