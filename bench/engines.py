@@ -58,6 +58,7 @@ from pipeline.accuracy import agreement, box_reader
 from pipeline.bus import NatsServer
 from pipeline.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
 from pipeline.engines.openvino import OpenVinoEngine, OpenVinoOptions
+from pipeline.engines.warmup import constant_feeds
 from pipeline.errors import ModelError
 from pipeline.modelcard import ModelCard, load_card
 from pipeline.modelstore import model_path
@@ -81,13 +82,12 @@ class ModelRow:
 def inputs_for(card: ModelCard, batch: int, held: list[np.ndarray] | None) -> dict[str, np.ndarray]:
     """A batch for ``card``: held-out real frames where there are some, else random data of its shape."""
     rng = np.random.default_rng(0)
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, np.ndarray] = constant_feeds(card)
     size = card.preprocess.size if card.preprocess is not None else [0, 0]
     named = {"batch": batch, "height": size[0], "width": size[1], "samples": AUDIO_WINDOW}
     states = {state.input for state in card.state}
     for spec in card.inputs:
-        if spec.name in card.constants:
-            feeds[spec.name] = np.asarray(card.constants[spec.name], dtype=spec.dtype)
+        if spec.name in feeds:
             continue
         shape = [dim if isinstance(dim, int) else named[dim] for dim in spec.shape]
         if spec.name in states:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from .. import capabilities
@@ -30,7 +29,7 @@ from .onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
 from .openvino import OpenVinoEngine, OpenVinoOptions
 from .registry import register_engine
 from .tensorrt import TensorRtEngine, TensorRtOptions
-from .warmup import warm_up_feeds
+from .warmup import constant_feeds, warm_up_feeds
 
 log = logging.getLogger("streamgraph.engine")
 
@@ -152,7 +151,7 @@ def cpu_race(card: ModelCard, onnxruntime: Engine, options: AutoOptions, setting
             "model %s: engine auto runs onnxruntime on the CPU (no fixed input size to race OpenVINO on)", card.name
         )
         return onnxruntime
-    feeds.update({name: np.asarray(value) for name, value in constant_feeds(card).items()})
+    feeds.update(constant_feeds(card))
     try:
         openvino = OpenVinoEngine(card, OpenVinoOptions(intra_op_threads=options.intra_op_threads), settings)
     except ModelError as exc:
@@ -173,14 +172,6 @@ def cpu_race(card: ModelCard, onnxruntime: Engine, options: AutoOptions, setting
     if loser is openvino:
         openvino.close_now()
     return winner
-
-
-def constant_feeds(card: ModelCard) -> dict[str, object]:
-    return {
-        spec.name: np.asarray(card.constants[spec.name], dtype=spec.dtype)
-        for spec in card.inputs
-        if spec.name in card.constants
-    }
 
 
 def median_ms(engine: Engine, feeds: dict[str, object]) -> float:

@@ -1,4 +1,4 @@
-"""The warm-up run's input: zeros at the size the model will run."""
+"""What a run is fed besides frames: zeros at the size the model will run (the warm-up), and the card's constants."""
 
 from __future__ import annotations
 
@@ -23,3 +23,13 @@ def warm_up_feeds(card: ModelCard, xp: Any = np, *, batch: int = 1) -> dict[str,
         return None
     shape = [dim if isinstance(dim, int) else named[dim] for dim in spec.shape]
     return {spec.name: xp.zeros(shape, dtype=spec.dtype)}
+
+
+def constant_feeds(card: ModelCard, xp: Any = np) -> dict[str, Any]:
+    """The card's ``constants`` as arrays of their inputs' dtypes, made by ``xp`` (CuPy: on the
+    device once, not with every batch)."""
+    return {
+        spec.name: xp.asarray(card.constants[spec.name], dtype=spec.dtype)
+        for spec in card.inputs
+        if spec.name in card.constants
+    }

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.batching import Request
 from pipeline.engines import Engine
-from pipeline.engines.warmup import warm_up_feeds
+from pipeline.engines.warmup import constant_feeds, warm_up_feeds
 from pipeline.modelcard import ModelCard
 from pipeline.stage import StageContext
 from pipeline.tensors import DeferredTensor, ModelInput
@@ -60,11 +60,7 @@ class ModelRunner:
         }
         # On a GPU the constants go to the device once, not with every batch.
         self._xp = device_module() if engine.on_device else np
-        self._constants = {
-            spec.name: self._xp.asarray(card.constants[spec.name], dtype=spec.dtype)
-            for spec in card.inputs
-            if spec.name in card.constants
-        }
+        self._constants = constant_feeds(card, self._xp)
         self._state = StreamStates(card)
         self._ran_seq: dict[str, int] = {}
         """The seq of each stream's item that ran last: a later one that does not follow it resets the state."""
