@@ -108,13 +108,15 @@ def _fastest_passing(target: PrecisionTarget, path: Path) -> PrecisionChoice:
     notes: list[str] = []
     passing: list[tuple[Verdict, Path]] = []
     f32_ms: list[float] = []
+    frames: CalibrationSet | None = None  # decoded once, for every precision tried
     for precision in REDUCED:
         problem = target.unsupported(precision)
         if problem is not None:
             notes.append(f"{precision}: {problem}")
             continue
         try:
-            verdict, model_file = check_precision(target, precision, path)
+            frames = frames or checkable_frames(card)
+            verdict, model_file = check_precision(target, precision, path, frames)
         except ModelError as exc:
             notes.append(f"{precision}: {exc}")
             continue
@@ -132,12 +134,21 @@ def _fastest_passing(target: PrecisionTarget, path: Path) -> PrecisionChoice:
     return chosen
 
 
-def check_precision(target: PrecisionTarget, precision: Precision, path: Path) -> tuple[Verdict, Path]:
+def checkable_frames(card: ModelCard) -> CalibrationSet:
+    """The card's calibration frames; a ``ModelError`` for a task without a measure comes first,
+    before any video is decoded."""
+    box_reader(card)
+    return calibration_set(card)
+
+
+def check_precision(
+    target: PrecisionTarget, precision: Precision, path: Path, frames: CalibrationSet | None = None
+) -> tuple[Verdict, Path]:
     """``precision``'s verdict against f32 and the model file it runs (int8: the quantized one),
-    from the cache when this model, these frames and this runtime were checked before."""
+    from the cache when this model, these frames and this runtime were checked before. ``frames``:
+    the card's calibration frames, if the caller has them already."""
     card = target.card
-    box_reader(card)  # a task without a measure is refused before any work
-    frames = calibration_set(card)
+    frames = frames or checkable_frames(card)
     model_file = path if precision != "int8" else int8_model(card, path, frames)
     key = _digest(card.sha256, precision, frames.digest, target.runtime, _quantizer_version(precision))
     where = cache_dir() / "precision" / card.sha256[:16] / f"{precision}-{key[:16]}.json"
