@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic
 
 from ..errors import EngineError
@@ -31,12 +31,22 @@ from .sizing import RECENT_RUN_TIMES, AdaptiveSize, estimate_run, percentile
 class Batcher(Generic[P]):
     """Collects requests from many streams into batches for ``run``; see the module docstring."""
 
-    def __init__(self, run: RunBatch[P], policy: BatchPolicy, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        run: RunBatch[P],
+        policy: BatchPolicy,
+        *,
+        clock: Clock | None = None,
+        release: Callable[[int], None] | None = None,
+    ) -> None:
+        """``release(size)``: with ``max_size: auto``, called once the size goes back down to
+        ``size`` after bigger batches ran, so the model can give back their working memory."""
         if policy.max_size is not None and policy.max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {policy.max_size}")
         if policy.max_concurrent < 1 or (policy.one_per_stream and policy.max_concurrent > 1):
             raise ValueError(f"max_concurrent must be >= 1, and 1 with one_per_stream; got {policy.max_concurrent}")
         self._run = run
+        self._release = release
         self.policy = policy
         self.clock: Clock = clock or MonotonicClock()
         self.adaptive = None if policy.max_size else AdaptiveSize(policy.size_limit, budget_ms=policy.latency_budget_ms)
@@ -248,6 +258,9 @@ class Batcher(Generic[P]):
                 # Preparing inside the run grows with the batch as the model's time does.
                 prepare_s = max(r.prepare_s for r in batch) if measured else 0.0
                 self.adaptive.record(len(batch), model_s + prepare_s)
+                release = self.adaptive.take_release()
+                if release is not None and self._release is not None:
+                    self._release(release)
             self._run_times.setdefault(len(batch), deque(maxlen=RECENT_RUN_TIMES)).append(finished - started)
         self.model_s_total += model_s
         self.batches += 1

@@ -37,6 +37,9 @@ PROBE_RUNS = 3
 VERDICT_PROBES = 8
 """Probe periods after which a size ruled out (over the budget, out of reach) gets another try."""
 
+PROBE_BACKOFF = 4
+"""How many times ``probe_every`` the wait between probes grows to while probes change nothing."""
+
 RECENT_RUN_TIMES = 20
 """Runs of a batch size whose 90th percentile the deadline check expects a run to take."""
 
@@ -56,13 +59,20 @@ class AdaptiveSize:
     out (a new batch shape warms up the engine, and the first runs happen while the pipeline is
     still starting). A bigger size must give ``margin`` more items per second than a smaller one
     to be chosen: bigger batches cost latency, so a gain within measurement noise is not worth
-    it. After ``probe_every`` batches the next size up (or down) runs up to ``PROBE_RUNS``
+    it. After ``probe_every`` batches (twice that after a probe that changed nothing, and so on
+    up to ``PROBE_BACKOFF`` times: a probe of a worse size costs throughput, and a settled choice
+    needs fewer) the next size up (or down) runs up to ``PROBE_RUNS``
     batches in a row (a shorter batch, or a run over the budget, ends the probe), so the choice
     follows the load and the machine: a completed probe's three fresh runs of five decide the
     size's median, where a single run left it to runs made under another load. A size the
     batcher keeps falling short of (fewer requests waiting than it holds) is out of reach, and
     that verdict, like a size ruled out over the budget, is reconsidered after
     ``VERDICT_PROBES`` probe periods.
+
+    Bigger batches take more of the model's working memory, which engines keep once taken (ONNX
+    Runtime's arena, OpenVINO's buffers): 8 batches of 8 frames can leave hundreds of MB behind.
+    So when the size goes back down below the biggest that ran (a probe up ends, a climb was
+    not worth it), ``take_release`` says so once, and the engine can give that memory back.
     """
 
     def __init__(
@@ -78,6 +88,7 @@ class AdaptiveSize:
         self.current = 1
         self._target = 1
         self._since_probe = 0
+        self._probe_interval = probe_every
         self._probe_up = True
         self._probe_left = 0
         self._records = 0
@@ -86,6 +97,9 @@ class AdaptiveSize:
         self._out_of_reach: dict[int, int] = {}
         """Sizes the batcher could not fill (fewer requests waiting), and when that was found."""
         self._short_runs = 0
+        self._peak = 0
+        """The biggest ladder size run since memory was last released."""
+        self._release_to: int | None = None
 
     @property
     def target(self) -> int:
@@ -104,20 +118,36 @@ class AdaptiveSize:
                 self.cost_s[size] = statistics.median(recent)
                 self._measured_at[size] = self._records
         self._records += 1
+        if size in self.sizes:
+            self._peak = max(self._peak, size)
         self._note_short_run(size)
         self._forget_old_verdicts()
         if self._probe_left > 1 and size == self._target and self._fits(size):
             self._probe_left -= 1  # the probe goes on (not past a run over the budget)
             return
+        probed, before = self._target != self.current, self.current
         self._probe_left = 0
         self.current = self._best()
+        if self.current != before:
+            self._probe_interval = self.probe_every
+        elif probed:
+            self._probe_interval = min(2 * self._probe_interval, PROBE_BACKOFF * self.probe_every)
         self._since_probe += 1
         self._target = self.current
         # No probe while the current size is still being measured (climbing to an untried one).
-        if self._since_probe >= self.probe_every and self.current in self.cost_s:
+        if self._since_probe >= self._probe_interval and self.current in self.cost_s:
             self._since_probe = 0
             self._target = self._neighbour()
             self._probe_left = PROBE_RUNS if self._target != self.current else 0
+        if self.current < self._peak:  # the size it settles on, not a probe down (it comes back)
+            self._release_to = self.current
+            self._peak = self.current
+
+    def take_release(self) -> int | None:
+        """The batch size that runs from now on, once after bigger ones ran (their working memory
+        can go), else None."""
+        release, self._release_to = self._release_to, None
+        return release
 
     def _note_short_run(self, size: int) -> None:
         """A target not measured yet that the batch keeps falling short of (fewer streams waiting

@@ -10,8 +10,6 @@ doctor`` prints. Naming ``providers`` picks ONNX Runtime with them.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import statistics
 import time
@@ -24,7 +22,7 @@ from pydantic import Field
 from .. import capabilities
 from ..errors import ModelError
 from ..modelcard import ModelCard
-from .base import Engine, EngineOptions, RunSettings
+from .base import Engine, EngineOptions, RunSettings, return_freed_memory
 from .onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
 from .openvino import OpenVinoEngine, OpenVinoOptions
 from .registry import register_engine
@@ -120,18 +118,6 @@ def load_auto(card: ModelCard, options: AutoOptions, settings: RunSettings) -> E
     del onnxruntime  # the loser, if it lost: nothing refers to it now
     return_freed_memory()
     return engine
-
-
-def return_freed_memory() -> None:
-    """Give the memory the race's loser held back to the system. Its buffers were freed, but glibc
-    keeps freed heap for reuse, and the process would carry the loser's working memory (about 170
-    MB for the text detector) for its whole life. Linux with glibc only; elsewhere a no-op."""
-    gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.malloc_trim(0)
 
 
 RACE_RUNS = 3

@@ -27,7 +27,7 @@ from pydantic import Field
 from ..errors import ModelError
 from ..modelcard import ModelCard
 from ..modelstore import model_path
-from .base import Engine, EngineMetadata, EngineOptions, RunSettings, TensorInfo
+from .base import Engine, EngineMetadata, EngineOptions, RunSettings, TensorInfo, return_freed_memory
 from .onnxruntime import fixed_batch
 from .registry import register_engine
 
@@ -138,11 +138,23 @@ class CompiledModel:
         finally:
             self._idle.put(request)
 
+    def release_memory(self) -> None:
+        """OpenVINO frees the buffers its runs took (they grow to the biggest shape run); waits
+        for the requests running now, and holds the others back meanwhile."""
+        held = [self._idle.get() for _ in range(self.requests_wanted)]
+        try:
+            self.compiled.release_memory()
+        finally:
+            for request in held:
+                self._idle.put(request)
+
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
 
-STATIC_AFTER = 3
-"""Runs of one input shape on the dynamic model before it gets a model compiled for that shape."""
+STATIC_AFTER = 8
+"""Runs of one input shape on the dynamic model (since memory was last released) before it gets a
+model compiled for that shape: more than a probe of a batch size runs (``max_size: auto``), so a
+size tried and not kept costs no compile, nor the memory of a model of its own."""
 MOST_STATIC = 8
 """Shapes with a model of their own; the rest (a recognizer's many crop widths) run on the dynamic one."""
 RUNS_KEPT = 512
@@ -156,16 +168,27 @@ class ShapeModels:
     132 against 164 ms at batch 4), and compiling one takes about 0.3 s, too long to make a batch
     wait for it."""
 
-    def __init__(self, core: Any, model_file: Path, device: str, config: dict[str, str], names: set[str]) -> None:
+    def __init__(
+        self,
+        core: Any,
+        model_file: Path,
+        device: str,
+        config: dict[str, str],
+        names: set[str],
+        batch_axis: tuple[str, int] | None = None,
+    ) -> None:
+        """``batch_axis``: the input and axis that hold the batch (``release``)."""
         self._core = core
         self.names = names
+        self._batch_axis = batch_axis
         self._model_file = model_file
         self._device = device
         self._config = config
         self.dynamic = CompiledModel(core.compile_model(str(model_file), device, config), names)
         self._static: dict[ShapeKey, CompiledModel] = {}
         self._runs: dict[ShapeKey, int] = {}
-        self._planned = 0
+        self._planned: set[ShapeKey] = set()
+        """Shapes compiled or being compiled (a shape released meanwhile is not kept)."""
         self._lock = threading.Lock()
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="openvino-compile")
 
@@ -191,29 +214,55 @@ class ShapeModels:
         model.reshape(dict(key))
         compiled = CompiledModel(self._core.compile_model(model, self._device, self._config), self.names)
         with self._lock:
-            self._static[key] = compiled
+            if key in self._planned:
+                self._static[key] = compiled
 
     def settle(self, feeds: dict[str, Any]) -> None:
         """Compile for the shapes of ``feeds`` now (blocking), if they have no model yet."""
         key = shape_key(feeds)
         if key not in self._static:
             with self._lock:
-                self._planned += 1
+                self._planned.add(key)
             self.compile_static(key)
 
     def _count(self, key: ShapeKey) -> None:
         """One more run of ``key`` on the dynamic model; its ``STATIC_AFTER``-th has it compiled."""
         with self._lock:
             runs = self._runs[key] = self._runs.get(key, 0) + 1
-            wanted = runs == STATIC_AFTER and self._planned < MOST_STATIC
-            self._planned += wanted
+            wanted = runs == STATIC_AFTER and len(self._planned) < MOST_STATIC
+            if wanted:
+                self._planned.add(key)
             if len(self._runs) > RUNS_KEPT:  # shapes seen once or twice: a bound, not a history
                 self._runs = {k: n for k, n in self._runs.items() if n >= STATIC_AFTER}
         if wanted:
             self._compiler.submit(self.compile_static, key).add_done_callback(_log_compile_failure)
 
+    def release(self, batch: int) -> None:
+        """Batches of more than ``batch`` stopped running: their static models go (each holds
+        its own buffers: about 270 MB for 8 text-detector frames) and the dynamic model frees
+        the buffers it grew for them; their shapes count their runs from zero again."""
+        with self._lock:
+            for key in [key for key in self._planned | set(self._runs) if self._batch_of(key) > batch]:
+                self._runs.pop(key, None)
+                self._static.pop(key, None)
+                self._planned.discard(key)
+        self.dynamic.release_memory()
+        return_freed_memory()
+
+    def _batch_of(self, key: ShapeKey) -> int:
+        if self._batch_axis is None:
+            return 0
+        name, axis = self._batch_axis
+        return next((shape[axis] for input_name, shape in key if input_name == name), 0)
+
     def close(self) -> None:
         self._compiler.shutdown(wait=False, cancel_futures=True)
+
+
+def batch_axis(card: ModelCard) -> tuple[str, int] | None:
+    """The data input's name and its batch axis, if the card names one."""
+    spec = card.data_inputs[0]
+    return (spec.name, spec.shape.index("batch")) if "batch" in spec.shape else None
 
 
 def shape_key(feeds: dict[str, Any]) -> ShapeKey:
@@ -273,7 +322,9 @@ class OpenVinoEngine(Engine):
             raise ModelError(f"model {self.card.name!r}: precision {precision}: {problem}")
         try:
             config = compile_config(self.options, precision)
-            return ShapeModels(self._core, model_file, self.options.device, config, self.tensor_names)
+            return ShapeModels(
+                self._core, model_file, self.options.device, config, self.tensor_names, batch_axis(self.card)
+            )
         except RuntimeError as exc:  # OpenVINO's errors for a file or device it cannot take
             log.debug("OpenVINO cannot compile %s: %s", model_file, exc)
             raise ModelError(
@@ -296,6 +347,9 @@ class OpenVinoEngine(Engine):
 
     def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
         return self._model.infer(feeds)
+
+    def release_memory(self, batch: int) -> None:
+        self._model.release(batch)
 
     @property
     def static_shapes(self) -> list[ShapeKey]:

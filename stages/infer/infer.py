@@ -138,6 +138,7 @@ class Infer(Stage):
                 size_limit=batch.size_limit,
                 max_concurrent=1 if card.state else self.engine.max_in_flight,
             ),
+            release=self._runner.release_memory,
         )
         await self._runner.warm_up()
         ctx.logger.info("model %s on %s, batch %s", card.name, self.engine.description, batch.max_size)

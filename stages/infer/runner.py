@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,21 @@ class ModelRunner:
         """The stream starts over (it started or ended): its state is zeros again."""
         self._state.reset(stream_id)
         self._ran_seq.pop(stream_id, None)
+
+    def release_memory(self, batch: int) -> None:
+        """The batches went back to ``batch`` items: the engine gives back what bigger ones took,
+        on the model's thread, after the run in progress (not in the middle of one)."""
+        if self.engine.remote:
+            return
+        future = self._model_thread.submit(self.engine.release_memory, batch)
+        future.add_done_callback(self._released)
+
+    def _released(self, future: Future[None]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:  # the memory stays taken; the model still runs
+            self.ctx.logger.warning("model %s: could not release the memory of bigger batches: %s", self.name, exc)
 
     def shutdown(self) -> None:
         self._model_thread.shutdown(wait=False, cancel_futures=True)

@@ -18,7 +18,7 @@ import yaml
 import stages  # noqa: F401  (registers the task readers the accuracy gate uses)
 from pipeline.engines import AutoOptions, RunSettings, create_engine
 from pipeline.engines.onnxruntime import OnnxRuntimeEngine, OnnxRuntimeOptions
-from pipeline.engines.openvino import OpenVinoEngine, OpenVinoOptions
+from pipeline.engines.openvino import STATIC_AFTER, OpenVinoEngine, OpenVinoOptions
 from pipeline.errors import ModelError
 from pipeline.imaging import prepare_image
 from pipeline.modelcard import ModelCard, load_card
@@ -66,7 +66,7 @@ def test_openvino_f32_finds_what_onnxruntime_finds_at_every_batch_size(yolo: Mod
     engine = create_engine("openvino", yolo, OpenVinoOptions(), RunSettings(max_batch=4))
     assert engine.description == "openvino[CPU,f32]"
     assert isinstance(engine, OpenVinoEngine)
-    for _ in range(3):  # on the dynamic model; the third run of a shape has one compiled for it
+    for _ in range(STATIC_AFTER):  # on the dynamic model; the last run of a shape has one compiled for it
         assert_same(detections(yolo, engine.infer({"input": photos})), reference)
     deadline = time.monotonic() + GUARD_S
     while not engine.static_shapes and time.monotonic() < deadline:
@@ -220,3 +220,32 @@ async def test_two_batches_side_by_side_keep_every_frame_in_order(
         assert len(boxes) == len(reference), seq
         for a, b in zip(boxes, reference, strict=True):
             assert max(abs(p - q) for p, q in zip(a, b, strict=True)) <= 1.0, f"frame {seq}: {a} vs {b}"
+
+
+def resident_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_an_engine_gives_back_the_memory_bigger_batches_took(name: str, yolo: ModelCard, photos: np.ndarray) -> None:
+    options: Any = OnnxRuntimeOptions(providers=CPU) if name == "onnxruntime" else OpenVinoOptions()
+    engine = create_engine(name, yolo, options, RunSettings(max_batch=16))
+    one, eight = photos[:1], np.concatenate([photos] * 3)[:8]
+    reference = detections(yolo, engine.infer({"input": one}))
+    before = resident_mb()
+    for _ in range(STATIC_AFTER + 1):  # OpenVINO compiles a model for batches of 8 meanwhile
+        engine.infer({"input": eight})
+    deadline = time.monotonic() + GUARD_S
+    while name == "openvino" and not engine.static_shapes and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    engine.infer({"input": eight})
+    grown = resident_mb() - before
+    assert grown > 100, f"batches of 8 took only {grown:.0f} MB more: nothing to give back"
+    engine.release_memory(1)
+    after_release = detections(yolo, engine.infer({"input": one}))  # ONNX Runtime shrinks during this run
+    assert resident_mb() - before < grown / 2, f"{resident_mb() - before:.0f} MB of {grown:.0f} MB still held"
+    assert after_release[0].classes.tolist() == reference[0].classes.tolist()
+    np.testing.assert_allclose(after_release[0].boxes, reference[0].boxes, atol=1e-4)
+    if name == "openvino":
+        assert engine.static_shapes == []  # type: ignore[attr-defined]

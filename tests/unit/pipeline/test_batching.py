@@ -17,7 +17,7 @@ from pipeline.batching import (
     Request,
     Superseded,
 )
-from pipeline.batching.sizing import PROBE_RUNS
+from pipeline.batching.sizing import PROBE_BACKOFF, PROBE_RUNS
 from pipeline.media import overdue_ms
 
 
@@ -607,6 +607,59 @@ def test_auto_follows_a_change_in_cost():
     for _ in range(400):
         adaptive.record(adaptive.target, costly_big(adaptive.target))
     assert adaptive.current == 1
+
+
+def test_going_back_down_from_bigger_batches_releases_their_memory_once():
+    adaptive = AdaptiveSize(16, probe_every=8)
+    releases = []
+    for _ in range(200):  # flat cost per frame: climbing does not pay, the size settles on 1
+        size = adaptive.target
+        adaptive.record(size, 0.030 * size)
+        release = adaptive.take_release()
+        if release is not None:
+            releases.append((release, size))
+    assert adaptive.current == 1
+    assert releases and all(release == 1 for release, _ in releases)
+    assert all(ran > 1 for _, ran in releases)  # each after a bigger size ran, not after every run
+    assert len(releases) <= 200 // 16 + 1  # at most once for each probe up
+
+
+def test_probes_that_change_nothing_come_less_often():
+    adaptive = AdaptiveSize(16, probe_every=8)
+    targets = []
+    for _ in range(600):  # batch 2 always costs 20% more per frame: every probe of it is a loss
+        targets.append(adaptive.target)
+        adaptive.record(adaptive.target, 0.030 if adaptive.target == 1 else 0.036 * adaptive.target)
+    late_probes = targets[-320:].count(2)
+    assert adaptive.current == 1
+    assert late_probes <= PROBE_RUNS * (320 // (PROBE_BACKOFF * 8) + 1)  # every 32 batches, not every 8
+
+
+def test_a_probe_down_from_a_size_it_keeps_releases_nothing():
+    adaptive = AdaptiveSize(16, probe_every=8)
+    for _ in range(300):  # bigger batches pay: it climbs to 16, and probes 8 now and then
+        adaptive.record(adaptive.target, 0.010 + 0.001 * adaptive.target)
+        if adaptive.current == 16:
+            break
+    probed_down = False
+    for _ in range(100):
+        probed_down |= adaptive.target == 8
+        adaptive.record(adaptive.target, 0.010 + 0.001 * adaptive.target)
+        assert adaptive.take_release() is None
+    assert probed_down and adaptive.current == 16
+
+
+async def test_the_batcher_tells_its_model_when_bigger_batches_stopped():
+    released: list[int] = []
+    clock = ManualClock()
+    model = Model(clock, cost=lambda n: 0.030 * n)
+    batcher: Batcher[Any] = Batcher(
+        model.run, BatchPolicy(max_size=None, size_limit=8), clock=clock, release=released.append
+    )
+    for i in range(400):
+        batcher.submit(Request(f"s{i % 8}", i))
+    await batcher.close()
+    assert max(len(b) for b in model.batches) > 1 and released and set(released) == {1}
 
 
 async def run_auto(run: Callable[[list[Request[Any]]], Any], clock: ManualClock) -> Batcher[Any]:
