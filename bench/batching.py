@@ -38,7 +38,10 @@ the same run without the budget, to show what the edges alone bound.
 The ``latency_ms`` breakdown lines show the mean of each field and the part of ``total`` no field
 accounts for (the native runs: also over the slowest 5% of frames, where the p99 comes from).
 ``--repeat R`` runs every contender R times, interleaved, and keeps the fastest run (the least
-disturbed one on a shared machine).
+disturbed one on a shared machine) for the table; the target "auto never loses" is checked in
+every repeat: ``sg auto`` at least 0.95x the frames/s of the better of ``sg batch 1`` and the hand
+loop in that repeat. ``--native-repeat K`` runs the budgeted native run K times and counts the runs
+whose p99 is under the bound (target: 95% of them) and whose per-stream shares are within 2x.
 
 It prints figures and asserts nothing.
 """
@@ -641,6 +644,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--native-streams", type=int, default=16, help="streams of the rate: native run (0: skip it)")
     parser.add_argument("--native-seconds", type=float, default=10.0, help="length of the rate: native run")
     parser.add_argument(
+        "--native-repeat", type=int, default=1, help="runs of the budgeted native run (the p99 target: >= 95%% of runs)"
+    )
+    parser.add_argument(
         "--native-intra-op-threads",
         type=int,
         default=1,
@@ -722,20 +728,31 @@ async def bench(args: argparse.Namespace, server: NatsServer, collector: Collect
         if row.auto_note:
             print(f"auto at {row.streams} stream(s): {row.auto_note}")
     for n in args.stream_counts:
-        by = {row.contender: row for row in rows if row.streams == n}
-        if "sg auto" in by and "sg batch 1" in by:
-            share = by["sg auto"].fps / by["sg batch 1"].fps
-            verdict = "holds" if share >= 0.95 else "does NOT hold"
-            print(
-                f"auto vs batch 1 at {n} stream(s): {share:.2f}x the frames/s; "
-                f"'auto never worse than batch 1' (5% noise allowed) {verdict}"
-            )
+        print_never_loses(n, runs)
     if args.markdown:
         print()
         print(markdown_table(rows))
 
     if args.native_streams > 0:
         await native_run(args, setup, collector, work_dir)
+
+
+def print_never_loses(streams: int, runs: dict[tuple[int, str], list[Outcome]]) -> None:
+    """The target "auto never loses": in every repeat, ``sg auto`` makes at least 0.95x the frames/s
+    of the better of ``sg batch 1`` and the hand loop in that same repeat (5% for noise)."""
+    autos, ones, loops = (runs.get((streams, name), []) for name in ("sg auto", "sg batch 1", "baseline"))
+    if not autos or not (ones or loops):
+        return
+    ratios = []
+    for index, auto in enumerate(autos):
+        rivals = [group[index].fps for group in (ones, loops) if index < len(group)]
+        ratios.append(auto.fps / max(rivals))
+    verdict = "holds" if min(ratios) >= 0.95 else "does NOT hold"
+    print(
+        f"auto vs the better of batch 1 and the hand loop at {streams} stream(s), each repeat: "
+        + ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+        + f"; 'auto never loses' (>= 0.95x in every repeat) {verdict}"
+    )
 
 
 def breakdown_text(means: dict[str, float]) -> str:
@@ -780,11 +797,28 @@ async def native_run(args: argparse.Namespace, setup: Setup, collector: Collecto
         else:
             batch["latency_budget_ms"] = budget
             print(f"- latency_budget_ms: {budget:g} on decode and det{args.budget_note}", flush=True)
-        name = f"native-{n}-{'none' if budget is None else round(budget)}"
         live_setup = dataclasses.replace(setup, intra_op_threads=args.native_intra_op_threads)
-        row = await run_streamgraph("sg native", name, live_setup, collector, n, batch, clip=clips, native=True)
-        print_native(row, frames)
-        print_target(row, args.max_delay_ms, args.native_alone_ms)
+        passed, even = 0, 0
+        repeats = args.native_repeat if budget is not None else 1
+        for repeat in range(repeats):
+            name = f"native-{n}-{'none' if budget is None else round(budget)}-{repeat}"
+            row = await run_streamgraph("sg native", name, live_setup, collector, n, batch, clip=clips, native=True)
+            print_native(row, frames)
+            passed += print_target(row, args.max_delay_ms, args.native_alone_ms)
+            even += share_spread(row) <= 2.0
+        if repeats > 1:
+            print(
+                f"  over {repeats} runs: p99 under the bound (model runs in the run) in {passed} "
+                f"({100.0 * passed / repeats:.0f}%; target >= 95%); per-stream shares within 2x of each other "
+                f"in {even} ({100.0 * even / repeats:.0f}%)",
+                flush=True,
+            )
+
+
+def share_spread(row: Outcome) -> float:
+    """The most frames published for one stream over the fewest (inf where a stream got none)."""
+    shares = [row.messages.per_stream.get(f"s{i}", 0) for i in range(row.streams)]
+    return max(shares) / min(shares) if min(shares) else float("inf")
 
 
 def print_native(row: Outcome, frames: int) -> None:
@@ -808,7 +842,7 @@ def print_native(row: Outcome, frames: int) -> None:
         shares = sorted(row.messages.per_stream.get(f"s{i}", 0) for i in range(row.streams))
         print(
             f"  published per stream: min {shares[0]}, median {shares[len(shares) // 2]}, max {shares[-1]} "
-            f"({len(shares)} streams)"
+            f"({len(shares)} streams; max/min {share_spread(row):.2f}, target within 2x)"
         )
         behind = row.messages.behind_live_ms
         print(
@@ -822,16 +856,17 @@ def print_native(row: Outcome, frames: int) -> None:
         print(f"  auto: {row.auto_note}")
 
 
-def print_target(row: Outcome, max_delay_ms: float, alone_ms: float) -> None:
+def print_target(row: Outcome, max_delay_ms: float, alone_ms: float) -> bool:
     """The target, with the batch inference time measured in this run (the model's own runs, not
-    their wait for a thread), and again with the stricter time of one batch-1 run measured alone."""
+    their wait for a thread), and again with the stricter time of one batch-1 run measured alone.
+    Returns whether the first holds."""
     claim = (
         f"target: p99 latency at {row.streams} streams with rate: native stays under 2x the model's batch "
         "inference time plus max_delay_ms"
     )
     if not row.frames or row.model_ms is None:
         print(f"  {claim}: no frame published, nothing to measure: FAIL")
-        return
+        return False
     p99 = row.percentile(99)
     for label, run_ms in (("model runs in this run", row.model_ms), ("stricter, batch 1 alone", alone_ms)):
         bound = 2.0 * run_ms + max_delay_ms
@@ -852,6 +887,7 @@ def print_target(row: Outcome, max_delay_ms: float, alone_ms: float) -> None:
         f"  (on the {row.frames} published frames; {row.dropped} of {row.decoded} decoded frames, "
         f"{100.0 * row.dropped / max(1, row.decoded):.1f}%, were dropped to keep it)"
     )
+    return p99 < 2.0 * row.model_ms + max_delay_ms
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,9 +70,10 @@ class AdaptiveSize:
     ``VERDICT_PROBES`` probe periods.
 
     Bigger batches take more of the model's working memory, which engines keep once taken (ONNX
-    Runtime's arena, OpenVINO's buffers): 8 batches of 8 frames can leave hundreds of MB behind.
-    So when the size goes back down below the biggest that ran (a probe up ends, a climb was
-    not worth it), ``take_release`` says so once, and the engine can give that memory back.
+    Runtime's arena, OpenVINO's buffers): a batch of 8 frames can leave hundreds of MB behind.
+    So when sizes more than one step above the one it settles on ran (a climb was not worth it,
+    the load fell), ``take_release`` says so once, and the engine can give their memory back; the
+    memory of one step up stays held, as the next probe up needs it again.
     """
 
     def __init__(
@@ -97,6 +98,9 @@ class AdaptiveSize:
         self._out_of_reach: dict[int, int] = {}
         """Sizes the batcher could not fill (fewer requests waiting), and when that was found."""
         self._short_runs = 0
+        self._confirm = False
+        self._confirmed = 1
+        """The best size by measurement, once confirmed against the smaller one measured after it."""
         self._peak = 0
         """The biggest ladder size run since memory was last released."""
         self._release_to: int | None = None
@@ -128,6 +132,10 @@ class AdaptiveSize:
         probed, before = self._target != self.current, self.current
         self._probe_left = 0
         self.current = self._best()
+        if self._confirm:  # run the smaller size a few times in a row, then decide again
+            self._target = self.current
+            self._probe_left = PROBE_RUNS
+            return
         if self.current != before:
             self._probe_interval = self.probe_every
         elif probed:
@@ -139,7 +147,10 @@ class AdaptiveSize:
             self._since_probe = 0
             self._target = self._neighbour()
             self._probe_left = PROBE_RUNS if self._target != self.current else 0
-        if self.current < self._peak:  # the size it settles on, not a probe down (it comes back)
+        # More than one size up ran: its memory goes. A probe's size (one up) stays held: releasing
+        # after every probe made the next take its memory from the system again (10-15% fewer
+        # frames/s in bench/batching.py).
+        if 2 * self.current < self._peak:
             self._release_to = self.current
             self._peak = self.current
 
@@ -183,14 +194,42 @@ class AdaptiveSize:
         cannot fit the budget is never tried."""
         return estimate_run(self.cost_s, size)
 
+    def _fresh(self, size: int) -> bool:
+        """Whether a size's cost may be compared: the current size's, or one measured lately (a
+        cost measured under another load, while the pipeline was starting, would decide now)."""
+        # Three of the longest waits between probes: a neighbouring size is measured again in time.
+        horizon = 3 * PROBE_BACKOFF * self.probe_every
+        return size == self.current or self._records - self._measured_at.get(size, 0) <= horizon
+
+    def _spread(self, size: int) -> float:
+        """How far a size's recent runs stray from their median (half their range, relative): a
+        gain smaller than the noise of the two costs compared is no gain. Small where runs are
+        steady (a GPU), a good part of the cost on a CPU shared with decoding."""
+        recent = self._recent.get(size)
+        if not recent or len(recent) < MIN_RUNS:
+            return 0.0
+        return (max(recent) - min(recent)) / (2.0 * statistics.median(recent))
+
     def _best(self) -> int:
-        measured = [s for s in self.sizes if s in self.cost_s and self._fits(s)]
+        """The size to run: the most items per second by the costs measured lately (a bigger size
+        by ``margin``), or the next size up while the biggest measured wins and it was not tried.
+        A bigger size wins only against a smaller one measured after it: ``_confirm`` is set, and
+        the smaller one is run again first, so a load that fades (decoders bursting as streams
+        start, then settling) cannot make each bigger size look cheaper just for coming later."""
+        self._confirm = False
+        measured = [s for s in self.sizes if s in self.cost_s and self._fits(s) and self._fresh(s)]
         if not measured:
             return 1
         best = measured[0]
         for size in measured[1:]:
-            if size / self.cost_s[size] > (1 + self.margin) * best / self.cost_s[best]:
+            needed = 1 + self.margin + self._spread(size) + self._spread(best)
+            if size / self.cost_s[size] > needed * best / self.cost_s[best]:
                 best = size
+        smaller = [s for s in measured if s < best]
+        if best != self._confirmed and smaller and self._measured_at[smaller[-1]] < self._measured_at[best]:
+            self._confirm = True
+            return smaller[-1]
+        self._confirmed = best
         # While the biggest size that fits is also the best, the next size up gets its turn, if
         # it has not had one: a size measured over the budget rules out every size above it.
         following = [s for s in self.sizes if s > best]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -495,6 +496,21 @@ def test_auto_does_not_trade_latency_for_a_gain_within_noise():
     assert converge(lambda n: n * per_frame.get(n, 0.040)) == 1
 
 
+def test_a_load_that_fades_as_streams_start_does_not_make_bigger_batches_look_cheaper():
+    # As bench/batching measured with 16 file streams: a frame costs 50 ms at any batch size, but
+    # while the decoders burst at the start every run is slower, less so as time goes on. Each
+    # size measured after the one before looked cheaper (87, 65, 54 ms a frame), and auto climbed
+    # to 8, which ran the pipeline 15% slower than batch 1.
+    adaptive = AdaptiveSize(16)
+    elapsed_s, sizes = 0.0, []
+    for _ in range(100):
+        sizes.append(adaptive.target)
+        seconds = 0.050 * adaptive.target * (1.0 + math.exp(-elapsed_s))  # twice as slow at first
+        elapsed_s += seconds
+        adaptive.record(adaptive.target, seconds)
+    assert max(sizes) <= 2 and adaptive.current == 1
+
+
 def test_a_slow_first_run_does_not_decide():
     adaptive = AdaptiveSize(16)
     adaptive.record(1, 5.0)  # the pipeline was still starting
@@ -557,11 +573,13 @@ def test_a_probe_measures_a_size_afresh_so_runs_under_another_load_do_not_keep_i
     assert adaptive.current == 1 and adaptive.cost_s[2] == pytest.approx(0.200)
     busy = False  # ...then 2 frames cost 40 ms a run against 2 x 30 ms one by one
     batches = 0
-    while adaptive.current != 2 and batches < 40:
+    while adaptive.current != 2 and batches < 200:
         record()
         batches += 1
-    # One probe (its runs in a row outvote the old ones in the median) is enough.
-    assert adaptive.current == 2 and batches <= 8 + PROBE_RUNS + 1
+    # Two probes: the first one's runs outvote the old ones in the median, but runs of 200 and
+    # 40 ms side by side are too noisy to decide on; the second one's (after a wait twice as
+    # long: the first changed nothing) are all at 40 ms.
+    assert adaptive.current == 2 and batches <= 8 + 2 * 16 + 2 * PROBE_RUNS + 2
 
 
 def test_a_size_ruled_out_by_one_slow_spell_gets_measured_again():
@@ -609,19 +627,29 @@ def test_auto_follows_a_change_in_cost():
     assert adaptive.current == 1
 
 
-def test_going_back_down_from_bigger_batches_releases_their_memory_once():
+def test_settling_more_than_one_size_down_releases_the_memory_of_the_bigger_ones_once():
     adaptive = AdaptiveSize(16, probe_every=8)
+    for _ in range(200):  # bigger batches pay: it climbs to 16
+        adaptive.record(adaptive.target, 0.010 + 0.001 * adaptive.target)
+        assert adaptive.take_release() is None
+    assert adaptive.current == 16
     releases = []
-    for _ in range(200):  # flat cost per frame: climbing does not pay, the size settles on 1
+    for _ in range(600):  # the machine got busy: big batches now hurt, it comes down to 1
         size = adaptive.target
-        adaptive.record(size, 0.030 * size)
+        adaptive.record(size, 0.010 * size * size)
         release = adaptive.take_release()
         if release is not None:
-            releases.append((release, size))
+            releases.append(release)
     assert adaptive.current == 1
-    assert releases and all(release == 1 for release, _ in releases)
-    assert all(ran > 1 for _, ran in releases)  # each after a bigger size ran, not after every run
-    assert len(releases) <= 200 // 16 + 1  # at most once for each probe up
+    assert releases and releases[-1] == 1 and len(releases) <= 4  # on the way down, not after each run
+
+
+def test_probes_one_size_up_keep_their_memory():
+    adaptive = AdaptiveSize(16, probe_every=8)
+    for _ in range(300):  # flat cost a frame: it stays at 1 and probes 2 now and then
+        adaptive.record(adaptive.target, 0.030 * adaptive.target)
+        assert adaptive.take_release() is None  # the next probe would take it from the system again
+    assert adaptive.current == 1 and 2 in adaptive.cost_s
 
 
 def test_probes_that_change_nothing_come_less_often():
@@ -652,14 +680,20 @@ def test_a_probe_down_from_a_size_it_keeps_releases_nothing():
 async def test_the_batcher_tells_its_model_when_bigger_batches_stopped():
     released: list[int] = []
     clock = ManualClock()
-    model = Model(clock, cost=lambda n: 0.030 * n)
+    busy = False
+    model = Model(clock, cost=lambda n: 0.010 * n * n if busy else 0.010 + 0.001 * n)
     batcher: Batcher[Any] = Batcher(
         model.run, BatchPolicy(max_size=None, size_limit=8), clock=clock, release=released.append
     )
-    for i in range(400):
+    for i in range(300):
+        batcher.submit(Request(f"s{i % 8}", i))
+    await settle()
+    assert batcher.adaptive is not None and batcher.adaptive.current == 8 and not released
+    busy = True  # bigger batches now cost more a frame: it goes back to 1
+    for i in range(600):
         batcher.submit(Request(f"s{i % 8}", i))
     await batcher.close()
-    assert max(len(b) for b in model.batches) > 1 and released and set(released) == {1}
+    assert batcher.adaptive.current == 1 and released and released[-1] == 1
 
 
 async def run_auto(run: Callable[[list[Request[Any]]], Any], clock: ManualClock) -> Batcher[Any]:
