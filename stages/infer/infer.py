@@ -23,6 +23,11 @@ A model on an inference server (a remote engine) runs its batches on the event l
 ``max_in_flight`` at once; the items of a batch its engine could not run are dropped and counted
 (``error:engine:<stage>``).
 
+With ``max_size: auto`` an item of a stream that is not live waits (as ``blocked``) until fewer
+items are in than a batch of the size ``auto`` chose running and the next one filling need
+(``admission``): the stage's in-flight room is sized for the largest batch, and filled at batch 1
+it only made frames wait longer and hold their tensors.
+
 Running a batch once formed (the model's thread, deferred frames, the recurrent state, the
 outputs' slices) is ``runner``'s; this module is the stage: its params, the items, and the batcher.
 """
@@ -47,6 +52,7 @@ from pipeline.modelcard import ModelCard, Preprocess, load_model_card
 from pipeline.stage import Stage, StageContext, register_stage
 from pipeline.tensors import ModelInput, ModelOutput
 
+from .admission import Admission
 from .arrays import tensor_on_device
 from .failures import EngineFailureLog
 from .params import InferParams, infer_params_for
@@ -140,6 +146,7 @@ class Infer(Stage):
             ),
             release=self._runner.release_memory,
         )
+        self._admission = Admission(self._admission_limit)
         await self._runner.warm_up()
         ctx.logger.info("model %s on %s, batch %s", card.name, self.engine.description, batch.max_size)
 
@@ -172,7 +179,18 @@ class Infer(Stage):
         self._runner.reset(eos.stream_id)
         return ()
 
+    def _admission_limit(self) -> int:
+        """Items enough for a batch of the size ``auto`` chose running and the next one filling."""
+        return (1 + self.engine.max_in_flight) * self.batcher.target_size
+
     async def process(self, item: Item) -> Sequence[Item]:
+        if self.params.batch.max_size != "auto" or item.stream_id in self._live:
+            return await self._process(item)
+        async with self._admission.held():
+            item.mark("blocked")  # it waited for room, as for one of the stage's in-flight slots
+            return await self._process(item)
+
+    async def _process(self, item: Item) -> Sequence[Item]:
         prepared = item.tensors.pop(self.tensor_key, None)
         if prepared is None and self._prepares_frame_of(item):
             assert isinstance(item.media, VideoFrame) and self._frames is not None
