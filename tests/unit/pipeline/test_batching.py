@@ -197,6 +197,33 @@ async def test_picking_the_freshest_never_starves_a_stream_whose_frames_are_alwa
     batcher.cancel()
 
 
+async def test_with_every_run_slower_than_the_budget_a_stream_whose_frames_are_older_still_gets_its_turn():
+    # A busy machine: each run takes 40 ms against a 35 ms budget, so no frame can finish in time
+    # and only those not yet over it run. "late"'s frame is always 30 ms old, the others' fresher:
+    # taking the freshest alone never ran "late" (one live stream of 16 got 1 frame in 10 s).
+    clock = ManualClock()
+    model = GatedModel()
+    policy = BatchPolicy(max_size=1, latency_budget_ms=35, max_waiting_per_stream=1)
+    batcher: Batcher[Any] = Batcher(model.run, policy, clock=clock)
+    names = ["late", *(f"s{k}" for k in range(1, 6))]
+
+    def newest_frames() -> None:
+        for k, stream in enumerate(names):
+            submit(batcher, stream, stream, captured_at=clock.now() - (0.030 if stream == "late" else 0.001 * k))
+
+    newest_frames()
+    await settle()
+    for _ in range(12 * len(names)):
+        clock.advance(0.040)  # the run in progress takes 40 ms of the clock
+        newest_frames()
+        await model.release()
+    served = [stream for batch in model.batches for stream in batch]
+    turns = [i for i, stream in enumerate(served) if stream == "late"]
+    gaps = [(b - a) / len(names) for a, b in zip([-1, *turns], turns, strict=False)]
+    assert len(turns) >= 4 and max(gaps) <= 2.2, served
+    batcher.cancel()
+
+
 async def test_stalled_streams_do_not_turn_freshest_first_back_into_round_robin():
     clock = ManualClock()
     model = GatedModel()
