@@ -57,9 +57,11 @@ class AdaptiveSize:
     five run times, once it has three (one run is not evidence on a shared machine), or at once
     when a size still being measured runs over the budget; the first run of each size is left
     out (a new batch shape warms up the engine, and the first runs happen while the pipeline is
-    still starting). A bigger size must give ``margin`` more items per second than a smaller one
-    to be chosen: bigger batches cost latency, so a gain within measurement noise is not worth
-    it. After ``probe_every`` batches (twice that after a probe that changed nothing, and so on
+    still starting). A bigger size must give ``margin`` more items per second than a smaller one,
+    plus the noise of the two costs (``_spread``), and win against the smaller one measured
+    after it (``_best``) to be chosen: bigger batches cost latency and memory, so a gain within
+    measurement noise, or one a fading load made up, is not worth it. Costs measured long ago
+    stop counting (``_fresh``). After ``probe_every`` batches (twice that after a probe that changed nothing, and so on
     up to ``PROBE_BACKOFF`` times: a probe of a worse size costs throughput, and a settled choice
     needs fewer) the next size up (or down) runs up to ``PROBE_RUNS``
     batches in a row (a shorter batch, or a run over the budget, ends the probe), so the choice
