@@ -204,23 +204,23 @@ class Batcher(Generic[P]):
         waited = {
             id(r): (now - r.captured_at) * 1000.0 for q in self._queues.values() for r in q if r.captured_at is not None
         }
-        keep: set[int] | None = None
+        # A request stays if its age plus a run still fits the budget...
+        run_allowance_ms = run_ms
         if run_ms >= budget or not any(ms + run_ms <= budget for ms in waited.values()):
-            # No request can finish in time (the model is slower than the budget, or everything
-            # waiting is too old): those not yet over it stay, and the next batch takes them in the
-            # order streams are served (``StreamOrder``: the freshest of those whose turn it is, a
-            # stream left behind first), so the model never idles while a frame is not yet late.
-            # Taking the freshest alone served the same few streams whenever a busy machine made
-            # every run slower than the budget (1 frame in 10 s for one of 16 live streams, 27 for
-            # another): a stream whose frames come a little later never got a turn.
-            keep = {key for key, ms in waited.items() if ms <= budget}
+            # ...unless no request can finish in time (the model is slower than the budget, or
+            # everything waiting is too old): then those not yet over it stay, and the next batch
+            # takes them in the order streams are served (``StreamOrder``: the freshest of those
+            # whose turn it is, a stream left behind first), so the model never idles while a frame
+            # is not yet late. Taking the freshest alone served the same few streams whenever a
+            # busy machine made every run slower than the budget (1 frame in 10 s for one of 16
+            # live streams, 27 for another): a stream whose frames come a little later never got
+            # a turn.
+            run_allowance_ms = 0.0
         for stream_id, queue in list(self._queues.items()):
             kept: deque[Request[P]] = deque()
             for request in queue:
                 waited_ms = waited.get(id(request))
-                on_time = waited_ms is None or (
-                    id(request) in keep if keep is not None else waited_ms + run_ms <= budget
-                )
+                on_time = waited_ms is None or waited_ms + run_allowance_ms <= budget
                 if on_time:
                     kept.append(request)
                     continue

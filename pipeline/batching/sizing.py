@@ -61,10 +61,10 @@ class AdaptiveSize:
     plus the noise of the two costs (``_spread``), and win against the smaller one measured
     after it (``_best``) to be chosen: bigger batches cost latency and memory, so a gain within
     measurement noise, or one a fading load made up, is not worth it. Costs measured long ago
-    stop counting (``_fresh``). After ``probe_every`` batches (twice that after a probe that changed nothing, and so on
-    up to ``PROBE_BACKOFF`` times: a probe of a worse size costs throughput, and a settled choice
-    needs fewer) the next size up (or down) runs up to ``PROBE_RUNS``
-    batches in a row (a shorter batch, or a run over the budget, ends the probe), so the choice
+    stop counting (``_fresh``). After ``probe_every`` batches (twice that after a probe that
+    changed nothing, and so on up to ``PROBE_BACKOFF`` times: a probe of a worse size costs
+    throughput, and a settled choice needs fewer) the next size up (or down) runs up to
+    ``PROBE_RUNS`` batches in a row (a shorter batch, or a run over the budget, ends the probe), so the choice
     follows the load and the machine: a completed probe's three fresh runs of five decide the
     size's median, where a single run left it to runs made under another load. A size the
     batcher keeps falling short of (fewer requests waiting than it holds) is out of reach, and
@@ -100,7 +100,6 @@ class AdaptiveSize:
         self._out_of_reach: dict[int, int] = {}
         """Sizes the batcher could not fill (fewer requests waiting), and when that was found."""
         self._short_runs = 0
-        self._confirm = False
         self._confirmed = 1
         """The best size by measurement, once confirmed against the smaller one measured after it."""
         self._peak = 0
@@ -133,8 +132,8 @@ class AdaptiveSize:
             return
         probed, before = self._target != self.current, self.current
         self._probe_left = 0
-        self.current = self._best()
-        if self._confirm:  # run the smaller size a few times in a row, then decide again
+        self.current, confirm = self._best()
+        if confirm:  # run the smaller size a few times in a row, then decide again
             self._target = self.current
             self._probe_left = PROBE_RUNS
             return
@@ -212,16 +211,15 @@ class AdaptiveSize:
             return 0.0
         return (max(recent) - min(recent)) / (2.0 * statistics.median(recent))
 
-    def _best(self) -> int:
+    def _best(self) -> tuple[int, bool]:
         """The size to run: the most items per second by the costs measured lately (a bigger size
-        by ``margin``), or the next size up while the biggest measured wins and it was not tried.
-        A bigger size wins only against a smaller one measured after it: ``_confirm`` is set, and
-        the smaller one is run again first, so a load that fades (decoders bursting as streams
-        start, then settling) cannot make each bigger size look cheaper just for coming later."""
-        self._confirm = False
+        by ``margin``), or the next size up while the biggest measured wins and it was not tried;
+        and whether it is a smaller size to run again first (True): a bigger size wins only
+        against a smaller one measured after it, so a load that fades (decoders bursting as
+        streams start, then settling) cannot make each bigger size look cheaper for coming later."""
         measured = [s for s in self.sizes if s in self.cost_s and self._fits(s) and self._fresh(s)]
         if not measured:
-            return 1
+            return 1, False
         best = measured[0]
         for size in measured[1:]:
             needed = 1 + self.margin + self._spread(size) + self._spread(best)
@@ -229,8 +227,7 @@ class AdaptiveSize:
                 best = size
         smaller = [s for s in measured if s < best]
         if best != self._confirmed and smaller and self._measured_at[smaller[-1]] < self._measured_at[best]:
-            self._confirm = True
-            return smaller[-1]
+            return smaller[-1], True
         self._confirmed = best
         # While the biggest size that fits is also the best, the next size up gets its turn, if
         # it has not had one: a size measured over the budget rules out every size above it.
@@ -242,8 +239,8 @@ class AdaptiveSize:
             and following[0] not in self._out_of_reach
             and self._fits(following[0])
         ):
-            return following[0]
-        return best
+            return following[0], False
+        return best, False
 
     def _neighbour(self) -> int:
         index = self.sizes.index(self.current)
