@@ -105,11 +105,13 @@ class Infer(Stage):
 
     @property
     def max_in_flight(self) -> int:
-        # Enough items waiting to fill one batch while the others run.
         max_size = self.params.batch.max_size
+        return self._items_for(self.params.batch.size_limit if max_size == "auto" else max_size)
+
+    def _items_for(self, batch: int) -> int:
+        """Items enough to fill one batch of ``batch`` while the others the engine runs at once run."""
         engine: Engine | None = getattr(self, "engine", None)
-        batches = 1 + (engine.max_in_flight if engine is not None else 1)
-        return batches * (self.params.batch.size_limit if max_size == "auto" else max_size)
+        return (1 + (engine.max_in_flight if engine is not None else 1)) * batch
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -180,8 +182,8 @@ class Infer(Stage):
         return ()
 
     def _admission_limit(self) -> int:
-        """Items enough for a batch of the size ``auto`` chose running and the next one filling."""
-        return (1 + self.engine.max_in_flight) * self.batcher.target_size
+        """Items enough for batches of the size ``auto`` chose, as ``max_in_flight`` is for the largest."""
+        return self._items_for(self.batcher.target_size)
 
     async def process(self, item: Item) -> Sequence[Item]:
         if self.params.batch.max_size != "auto" or item.stream_id in self._live:
